@@ -1,0 +1,1 @@
+"""The dispatcher: numba-compiled placement stages (filter, score, select, reserve) and their service."""

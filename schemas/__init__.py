@@ -1,0 +1,1 @@
+"""The event contract: Avro schemas, topics, the wire codec and the ClickHouse DDL, defined once."""

@@ -1,0 +1,58 @@
+"""Every Kafka topic of the platform: its name, Avro schema, key field and ClickHouse table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the contract; `name` is without the deployment's prefix."""
+
+    name: str
+    schema: str
+    key: str | None
+    table: str | None
+    compacted: bool = False
+
+
+REGISTRY = TopicSpec("registry.node", "NodeRegistration", "node_id", "nodes", compacted=True)
+TELEMETRY = TopicSpec("telemetry.node", "NodeTelemetry", "node_id", "telemetry")
+TASK_REQUEST = TopicSpec("tasks.request", "TaskRequest", "task_id", "task_requests")
+TASK_LIFECYCLE = TopicSpec("tasks.lifecycle", "TaskLifecycle", "task_id", "task_events")
+PLACEMENT = TopicSpec("dispatch.placement", "Placement", "task_id", "placements")
+REJECTION = TopicSpec("dispatch.rejection", "Rejection", "task_id", "rejections")
+ROLLUP = TopicSpec("monitor.rollup", "Rollup", "scope_key", "rollups")
+ALERT = TopicSpec("monitor.alert", "Alert", "alert_key", "alerts")
+GRID_SIGNAL = TopicSpec("grid.signal", "GridSignal", "province", "grid_signals")
+NETWORK_PROBE = TopicSpec("network.probe", "NetworkProbe", "from_hub", "hub_latency")
+DEADLETTER = TopicSpec("deadletter", "DeadLetter", None, "dead_letters")
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    REGISTRY,
+    TELEMETRY,
+    TASK_REQUEST,
+    TASK_LIFECYCLE,
+    PLACEMENT,
+    REJECTION,
+    ROLLUP,
+    ALERT,
+    GRID_SIGNAL,
+    NETWORK_PROBE,
+    DEADLETTER,
+)
+
+
+class Topics:
+    """Resolves contract topics to the deployment's full names (prefix + name)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._by_full = {prefix + spec.name: spec for spec in ALL_TOPICS}
+
+    def name(self, spec: TopicSpec) -> str:
+        return self.prefix + spec.name
+
+    def spec(self, full_name: str) -> TopicSpec:
+        """The contract topic behind a full topic name; KeyError for a foreign topic."""
+        return self._by_full[full_name]

@@ -1,0 +1,3 @@
+from suanwang.cli import main
+
+main()

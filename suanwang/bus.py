@@ -1,0 +1,122 @@
+"""Kafka for every service: topic creation, client settings, and a producer that speaks the contract."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from suanwang.errors import SuanwangError
+from suanwang.schemas.codec import Codec
+from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TopicSpec, Topics
+from suanwang.settings import Settings
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    """A record with a fresh event id and the current event time."""
+    return {"event_id": uuid.uuid4().hex, "event_time": now_ms(), **fields}
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.kafka_bootstrap, "client_id": "suanwang"}
+
+
+def consumer_kwargs(settings: Settings, group_id: str | None) -> dict[str, Any]:
+    """Low-latency consumer settings: fetches return as soon as a record is there."""
+    return {
+        **client_kwargs(settings),
+        "group_id": group_id,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 6),
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 5,
+        "enable_auto_commit": group_id is not None,
+    }
+
+
+def make_codec(settings: Settings) -> Codec:
+    topics = Topics(settings.topic_prefix)
+    return Codec(settings.schema_registry_url, {spec.schema: topics.name(spec) for spec in ALL_TOPICS})
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Creates every contract topic that is missing; a clear error when Kafka cannot be reached."""
+    topics = Topics(settings.topic_prefix)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise SuanwangError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc.__class__.__name__}); "
+            "check SUANWANG_KAFKA_BOOTSTRAP, or unset it to use the embedded broker"
+        ) from None
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                topics.name(spec),
+                settings.topic_partitions,
+                settings.topic_replication,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in ALL_TOPICS
+            if topics.name(spec) not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another service created them first
+    finally:
+        await admin.close()
+
+
+class EventProducer:
+    """Publishes contract records: Avro-encoded, keyed by the topic's key field."""
+
+    def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
+        self.topics = Topics(settings.topic_prefix)
+        self.codec = codec or make_codec(settings)
+        self._producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=0, acks=1)
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except KafkaConnectionError as exc:
+            raise SuanwangError(f"cannot reach Kafka: {exc}; check SUANWANG_KAFKA_BOOTSTRAP") from None
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
+        """Queues the record for sending; delivery errors surface in flush()/stop()."""
+        key = str(record[spec.key]).encode() if spec.key else None
+        await self._producer.send(self.topics.name(spec), self.codec.encode(spec.schema, record), key=key)
+
+    async def send_and_wait(self, spec: TopicSpec, record: dict[str, Any]) -> None:
+        key = str(record[spec.key]).encode() if spec.key else None
+        await self._producer.send_and_wait(self.topics.name(spec), self.codec.encode(spec.schema, record), key=key)
+
+    async def dead_letter(self, component: str, msg: Any, error: str) -> None:
+        """Keeps an unprocessable message whole, with where it came from and why it failed."""
+        await self.send(
+            DEADLETTER,
+            event(component=component, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                  key=msg.key, payload=msg.value or b"", error=error),
+        )
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+
+def contract_consumer(settings: Settings, specs: list[TopicSpec], group_id: str | None) -> AIOKafkaConsumer:
+    topics = Topics(settings.topic_prefix)
+    return AIOKafkaConsumer(*(topics.name(s) for s in specs), **consumer_kwargs(settings, group_id))

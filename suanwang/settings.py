@@ -1,0 +1,85 @@
+"""All settings of every service, in one place; each is overridable by a SUANWANG_* variable."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from suanwang.errors import SuanwangError
+
+ENV_PREFIX = "SUANWANG_"
+
+
+class Settings(BaseSettings):
+    """Defaults run everything embedded; set the addresses to use real Kafka and ClickHouse."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # Kafka
+    kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]; unset: start the embedded broker.")
+    broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
+    topic_prefix: str = Field("suanwang.", description="Prefix of every topic name.")
+    topic_partitions: int = Field(3, ge=1, description="Partitions of each topic created by suanwang.")
+    topic_replication: int = Field(1, ge=1, description="Replication factor of each topic created by suanwang.")
+    schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; unset: local ids.")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Consumer-group session timeout.")
+    # ClickHouse
+    clickhouse_url: str | None = Field(None, description="http(s)://user:pass@host:port; unset: chdb in data_dir.")
+    data_dir: Path = Field(Path("data"), description="Embedded ClickHouse data and service logs.")
+    sink_batch_size: int = Field(2000, ge=1, description="Rows per ClickHouse insert at most.")
+    sink_flush_s: float = Field(1.0, gt=0, description="Seconds a row waits for its batch at most.")
+    # Web
+    web_host: str = Field("127.0.0.1", description="Address the API and dashboard listen on.")
+    web_port: int = Field(8080, ge=0, le=65535, description="Port of the API and dashboard; 0 picks a free one.")
+    # Dispatcher
+    dispatcher_scope: str = Field("national", description="national, province:<name> or industry:<name>.")
+    carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
+    # Monitoring
+    rollup_window_s: float = Field(10.0, gt=0, description="Tumbling window of the hub rollups.")
+    alert_overload_util: float = Field(0.9, gt=0, le=1, description="CPU or accelerator utilisation that alerts.")
+    alert_inlet_temp_c: float = Field(35.0, description="Inlet temperature that alerts as overheating.")
+    # Simulator
+    sim_nodes: int = Field(1000, ge=10, description="Nodes in the simulated network.")
+    sim_rate: float = Field(50.0, ge=0, description="Task requests per second.")
+    sim_telemetry_interval_s: float = Field(5.0, gt=0, description="Seconds between samples of one node.")
+    sim_seed: int = Field(7, description="Seed of the simulator's random streams.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def chdb_path(self) -> Path:
+        return (self.data_dir / "clickhouse").resolve()
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as SUANWANG_* variables, to hand to a child service."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = str(value)
+        return env
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """SUANWANG_* variables that name no setting: almost always a typo worth stopping for."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    env = os.environ if environ is None else environ
+    return sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus CLI overrides; SuanwangError naming the bad variable."""
+    for var in unknown_variables():
+        known = [ENV_PREFIX + n.upper() for n in Settings.model_fields]
+        hint = difflib.get_close_matches(var, known, n=1)
+        raise SuanwangError(f"{var} is not a setting" + (f"; did you mean {hint[0]}?" if hint else ""))
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        source = ENV_PREFIX + field.upper()
+        raise SuanwangError(f"{source}={err.get('input')!r}: {err['msg']}") from None

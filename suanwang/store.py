@@ -1,0 +1,125 @@
+"""ClickHouse history: applies the versioned DDL, inserts contract records, runs analysts' queries."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from suanwang.errors import SuanwangError
+from suanwang.settings import Settings
+
+DATABASE = "suanwang"
+
+
+def ddl_files() -> list[tuple[str, str]]:
+    """(version, text) of each schemas/clickhouse/*.sql, in version order."""
+    folder = resources.files("suanwang.schemas").joinpath("clickhouse")
+    files = sorted((e.name, e.read_text(encoding="utf-8")) for e in folder.iterdir() if e.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), text) for name, text in files]
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a DDL file: comments dropped, split on semicolons that end a line."""
+    text = re.sub(r"--[^\n]*", "", sql)
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
+
+
+def describe_url(settings: Settings) -> str:
+    if settings.clickhouse_url:
+        return re.sub(r"//[^@/]*@", "//***@", settings.clickhouse_url)
+    return f"chdb://{settings.chdb_path}"
+
+
+def connect(settings: Settings) -> Any:
+    """A clickhouse-connect client for the configured server, or chdb in the data directory."""
+    if settings.clickhouse_url:
+        try:
+            return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+        except Exception as exc:  # OperationalError, DatabaseError, urllib3 errors
+            raise SuanwangError(
+                f"cannot reach ClickHouse at {describe_url(settings)} ({str(exc).splitlines()[0]}); "
+                "check SUANWANG_CLICKHOUSE_URL, or unset it to use the embedded store"
+            ) from None
+    path = settings.chdb_path
+    if path.exists() and not path.is_dir():
+        raise SuanwangError(f"{path} is a file, not a ClickHouse data directory; move it aside or choose --data-dir")
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    except Exception as exc:
+        text = str(exc)
+        if "Cannot lock file" in text or "already running" in text:
+            raise SuanwangError(
+                f"the embedded ClickHouse in {path} is in use by another process (a running `suanwang up` "
+                "or worker); stop it first, or query a ClickHouse server via SUANWANG_CLICKHOUSE_URL"
+            ) from None
+        if "already initialized with path" in text:
+            raise SuanwangError(f"this process already opened another embedded ClickHouse; cannot open {path}") from None
+        raise SuanwangError(
+            f"cannot open the embedded ClickHouse in {path} ({text.splitlines()[0]}); "
+            "if the directory is damaged, move it aside and start again"
+        ) from None
+
+
+class Store:
+    """One ClickHouse client, used from a single thread so async services never block their loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = connect(settings)
+        self._columns: dict[str, list[str]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+
+    def migrate(self) -> list[str]:
+        """Applies every DDL file (each statement is idempotent) and records its version."""
+        applied = []
+        for version, sql in ddl_files():
+            for stmt in statements(sql):
+                try:
+                    self.client.command(stmt)
+                except ClickHouseError as exc:
+                    raise SuanwangError(f"DDL {version} failed: {str(exc).splitlines()[0]}") from None
+            self.client.insert(f"{DATABASE}.schema_migrations", [[version]], column_names=["version"])
+            applied.append(version)
+        return applied
+
+    def columns(self, table: str) -> list[str]:
+        """Insertable columns of a table, read from ClickHouse: the DDL is their one definition."""
+        if table not in self._columns:
+            rows = self.client.query(
+                "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+                "AND default_kind = '' ORDER BY position",
+                parameters={"db": DATABASE, "t": table},
+            ).result_rows
+            if not rows:
+                raise SuanwangError(f"table {DATABASE}.{table} does not exist; was the DDL applied?")
+            self._columns[table] = [r[0] for r in rows]
+        return self._columns[table]
+
+    def insert_records(self, table: str, records: list[dict[str, Any]]) -> int:
+        columns = self.columns(table)
+        rows = [[rec.get(c) for c in columns] for rec in records]
+        if rows:
+            self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
+        return len(rows)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        try:
+            result = self.client.query(sql, parameters=parameters)
+        except ClickHouseError as exc:
+            raise SuanwangError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """Runs a blocking store call on the store's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.client.close()
