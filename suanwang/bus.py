@@ -85,9 +85,11 @@ class EventProducer:
     def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
         self.topics = Topics(settings.topic_prefix)
         self.codec = codec or make_codec(settings)
-        self._producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=0, acks=1)
+        self._settings = settings
+        self._producer: AIOKafkaProducer
 
     async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**client_kwargs(self._settings), linger_ms=0, acks=1)
         try:
             await self._producer.start()
         except KafkaConnectionError as exc:

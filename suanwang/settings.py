@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     sim_rate: float = Field(50.0, ge=0, description="Task requests per second.")
     sim_telemetry_interval_s: float = Field(5.0, gt=0, description="Seconds between samples of one node.")
     sim_seed: int = Field(7, description="Seed of the simulator's random streams.")
+    sim_time_scale: float = Field(360.0, gt=0, description="Simulated seconds of task runtime per real second.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -109,9 +109,11 @@ class Store:
             self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
         return len(rows)
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(self, sql: str, parameters: dict[str, Any] | None = None,
+              readonly: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
+        settings = {"readonly": 1} if readonly else None
         try:
-            result = self.client.query(sql, parameters=parameters)
+            result = self.client.query(sql, parameters=parameters, settings=settings)
         except ClickHouseError as exc:
             raise SuanwangError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
         return list(result.column_names), [tuple(r) for r in result.result_rows]

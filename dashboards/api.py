@@ -1,0 +1,128 @@
+"""The HTTP API and live dashboard (aiohttp), reading history from ClickHouse."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from suanwang.broker import check_port_free
+from suanwang.errors import SuanwangError
+from suanwang.service import announce_ready
+from suanwang.settings import Settings
+from suanwang.store import DATABASE, Store
+
+STORE = web.AppKey("store", Store)
+SUMMARY_TABLES = ("telemetry", "task_requests", "placements", "rejections", "alerts", "rollups", "dead_letters")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=_default))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(type(value).__name__)
+
+
+async def _rows(request: web.Request, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    store = request.app[STORE]
+    columns, rows = await store.run(store.query, sql, parameters)
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await _rows(request, "SELECT 1 AS ok")
+    except SuanwangError as exc:
+        return _json({"status": "unavailable", "reason": str(exc)}, status=503)
+    return _json({"status": "ready"})
+
+
+async def summary(request: web.Request) -> web.Response:
+    """Rows per history table: the dashboard's headline numbers."""
+    union = " UNION ALL ".join(f"SELECT '{t}' AS table, count() AS rows FROM {DATABASE}.{t}" for t in SUMMARY_TABLES)
+    return _json({r["table"]: r["rows"] for r in await _rows(request, union)})
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise web.HTTPUnprocessableEntity(text=json.dumps({"error": f"limit={raw!r} must be 1..1000"}),
+                                          content_type="application/json")
+    return int(raw)
+
+
+async def placements(request: web.Request) -> web.Response:
+    return _json(await _rows(request, f"SELECT * FROM {DATABASE}.placements ORDER BY event_time DESC "
+                                      "LIMIT {n:UInt32}", {"n": _limit(request)}))
+
+
+async def alerts(request: web.Request) -> web.Response:
+    return _json(await _rows(request, f"SELECT * FROM {DATABASE}.alerts ORDER BY event_time DESC "
+                                      "LIMIT {n:UInt32}", {"n": _limit(request)}))
+
+
+async def sql(request: web.Request) -> web.Response:
+    """A read-only query, so `suanwang sql` works while the embedded store is held by this process."""
+    body = await request.json()
+    query = body.get("query") if isinstance(body, dict) else None
+    if not isinstance(query, str) or not query.strip():
+        return _json({"error": "body must be {\"query\": \"SELECT ...\"}"}, status=422)
+    store = request.app[STORE]
+    try:
+        columns, rows = await store.run(lambda: store.query(query, None, readonly=True))
+    except SuanwangError as exc:
+        return _json({"error": str(exc)}, status=400)
+    return _json({"columns": columns, "rows": rows})
+
+
+async def index(request: web.Request) -> web.Response:
+    page = resources.files("suanwang.dashboards").joinpath("static/index.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html")
+
+
+def create_api(store: Store) -> web.Application:
+    app = web.Application()
+    app[STORE] = store
+    app.add_routes([
+        web.get("/", index),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/api/summary", summary),
+        web.get("/api/placements", placements),
+        web.get("/api/alerts", alerts),
+        web.post("/api/sql", sql),
+    ])
+    return app
+
+
+def api_url_file(settings: Settings) -> Any:
+    """Where a running API leaves its address, for `suanwang sql` to find it."""
+    return settings.data_dir / "run" / "api.url"
+
+
+async def start_api(settings: Settings, store: Store) -> web.AppRunner:
+    if settings.web_port:
+        check_port_free(settings.web_port, "web API", "--web-port / SUANWANG_WEB_PORT")
+    runner = web.AppRunner(create_api(store), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.web_host, settings.web_port)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://{settings.web_host}:{port}"
+    path = api_url_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url)
+    announce_ready(f"api {url}")
+    return runner

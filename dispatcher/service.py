@@ -1,0 +1,89 @@
+"""The dispatcher as a Kafka service: requests in, placements and rejections out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics
+from suanwang.dispatcher.core import Dispatcher
+from suanwang.schemas.topics import ALERT, GRID_SIGNAL, REGISTRY, TASK_LIFECYCLE, TASK_REQUEST, Topics
+from suanwang.service import announce_ready, consume
+from suanwang.settings import Settings
+from suanwang.topology import load_network
+
+RELEASING_STATES = {"FINISHED", "FAILED", "CANCELLED"}
+
+
+class DispatcherService:
+    """Keeps the node table current from the registry, grid and health; decides each request once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.core = Dispatcher(load_network(), scope=settings.dispatcher_scope,
+                               carbon_price=settings.carbon_price_yuan_per_kg)
+        self.producer = EventProducer(settings)
+
+    async def _catch_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Reads the registry and grid topics from the start up to their current end."""
+        names = [self.topics.name(REGISTRY), self.topics.name(GRID_SIGNAL)]
+        await consumer.topics()  # loads partition metadata
+        parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or ())]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+                for msg in messages:
+                    await self._on_state(tp.topic, msg)
+
+    async def _on_state(self, topic: str, msg: Any) -> None:
+        try:
+            schema, record = self.producer.codec.decode(msg.value)
+        except ValueError as exc:
+            await self.producer.dead_letter("dispatcher", msg, str(exc))
+            return
+        if schema == "NodeRegistration":
+            self.core.nodes.register(record)
+        elif schema == "GridSignal":
+            self.core.grid_signal(record)
+
+    async def _on_event(self, topic: str, record: dict[str, Any]) -> None:
+        spec = self.topics.spec(topic)
+        if spec is TASK_REQUEST:
+            out_spec, out = self.core.decide(record)
+            await self.producer.send(out_spec, out)
+        elif spec is TASK_LIFECYCLE and record["state"] in RELEASING_STATES:
+            self.core.release(record["task_id"])
+        elif spec is ALERT and record["kind"] == "node_offline":
+            self.core.set_health(record["scope_key"], healthy=record["resolved"])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.core.warm_up()
+        await ensure_topics(self.settings)
+        await self.producer.start()
+        state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        group = f"suanwang-dispatcher-{self.settings.dispatcher_scope.replace(':', '-')}"
+        events = contract_consumer(self.settings, [TASK_REQUEST, TASK_LIFECYCLE, ALERT], group)
+        try:
+            await state.start()
+            await self._catch_up(state)
+            await events.start()
+            announce_ready("dispatcher")
+            await asyncio.gather(
+                self._follow_state(state, stop),
+                consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
+            )
+        finally:
+            await events.stop()
+            await state.stop()
+            await self.producer.stop()
+
+    async def _follow_state(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for tp, messages in (await consumer.getmany(timeout_ms=100)).items():
+                for msg in messages:
+                    await self._on_state(tp.topic, msg)

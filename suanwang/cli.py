@@ -1,0 +1,181 @@
+"""The `suanwang` command: the whole platform (`up`), each service alone, and queries."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from suanwang.errors import SuanwangError
+from suanwang.settings import Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="算网 suanwang: monitoring and dispatch.")
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Embedded ClickHouse data and logs [./data].")]
+Duration = Annotated[float | None, typer.Option("--duration", help="Stop by itself after this many seconds.")]
+
+
+def _service(settings: Settings, duration: float | None,
+             body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Runs one service until SIGINT/SIGTERM or the duration; needs Kafka addressed by settings."""
+    from suanwang.service import stop_on_signals
+
+    if not settings.kafka_bootstrap:
+        raise SuanwangError("SUANWANG_KAFKA_BOOTSTRAP is not set; a standalone service needs a Kafka cluster "
+                            "(or use `suanwang up` for everything on the embedded broker)")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        if duration:
+            asyncio.get_running_loop().call_later(duration, stop.set)
+        await body(stop)
+
+    asyncio.run(main())
+
+
+@app.command()
+def up(
+    duration: Duration = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line.")] = False,
+    data_dir: DataDir = None,
+    broker_port: Annotated[int | None, typer.Option(help="Embedded broker port [free port].")] = None,
+    web_port: Annotated[int | None, typer.Option(help="API and dashboard port [8080].")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
+    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
+) -> None:
+    """Start the whole platform: broker, ClickHouse, worker, dispatcher, API and simulator."""
+    from suanwang.runtime import Platform
+
+    settings = load_settings(data_dir=data_dir, broker_port=broker_port, web_port=web_port, sim_nodes=nodes,
+                             sim_rate=rate, sim_seed=seed)
+    summary = Platform(settings, live=not json_out and sys.stdout.isatty()).run(duration)
+    if json_out:
+        print(json.dumps(summary))
+
+
+@app.command()
+def worker(
+    duration: Duration = None,
+    data_dir: DataDir = None,
+    api: Annotated[bool, typer.Option("--api", help="Serve the API too, sharing the ClickHouse client.")] = False,
+) -> None:
+    """Run the Faust monitoring worker: rollups, alerts and the ClickHouse sink."""
+    from suanwang.streams.worker import run_worker
+
+    settings = load_settings(data_dir=data_dir)
+    _service(settings, duration, lambda stop: run_worker(settings, stop, with_api=api))
+
+
+@app.command()
+def dispatcher(
+    duration: Duration = None,
+    scope: Annotated[str | None, typer.Option(help="national, province:<name> or industry:<name>.")] = None,
+) -> None:
+    """Run the dispatcher service: requests in, placements and rejections out."""
+    from suanwang.dispatcher.service import DispatcherService
+
+    settings = load_settings(dispatcher_scope=scope)
+    _service(settings, duration, DispatcherService(settings).run)
+
+
+@app.command("api")
+def api_command(duration: Duration = None, data_dir: DataDir = None,
+                web_port: Annotated[int | None, typer.Option(help="Port [8080].")] = None) -> None:
+    """Run the API and dashboard alone (against a ClickHouse server)."""
+    from suanwang.dashboards.api import start_api
+    from suanwang.service import stop_on_signals
+    from suanwang.store import Store
+
+    settings = load_settings(data_dir=data_dir, web_port=web_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        if duration:
+            asyncio.get_running_loop().call_later(duration, stop.set)
+        store = Store(settings)
+        await store.run(store.migrate)
+        runner = await start_api(settings, store)
+        await stop.wait()
+        await runner.cleanup()
+        store.close()
+
+    asyncio.run(main())
+
+
+@app.command()
+def simulate(
+    duration: Duration = None,
+    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
+    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    telemetry_interval: Annotated[float | None, typer.Option(help="Seconds between a node's samples [5].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed [7].")] = None,
+) -> None:
+    """Drive the platform with the reference network model."""
+    from suanwang.simulate import Simulator
+
+    settings = load_settings(sim_nodes=nodes, sim_rate=rate, sim_telemetry_interval_s=telemetry_interval,
+                             sim_seed=seed)
+    _service(settings, duration, Simulator(settings).run)
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A ClickHouse query, e.g. \"SELECT count() FROM suanwang.placements\".")],
+    data_dir: DataDir = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Query the history: embedded ClickHouse by default, through a running `up` if it holds the store."""
+    from suanwang.query import run_query
+
+    settings = load_settings(data_dir=data_dir)
+    columns, rows = run_query(settings, query)
+    if fmt is Format.json:
+        print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str))
+    elif fmt is Format.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        table = Table(*columns)
+        for r in rows:
+            table.add_row(*(str(v) for v in r))
+        Console().print(table)
+
+
+def main() -> None:
+    """Entry point: a SuanwangError becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except SuanwangError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,260 @@
+"""`suanwang up`: the embedded broker plus each service as a supervised child process, and a live panel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from suanwang.broker import EmbeddedBroker, check_port_free
+from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
+from suanwang.errors import SuanwangError
+from suanwang.schemas.topics import ALERT, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.service import READY_MARK, stop_on_signals
+from suanwang.settings import Settings
+from suanwang.store import Store, describe_url
+
+READY_TIMEOUT_S = 180.0
+COUNTED = {TELEMETRY: "telemetry_events", TASK_REQUEST: "task_requests", PLACEMENT: "placements",
+           REJECTION: "rejections", ALERT: "alerts"}
+HISTORY_TABLES = ("telemetry", "placements", "rejections", "alerts", "rollups", "grid_signals", "hub_latency")
+
+
+class Child:
+    """One service process; its output goes to a log file and is watched for the ready line."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self.detail = ""
+        self.tail: deque[str] = deque(maxlen=5)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, env: dict[str, str]) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "suanwang", *self.args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            async for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                log.write(line + "\n")
+                log.flush()
+                if line.startswith(READY_MARK):
+                    what = line.removeprefix(READY_MARK).strip()
+                    if what == self.name:
+                        self.ready.set()
+                    else:
+                        self.detail = what
+                elif line.strip():
+                    self.tail.append(line)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def failure(self) -> SuanwangError:
+        last = next((ln for ln in reversed(self.tail) if ln.strip()), "no output")
+        return SuanwangError(f"{self.name} stopped (exit {self.proc.returncode if self.proc else '?'}): "
+                             f"{last.strip()} — full log: {self.log_path}")
+
+    async def wait_ready(self) -> None:
+        assert self.proc
+        exited = asyncio.create_task(self.proc.wait())
+        ready = asyncio.create_task(self.ready.wait())
+        done, _ = await asyncio.wait({exited, ready}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        for task in (exited, ready):
+            task.cancel()
+        if ready not in done:
+            if self._reader:
+                await asyncio.wait({self._reader}, timeout=2)
+            if self.alive:
+                raise SuanwangError(f"{self.name} not ready after {READY_TIMEOUT_S:.0f}s; see {self.log_path}")
+            raise self.failure()
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        if self.alive:
+            assert self.proc
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader:
+            await asyncio.wait({self._reader}, timeout=2)
+
+
+class Monitor:
+    """Counts this run's events and measures dispatch latency, request produced -> placement consumed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.codec = make_codec(settings)
+        self.counts: Counter[str] = Counter()
+        self.latency_ms: list[float] = []
+        self.consumer: AIOKafkaConsumer
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        await self.consumer.start()
+        await self.consumer.topics()
+        names = [self.topics.name(spec) for spec in COUNTED]
+        parts = [TopicPartition(t, p) for t in names for p in self.consumer.partitions_for_topic(t) or ()]
+        self.consumer.assign(parts)
+        await self.consumer.seek_to_end(*parts)  # only this run's events
+        for tp in parts:
+            await self.consumer.position(tp)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        placement_topic = self.topics.name(PLACEMENT)
+        while not stop.is_set():
+            for tp, messages in (await self.consumer.getmany(timeout_ms=100)).items():
+                now = time.time() * 1000
+                self.counts[COUNTED[self.topics.spec(tp.topic)]] += len(messages)
+                if tp.topic == placement_topic:
+                    for msg in messages:
+                        with contextlib.suppress(ValueError):
+                            _, placement = self.codec.decode(msg.value)
+                            self.latency_ms.append(now - placement["request_time"].timestamp() * 1000)
+        await self.consumer.stop()
+
+    def percentile(self, q: float) -> float | None:
+        return round(float(np.percentile(self.latency_ms, q)), 3) if self.latency_ms else None
+
+
+class Platform:
+    """Starts, supervises and stops the whole platform."""
+
+    def __init__(self, settings: Settings, live: bool) -> None:
+        self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+        self.live = live
+        self.console = Console(stderr=True)
+        self.log_dir = self.settings.data_dir / "logs"
+        self.children: list[Child] = []
+        self.broker: EmbeddedBroker | None = None
+        self.started = 0.0
+
+    def run(self, duration: float | None) -> dict[str, Any]:
+        try:
+            return asyncio.run(self._main(duration))
+        finally:
+            if self.broker:
+                self.broker.stop()
+
+    async def _main(self, duration: float | None) -> dict[str, Any]:
+        s = self.settings
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if s.web_port:
+            check_port_free(s.web_port, "web API", "--web-port / SUANWANG_WEB_PORT")
+        if not s.kafka_bootstrap:
+            self.broker = EmbeddedBroker(s.broker_port, self.log_dir / "broker.log")
+            self.broker.start()
+            s = self.settings = s.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
+        await ensure_topics(s)
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        env = {**os.environ, **s.to_env(), "PYTHONUNBUFFERED": "1"}
+        worker = Child("worker", ["worker", "--api"], self.log_dir)
+        dispatcher = Child("dispatcher", ["dispatcher"], self.log_dir)
+        simulator = Child("simulator", ["simulate"], self.log_dir)
+        self.children = [worker, dispatcher, simulator]
+        monitor = Monitor(s)
+        monitor_task = None
+        try:
+            self._say("starting worker and dispatcher …")
+            for child in (worker, dispatcher):
+                await child.start(env)
+            for child in (worker, dispatcher):
+                await child.wait_ready()
+            await monitor.start()
+            monitor_stop = asyncio.Event()
+            monitor_task = asyncio.create_task(monitor.run(monitor_stop))
+            await simulator.start(env)
+            await simulator.wait_ready()
+            self.started = time.monotonic()
+            if duration:
+                asyncio.get_running_loop().call_later(duration, stop.set)
+            await self._supervise(stop, monitor)
+        finally:
+            await simulator.stop()
+            await asyncio.sleep(1.0)  # in-flight requests get their decisions
+            await dispatcher.stop()
+            await worker.stop(timeout_s=60)
+            if monitor_task:
+                monitor_stop.set()
+                await monitor_task
+        return self._summary(monitor)
+
+    async def _supervise(self, stop: asyncio.Event, monitor: Monitor) -> None:
+        with Live(self._panel(monitor), console=self.console, refresh_per_second=2,
+                  transient=False) if self.live else contextlib.nullcontext() as live:
+            last_line = 0.0
+            while not stop.is_set():
+                for child in self.children:
+                    if not child.alive:
+                        raise child.failure()
+                if live:
+                    live.update(self._panel(monitor))
+                elif not self.live and time.monotonic() - last_line > 10:
+                    last_line = time.monotonic()
+                    self._say(" ".join(f"{k}={v}" for k, v in sorted(monitor.counts.items())))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+    def _say(self, text: str) -> None:
+        if not self.live:
+            self.console.print(f"[dim]suanwang up:[/] {text}", highlight=False)
+
+    def _panel(self, monitor: Monitor) -> Group:
+        s = self.settings
+        comps = Table(title="算网 suanwang — components", title_justify="left")
+        comps.add_column("component")
+        comps.add_column("state")
+        comps.add_column("where")
+        broker = f"embedded tansu {s.kafka_bootstrap}" if self.broker else s.kafka_bootstrap
+        comps.add_row("broker", "running" if not self.broker or self.broker.alive() else "stopped", broker)
+        comps.add_row("clickhouse", "running" if self.children[0].alive else "stopped", describe_url(s))
+        for child in self.children:
+            state = "running" if child.alive else "stopped"
+            comps.add_row(child.name, state, child.detail or str(child.log_path))
+        flow = Table(title=f"events (last {time.monotonic() - self.started:.0f}s)", title_justify="left")
+        flow.add_column("stream")
+        flow.add_column("count", justify="right")
+        for name in COUNTED.values():
+            flow.add_row(name, str(monitor.counts[name]))
+        flow.add_row("dispatch p50 / p99 ms", f"{monitor.percentile(50)} / {monitor.percentile(99)}")
+        return Group(comps, flow)
+
+    def _summary(self, monitor: Monitor) -> dict[str, Any]:
+        summary: dict[str, Any] = {name: monitor.counts[name] for name in COUNTED.values()}
+        summary["dispatch_p50_ms"] = monitor.percentile(50)
+        summary["dispatch_p99_ms"] = monitor.percentile(99)
+        summary["seconds"] = round(time.monotonic() - self.started, 1)
+        store = Store(self.settings)
+        try:
+            summary["clickhouse_rows"] = {
+                t: store.query(f"SELECT count() FROM suanwang.{t}")[1][0][0] for t in HISTORY_TABLES}
+        finally:
+            store.close()
+        summary["clickhouse"] = describe_url(self.settings)
+        return summary
