@@ -8,7 +8,6 @@ per process (and cached on disk), before the first task.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 WHOLE = 1000  # an accelerator's capacity in thousandths
@@ -29,10 +28,7 @@ def accelerators_fit(acc_free_row, n_acc, count, milli):
     if count == 0:
         return True
     if count == 1 and milli < WHOLE:
-        for a in range(n_acc):
-            if acc_free_row[a] >= milli:
-                return True
-        return False
+        return any(acc_free_row[a] >= milli for a in range(n_acc))
     whole = 0
     for a in range(n_acc):
         if acc_free_row[a] == WHOLE:
@@ -55,7 +51,8 @@ def filter_nodes(healthy, arch, model, hub, province, cpu_free, mem_free, acc_fr
             verdict[i] = RESIDENCY
         elif tier_ms > 0 and rtt[origin_hub, hub[i]] > tier_ms:
             verdict[i] = LATENCY
-        elif cpu_free[i] < cpu or mem_free[i] < mem or not accelerators_fit(acc_free[i], n_acc[i], acc_count, acc_milli):
+        elif (cpu_free[i] < cpu or mem_free[i] < mem
+              or not accelerators_fit(acc_free[i], n_acc[i], acc_count, acc_milli)):
             verdict[i] = CAPACITY
         else:
             verdict[i] = FEASIBLE
@@ -73,10 +70,7 @@ def score_nodes(verdict, hub, province, cpu_total, n_acc, acc_free, throughput, 
     for i in range(verdict.shape[0]):
         if verdict[i] != FEASIBLE:
             continue
-        if acc_count > 0 and n_acc[i] > 0:
-            share = acc_count * (acc_milli / WHOLE) / n_acc[i]
-        else:
-            share = cpu / cpu_total[i]
+        share = acc_count * (acc_milli / WHOLE) / n_acc[i] if acc_count > 0 and n_acc[i] > 0 else cpu / cpu_total[i]
         kwh = power_kw[i] * share * pue[i] * hours
         p = province[i]
         compute[i] = unit_price[i] * throughput[i] * share * hours

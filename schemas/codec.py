@@ -92,7 +92,8 @@ class Codec:
     def decode(self, payload: bytes | None) -> tuple[str, dict[str, Any]]:
         """The schema name and the record; DecodeError saying what is wrong otherwise."""
         if payload is None or len(payload) < _HEADER.size:
-            raise DecodeError(f"payload of {0 if payload is None else len(payload)} bytes is shorter than the 5-byte header")
+            size = 0 if payload is None else len(payload)
+            raise DecodeError(f"payload of {size} bytes is shorter than the 5-byte header")
         magic, schema_id = _HEADER.unpack_from(payload)
         if magic != MAGIC:
             raise DecodeError(f"magic byte is {magic}, expected {MAGIC}")

@@ -23,7 +23,8 @@ def check_port_free(port: int, what: str, setting: str) -> None:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
-            raise SuanwangError(f"port {port} for the {what} is in use; free it or choose another with {setting}") from None
+            raise SuanwangError(
+                f"port {port} for the {what} is in use; free it or choose another with {setting}") from None
 
 
 class EmbeddedBroker:

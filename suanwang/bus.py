@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -12,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TopicSpec, Topics
+from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
 from suanwang.settings import Settings
 
 
@@ -71,10 +72,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:
             if topics.name(spec) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another service created them first
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another service created them first
     finally:
         await admin.close()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import logging
 import sys
 from collections.abc import Callable, Coroutine
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,12 +26,18 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Embedded Click
 Duration = Annotated[float | None, typer.Option("--duration", help="Stop by itself after this many seconds.")]
 
 
+def _quiet_client_libraries() -> None:
+    """Interactive commands report failures as one clear error, not the client libraries' own logs."""
+    for name in ("aiokafka", "clickhouse_connect"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _service(settings: Settings, duration: float | None,
-             body: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Runs one service until SIGINT/SIGTERM or the duration; needs Kafka addressed by settings."""
+             body: Callable[[asyncio.Event], Coroutine[Any, Any, None]], needs_kafka: bool = True) -> None:
+    """Runs one service until SIGINT/SIGTERM or the duration."""
     from suanwang.service import stop_on_signals
 
-    if not settings.kafka_bootstrap:
+    if needs_kafka and not settings.kafka_bootstrap:
         raise SuanwangError("SUANWANG_KAFKA_BOOTSTRAP is not set; a standalone service needs a Kafka cluster "
                             "(or use `suanwang up` for everything on the embedded broker)")
 
@@ -41,6 +48,7 @@ def _service(settings: Settings, duration: float | None,
             asyncio.get_running_loop().call_later(duration, stop.set)
         await body(stop)
 
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(main())
 
 
@@ -57,6 +65,8 @@ def up(
 ) -> None:
     """Start the whole platform: broker, ClickHouse, worker, dispatcher, API and simulator."""
     from suanwang.runtime import Platform
+
+    _quiet_client_libraries()
 
     settings = load_settings(data_dir=data_dir, broker_port=broker_port, web_port=web_port, sim_nodes=nodes,
                              sim_rate=rate, sim_seed=seed)
@@ -81,7 +91,7 @@ def worker(
 @app.command()
 def dispatcher(
     duration: Duration = None,
-    scope: Annotated[str | None, typer.Option(help="national, province:<name> or industry:<name>.")] = None,
+    scope: Annotated[str | None, typer.Option(help="Scope of decisions: national.")] = None,
 ) -> None:
     """Run the dispatcher service: requests in, placements and rejections out."""
     from suanwang.dispatcher.service import DispatcherService
@@ -95,16 +105,11 @@ def api_command(duration: Duration = None, data_dir: DataDir = None,
                 web_port: Annotated[int | None, typer.Option(help="Port [8080].")] = None) -> None:
     """Run the API and dashboard alone (against a ClickHouse server)."""
     from suanwang.dashboards.api import start_api
-    from suanwang.service import stop_on_signals
     from suanwang.store import Store
 
     settings = load_settings(data_dir=data_dir, web_port=web_port)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        if duration:
-            asyncio.get_running_loop().call_later(duration, stop.set)
+    async def serve(stop: asyncio.Event) -> None:
         store = Store(settings)
         await store.run(store.migrate)
         runner = await start_api(settings, store)
@@ -112,7 +117,7 @@ def api_command(duration: Duration = None, data_dir: DataDir = None,
         await runner.cleanup()
         store.close()
 
-    asyncio.run(main())
+    _service(settings, duration, serve, needs_kafka=False)
 
 
 @app.command()
@@ -131,7 +136,7 @@ def simulate(
     _service(settings, duration, Simulator(settings).run)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -146,6 +151,7 @@ def sql(
     """Query the history: embedded ClickHouse by default, through a running `up` if it holds the store."""
     from suanwang.query import run_query
 
+    _quiet_client_libraries()
     settings = load_settings(data_dir=data_dir)
     columns, rows = run_query(settings, query)
     if fmt is Format.json:

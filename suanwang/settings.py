@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address the API and dashboard listen on.")
     web_port: int = Field(8080, ge=0, le=65535, description="Port of the API and dashboard; 0 picks a free one.")
     # Dispatcher
-    dispatcher_scope: str = Field("national", description="national, province:<name> or industry:<name>.")
+    dispatcher_scope: Literal["national"] = Field(
+        "national", description="Scope of decisions; provincial and industry tiers are not built yet.")
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     # Monitoring
     rollup_window_s: float = Field(10.0, gt=0, description="Tumbling window of the hub rollups.")
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     sim_telemetry_interval_s: float = Field(5.0, gt=0, description="Seconds between samples of one node.")
     sim_seed: int = Field(7, description="Seed of the simulator's random streams.")
     sim_time_scale: float = Field(360.0, gt=0, description="Simulated seconds of task runtime per real second.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of services.")
 
     @property
     def chdb_path(self) -> Path:

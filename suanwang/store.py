@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -15,6 +17,7 @@ from suanwang.errors import SuanwangError
 from suanwang.settings import Settings
 
 DATABASE = "suanwang"
+_opened_here: set[Path] = set()  # chdb data paths this process holds
 
 
 def ddl_files() -> list[tuple[str, str]]:
@@ -50,21 +53,38 @@ def connect(settings: Settings) -> Any:
     if path.exists() and not path.is_dir():
         raise SuanwangError(f"{path} is a file, not a ClickHouse data directory; move it aside or choose --data-dir")
     path.mkdir(parents=True, exist_ok=True)
+    if _locked_by_another_process(path):
+        raise SuanwangError(
+            f"the embedded ClickHouse in {path} is in use by another process (a running `suanwang up` "
+            "or worker); stop it first, or query a ClickHouse server via SUANWANG_CLICKHOUSE_URL"
+        )
     try:
-        return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        _opened_here.add(path)
+        return client
     except Exception as exc:
         text = str(exc)
-        if "Cannot lock file" in text or "already running" in text:
-            raise SuanwangError(
-                f"the embedded ClickHouse in {path} is in use by another process (a running `suanwang up` "
-                "or worker); stop it first, or query a ClickHouse server via SUANWANG_CLICKHOUSE_URL"
-            ) from None
         if "already initialized with path" in text:
-            raise SuanwangError(f"this process already opened another embedded ClickHouse; cannot open {path}") from None
+            raise SuanwangError(
+                f"this process already opened another embedded ClickHouse; cannot open {path}") from None
         raise SuanwangError(
             f"cannot open the embedded ClickHouse in {path} ({text.splitlines()[0]}); "
             "if the directory is damaged, move it aside and start again"
         ) from None
+
+
+def _locked_by_another_process(path: Path) -> bool:
+    """ClickHouse holds an flock on `status` while it runs; this process's own hold does not count."""
+    status = path / "status"
+    if not status.exists() or path in _opened_here:
+        return False
+    with open(status, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 class Store:

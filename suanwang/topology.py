@@ -132,7 +132,8 @@ class Network(BaseModel):
         for i, a in enumerate(ids):
             for j, b in enumerate(ids):
                 km = self.distance_km(a, b)
-                out[i, j] = lat.intra_hub_ms if i == j else lat.base_ms + 2 * km * lat.route_factor / lat.fibre_km_per_ms
+                fibre_ms = 2 * km * lat.route_factor / lat.fibre_km_per_ms
+                out[i, j] = lat.intra_hub_ms if i == j else lat.base_ms + fibre_ms
         return out
 
     def transfer_price_matrix(self) -> np.ndarray:

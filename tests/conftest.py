@@ -1,0 +1,52 @@
+"""Real components only: the embedded tansu broker and a chdb store, shared by the whole session."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suanwang.broker import EmbeddedBroker
+from suanwang.settings import Settings
+from suanwang.store import Store
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedBroker:
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="session")
+def store(store_dir: Path) -> Store:
+    """The one chdb store of this process (chdb allows one data path per process)."""
+    opened = Store(Settings(data_dir=store_dir))
+    opened.migrate()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture()
+def settings(broker: EmbeddedBroker, store_dir: Path) -> Settings:
+    """Settings on the shared broker with topics of their own, so tests never see each other's events."""
+    return Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{next(_prefixes)}-{os.getpid()}.",
+                    data_dir=store_dir, session_timeout_ms=6000)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`suanwang ARGS` in a fresh process, with only the given SUANWANG_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SUANWANG_")}
+    return subprocess.run([sys.executable, "-m", "suanwang", *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,77 @@
+"""The dispatcher service on the real embedded broker: decisions out, bad records to the dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+from suanwang.dispatcher.service import DispatcherService
+from suanwang.schemas.codec import Codec
+from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
+
+from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
+from suanwang.settings import Settings
+from suanwang.topology import load_network, scaled_nodes
+from suanwang.workload import registration
+
+
+def _request(task_id: str, **over) -> dict:
+    return event(task_id=task_id, tenant="x", industry="ai", kind="inference", origin_hub="gba",
+                 origin_province="Guangdong", data_hub="gba", chip_archs=["cuda"], chip_models=[], cpu_milli=1000,
+                 memory_mib=1024, accelerators=1, accelerator_milli=500, duration_s=60.0, latency_tier_ms=5,
+                 input_gb=0.1, allowed_provinces=[], deadline=None, budget_yuan=None) | over
+
+
+async def _collect(settings: Settings, specs, want: int, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
+    consumer = contract_consumer(settings, specs, None)
+    await consumer.start()
+    codec, topics, out = Codec(), Topics(settings.topic_prefix), []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(out) < want and asyncio.get_running_loop().time() < deadline:
+            for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
+                for m in msgs:
+                    out.append((topics.spec(tp.topic).name, codec.decode(m.value)[1]))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_service_decides_and_dead_letters_garbage(settings: Settings) -> None:
+    async def scenario() -> list[tuple[str, dict]]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        network = load_network()
+        for spec in scaled_nodes(network, 100):  # registered before the service starts: rebuilt on start
+            await producer.send(REGISTRY, registration(spec, network))
+        await producer.flush()
+        stop = asyncio.Event()
+        service = asyncio.create_task(DispatcherService(settings).run(stop))
+        raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await raw.start()
+        await raw.send_and_wait(Topics(settings.topic_prefix).name(TASK_REQUEST), b"not avro at all", key=b"junk")
+        await raw.stop()
+        await producer.send(TASK_REQUEST, _request("good"))
+        await producer.send(TASK_REQUEST, _request("bad", chip_archs=["sparc"]))
+        await producer.send(TASK_REQUEST, _request("good"))  # redelivered: same decision, reserved once
+        await producer.flush()
+        got = await _collect(settings, [PLACEMENT, REJECTION, DEADLETTER], want=4)
+        stop.set()
+        await service
+        await producer.stop()
+        return got
+
+    got = asyncio.run(scenario())
+    placements = [r for t, r in got if t == PLACEMENT.name]
+    rejections = [r for t, r in got if t == REJECTION.name]
+    dead = [r for t, r in got if t == DEADLETTER.name]
+    assert [p["task_id"] for p in placements] == ["good", "good"]
+    assert placements[0]["event_id"] == placements[1]["event_id"]
+    assert placements[0]["hub"] == "gba" and placements[0]["accelerator_milli"] == 500
+    assert [(r["task_id"], r["reason_code"]) for r in rejections] == [("bad", "UNKNOWN_ARCH")]
+    assert len(dead) == 1
+    assert dead[0]["payload"] == b"not avro at all" and dead[0]["key"] == b"junk"
+    assert dead[0]["source_topic"].endswith("tasks.request") and dead[0]["offset"] >= 0
+    assert "magic byte" in dead[0]["error"] and dead[0]["component"] == "dispatcher"
+    assert now_ms() - int(placements[0]["request_time"].timestamp() * 1000) < 120_000

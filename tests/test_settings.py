@@ -1,0 +1,73 @@
+"""Settings: environment overrides, clear errors, and agreement with docker-compose and the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from suanwang.errors import SuanwangError
+from suanwang.settings import ENV_PREFIX, Settings, load_settings, unknown_variables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUANWANG_WEB_PORT", "9999")
+    monkeypatch.setenv("SUANWANG_KAFKA_BOOTSTRAP", "k1:9092,k2:9092")
+    s = load_settings()
+    assert (s.web_port, s.kafka_bootstrap) == (9999, "k1:9092,k2:9092")
+    assert load_settings(web_port=1234).web_port == 1234
+
+
+def test_bad_value_names_the_variable_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUANWANG_WEB_PORT", "eighty")
+    with pytest.raises(SuanwangError, match=r"SUANWANG_WEB_PORT='eighty': .*integer"):
+        load_settings()
+
+
+def test_misspelt_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUANWANG_KAFKA_BOOTSTAP", "x:1")
+    with pytest.raises(SuanwangError, match="SUANWANG_KAFKA_BOOTSTAP is not a setting; did you mean "
+                                            "SUANWANG_KAFKA_BOOTSTRAP"):
+        load_settings()
+
+
+def test_to_env_round_trips() -> None:
+    s = Settings(kafka_bootstrap="h:1", sim_rate=12.5, data_dir=Path("/tmp/x"))
+    env = s.to_env()
+    assert not unknown_variables(env)
+    assert Settings(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}) == s
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_sets_only_real_settings() -> None:
+    compose = _compose()
+    names = {k for svc in compose["services"].values() for k in (svc.get("environment") or {})
+             if k.startswith(ENV_PREFIX)}
+    assert names, "compose sets no SUANWANG_* variable"
+    assert not unknown_variables({n: "" for n in names})
+    suanwang_services = [n for n, svc in compose["services"].items() if svc.get("build")]
+    assert sorted(suanwang_services) == ["api", "dispatcher", "simulate", "worker"]
+    for svc in compose["services"].values():
+        if svc.get("environment") and any(k.startswith(ENV_PREFIX) for k in svc["environment"]):
+            values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in svc["environment"].items()}
+            Settings(**values)  # every value parses
+
+
+def test_compose_images_are_pinned() -> None:
+    for name, svc in _compose()["services"].items():
+        if "image" in svc:
+            assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", svc["image"]), f"{name}: {svc['image']} is not pinned"
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+", (ROOT / "Dockerfile").read_text(), re.M)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [ENV_PREFIX + n.upper() for n in Settings.model_fields if ENV_PREFIX + n.upper() not in readme]
+    assert not missing
