@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
 from suanwang.dispatcher.state import MAX_ACCELERATORS, NodeTable
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
-
-from suanwang.bus import event, now_ms
 from suanwang.topology import Network
 
 MAX_TASK_HOURS = 24 * 365

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from suanwang.dispatcher.core import Dispatcher
-from suanwang.schemas.topics import ALERT, GRID_SIGNAL, REGISTRY, TASK_LIFECYCLE, TASK_REQUEST, Topics
 
 from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics
+from suanwang.dispatcher.core import Dispatcher
+from suanwang.schemas.topics import ALERT, GRID_SIGNAL, REGISTRY, TASK_LIFECYCLE, TASK_REQUEST, Topics
 from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network

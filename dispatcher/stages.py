@@ -28,7 +28,10 @@ def accelerators_fit(acc_free_row, n_acc, count, milli):
     if count == 0:
         return True
     if count == 1 and milli < WHOLE:
-        return any(acc_free_row[a] >= milli for a in range(n_acc))
+        for a in range(n_acc):
+            if acc_free_row[a] >= milli:
+                return True
+        return False
     whole = 0
     for a in range(n_acc):
         if acc_free_row[a] == WHOLE:

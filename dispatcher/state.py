@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from suanwang.dispatcher.stages import WHOLE
 
+from suanwang.dispatcher.stages import WHOLE
 from suanwang.topology import Network
 
 MAX_ACCELERATORS = 16

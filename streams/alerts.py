@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from suanwang.bus import event
 from suanwang.schemas.topics import ALERT, TELEMETRY
 from suanwang.streams.app import Context
-
-from suanwang.bus import event
 
 TEMP_MARGIN_C = 3.0
 UTIL_MARGIN = 0.1

@@ -7,10 +7,10 @@ from collections import Counter
 from typing import Any
 
 import faust
-from suanwang.schemas.codec import Codec, DecodeError
-from suanwang.schemas.topics import DEADLETTER, Topics, TopicSpec
 
 from suanwang.bus import event, make_codec
+from suanwang.schemas.codec import Codec, DecodeError
+from suanwang.schemas.topics import DEADLETTER, Topics, TopicSpec
 from suanwang.settings import Settings
 from suanwang.store import Store
 

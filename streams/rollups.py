@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from suanwang.bus import event
 from suanwang.schemas.topics import ROLLUP, TELEMETRY
 from suanwang.streams.app import Context
-
-from suanwang.bus import event
 
 LATENESS_S = 5.0
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from suanwang.streams.app import create_app
-
 from suanwang.bus import ensure_topics
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import Store
+from suanwang.streams.app import create_app
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = False) -> None:

@@ -6,9 +6,9 @@ import struct
 from datetime import UTC, datetime
 
 import pytest
+
 from suanwang.schemas.codec import Codec, DecodeError, local_schema_id, parsed_schemas, schema_sources
 from suanwang.schemas.topics import ALL_TOPICS, Topics
-
 from tests.samples import sample_record
 
 SCHEMAS = sorted(schema_sources())

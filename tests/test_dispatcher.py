@@ -6,12 +6,12 @@ import random
 
 import numpy as np
 import pytest
+
+from suanwang.bus import now_ms
 from suanwang.dispatcher import stages
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REJECTION
-
-from suanwang.bus import now_ms
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaProducer
+
+from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
 from suanwang.dispatcher.service import DispatcherService
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
-
-from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import PLACEMENT, Topics
 
 from suanwang.broker import EmbeddedBroker
+from suanwang.schemas.codec import Codec
+from suanwang.schemas.topics import PLACEMENT, Topics
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
 
 def _up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
+    env = {"SUANWANG_ALERT_INLET_TEMP_C": "27", **(env or {})}  # alerts at any hour of the day
     result = run_cli("up", "--duration", "20", "--json", "--data-dir", str(data_dir), "--web-port", "0",
                      "--nodes", "300", "--rate", "40", *extra, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

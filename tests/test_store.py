@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from suanwang.schemas.codec import Codec, schema_sources
 from suanwang.schemas.topics import ALL_TOPICS
-
 from suanwang.store import DATABASE, Store, ddl_files, statements
 from tests.samples import sample_record
 
