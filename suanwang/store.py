@@ -18,6 +18,8 @@ from suanwang.settings import Settings
 
 DATABASE = "suanwang"
 _opened_here: set[Path] = set()  # chdb data paths this process holds
+_READ = re.compile(r"(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
+_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 
 
 def ddl_files() -> list[tuple[str, str]]:
@@ -87,6 +89,14 @@ def _locked_by_another_process(path: Path) -> bool:
     return False
 
 
+def check_read_only(sql: str) -> None:
+    """Refuses anything but a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS)."""
+    body = re.sub(r"--[^\n]*", "", sql).strip().rstrip(";").strip()
+    if ";" in body or not _READ.match(body) or _INTO_OUTFILE.search(body):
+        raise SuanwangError("only a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) "
+                            "is allowed here")
+
+
 class Store:
     """One ClickHouse client, used from a single thread so async services never block their loop."""
 
@@ -131,7 +141,12 @@ class Store:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
               readonly: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
-        settings = {"readonly": 1} if readonly else None
+        settings = None
+        if readonly:
+            check_read_only(sql)
+            # a server applies per-request settings to that request only; chdb applies them to its one
+            # session with SET and cannot take `readonly` back, so there the statement check must do
+            settings = {"readonly": 1} if self.settings.clickhouse_url else None
         try:
             result = self.client.query(sql, parameters=parameters, settings=settings)
         except ClickHouseError as exc:
