@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import faust
@@ -24,7 +23,6 @@ class Context:
         self.store = store
         self.codec: Codec = make_codec(settings)
         self.topics = Topics(settings.topic_prefix)
-        self.sunk: Counter[str] = Counter()  # rows written per table, for the status panel
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")

@@ -23,4 +23,3 @@ def register(ctx: Context) -> None:
                     by_table[ctx.topics.spec(ev.message.topic).table].append(record)
             for table, records in by_table.items():
                 await ctx.store.run(ctx.store.insert_records, table, records)
-                ctx.sunk[table] += len(records)

@@ -102,10 +102,6 @@ class EventProducer:
         key = str(record[spec.key]).encode() if spec.key else None
         await self._producer.send(self.topics.name(spec), self.codec.encode(spec.schema, record), key=key)
 
-    async def send_and_wait(self, spec: TopicSpec, record: dict[str, Any]) -> None:
-        key = str(record[spec.key]).encode() if spec.key else None
-        await self._producer.send_and_wait(self.topics.name(spec), self.codec.encode(spec.schema, record), key=key)
-
     async def dead_letter(self, component: str, msg: Any, error: str) -> None:
         """Keeps an unprocessable message whole, with where it came from and why it failed."""
         await self.send(

@@ -43,7 +43,6 @@ class Simulator:
         self.producer = EventProducer(settings)
         self.topics = Topics(settings.topic_prefix)
         self.rtt = self.network.rtt_matrix()
-        self.sent: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         self._finishes: list[tuple[int, str, str]] = []  # (due ms, task id, node id)
         self._durations: dict[str, float | None] = {}  # task id -> duration_s, until placed
@@ -51,7 +50,6 @@ class Simulator:
 
     async def _send(self, spec: Any, record: dict[str, Any]) -> None:
         await self.producer.send(spec, record)
-        self.sent[spec.name] += 1
 
     async def _grid_hour(self, hour_start: int) -> None:
         """Signals for this hour and the 23 after it, per province of every hub site."""
