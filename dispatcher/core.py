@@ -52,29 +52,8 @@ class Dispatcher:
         if n > self._scratch_size:
             size = max(n, 2 * self._scratch_size, 1024)
             self.verdict = np.zeros(size, dtype=np.int8)
-            self.costs = np.zeros((6, size))
+            self.costs = np.zeros((7, size))
             self._scratch_size = size
-
-    def warm_up(self) -> None:
-        """Compiles (or loads from cache) every stage before the first real task."""
-        saved = self.nodes, self.reservations, self.decisions
-        from suanwang.topology import load_network
-
-        self.nodes = NodeTable(load_network(), capacity=4)
-        self.reservations, self.decisions = {}, {}
-        self.nodes.register(dict(node_id="warm", hub=self.nodes.hubs.names[0], cluster="c",
-                                 province=self.nodes.provinces.names[0], chip_arch="x", chip_model="m",
-                                 cpu_milli=1000, memory_mib=1000, accelerators=2, throughput=1.0, power_kw=1.0,
-                                 pue=1.2, unit_price=1.0))
-        for milli in (500, 1000):
-            task = dict(task_id=f"warm{milli}", tenant="t", kind="k", event_time=now_ms(),
-                        origin_hub=self.nodes.hubs.names[0], origin_province=self.nodes.provinces.names[0],
-                        data_hub=self.nodes.hubs.names[0], chip_archs=["x"], chip_models=[], cpu_milli=1,
-                        memory_mib=1, accelerators=1, accelerator_milli=milli, duration_s=60.0,
-                        latency_tier_ms=20, input_gb=0.0, allowed_provinces=[], deadline=None, budget_yuan=None)
-            self.decide(task)
-            self.release(task["task_id"])
-        self.nodes, self.reservations, self.decisions = saved
 
     # ---- inputs other than requests
 
@@ -149,7 +128,7 @@ class Dispatcher:
         n = t.size
         self._scratch(n)
         verdict = self.verdict[:n]
-        compute, energy, transfer, carbon_cost, carbon_kg, score = (row[:n] for row in self.costs)
+        compute, kwh, energy, transfer, carbon_cost, carbon_kg, score = (row[:n] for row in self.costs)
         origin = t.hubs.ids[req["origin_hub"]]
         cpu, mem = int(req["cpu_milli"]), int(req["memory_mib"])
         acc_count, acc_milli = int(req["accelerators"]), int(req["accelerator_milli"])
@@ -161,12 +140,12 @@ class Dispatcher:
             t.provinces.mask(req["allowed_provinces"]), not req["allowed_provinces"], t.rtt, origin, tier,
             cpu, mem, acc_count, acc_milli, verdict)
         hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
-        stages.score_nodes(
+        feasible = stages.score_nodes(
             verdict, t.view("hub"), t.view("province"), t.view("cpu_total"), t.view("n_acc"), t.acc_free[:n],
             t.view("throughput"), t.view("power_kw"), t.view("pue"), t.view("unit_price"), t.price_now,
             t.green_now, t.emission_kg_per_kwh, self.carbon_price, t.transfer_price, t.hubs.ids[req["data_hub"]],
             cpu, acc_count, acc_milli, hours, float(req["input_gb"] or 0), float(req["budget_yuan"] or 0),
-            self.fragmentation_weight, compute, energy, transfer, carbon_cost, carbon_kg, score)
+            self.fragmentation_weight, compute, kwh, energy, transfer, carbon_cost, carbon_kg, score)
         picks = np.empty(3, dtype=np.int64)
         stages.select(verdict, score, t.view("hub"), origin, picks)
         best, second, local = (int(x) for x in picks)
@@ -192,7 +171,7 @@ class Dispatcher:
             accelerator_indices=[int(a) for a in chosen[:taken]], accelerator_milli=per_acc, cpu_milli=cpu,
             memory_mib=mem, compute_cost=float(compute[best]), energy_cost=float(energy[best]),
             transfer_cost=float(transfer[best]), carbon_cost=float(carbon_cost[best]), total_cost=total(best),
-            energy_kwh=float(energy[best] / max(t.price_now[t.province[best]], 1e-9)),
+            energy_kwh=float(kwh[best]),
             carbon_kg=float(carbon_kg[best]), est_latency_ms=float(t.rtt[origin, t.hub[best]]),
             runner_up_node_id=t.node_ids[second] if second >= 0 else None,
             runner_up_cost=total(second) if second >= 0 else None,
@@ -200,7 +179,7 @@ class Dispatcher:
             local_cost=total(local) if local >= 0 else None,
             saved_yuan=total(local) - total(best) if local >= 0 else 0.0,
             saved_carbon_kg=float(carbon_kg[local] - carbon_kg[best]) if local >= 0 else 0.0,
-            feasible_nodes=int(np.count_nonzero(verdict == stages.FEASIBLE)),
+            feasible_nodes=feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
         )
         record["start_at"] = record["event_time"]
@@ -209,6 +188,22 @@ class Dispatcher:
     def _rejection(self, req: dict[str, Any], code: str, reason: str, removed: dict[str, int]) -> dict[str, Any]:
         return event(task_id=req["task_id"], tenant=req["tenant"], request_time=_ms(req["event_time"]),
                      scope=self.scope, reason_code=code, reason=reason, nodes_total=self.nodes.size, filtered=removed)
+
+
+def warm_up(network: Network) -> None:
+    """Compiles (or loads from cache) every stage before the first real task, on a throwaway table."""
+    scratch = Dispatcher(network)
+    hub, province = scratch.nodes.hubs.names[0], scratch.nodes.provinces.names[0]
+    scratch.nodes.register(dict(node_id="warm", hub=hub, cluster="c", province=province, chip_arch="x",
+                                chip_model="m", cpu_milli=1000, memory_mib=1000, accelerators=2,
+                                throughput=1.0, power_kw=1.0, pue=1.2, unit_price=1.0))
+    for milli in (500, 1000):  # a shared and a whole accelerator take different branches
+        task = dict(task_id=f"warm{milli}", tenant="t", kind="k", event_time=now_ms(), origin_hub=hub,
+                    origin_province=province, data_hub=hub, chip_archs=["x"], chip_models=[], cpu_milli=1,
+                    memory_mib=1, accelerators=1, accelerator_milli=milli, duration_s=60.0,
+                    latency_tier_ms=20, input_gb=0.0, allowed_provinces=[], deadline=None, budget_yuan=None)
+        scratch.decide(task)
+        scratch.release(task["task_id"])
 
 
 def _ms(value: Any) -> int | None:

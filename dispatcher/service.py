@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics
-from suanwang.dispatcher.core import Dispatcher
+from suanwang.dispatcher.core import Dispatcher, warm_up
 from suanwang.schemas.topics import ALERT, GRID_SIGNAL, REGISTRY, TASK_LIFECYCLE, TASK_REQUEST, Topics
 from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
@@ -62,7 +62,7 @@ class DispatcherService:
             self.core.set_health(record["scope_key"], healthy=record["resolved"])
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.core.warm_up()
+        warm_up(load_network())
         await ensure_topics(self.settings)
         await self.producer.start()
         state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))

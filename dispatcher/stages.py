@@ -67,7 +67,7 @@ def filter_nodes(healthy, arch, model, hub, province, cpu_free, mem_free, acc_fr
 def score_nodes(verdict, hub, province, cpu_total, n_acc, acc_free, throughput, power_kw, pue, unit_price,
                 price_now, green_now, emission_kg_per_kwh, carbon_price, transfer_price, data_hub,
                 cpu, acc_count, acc_milli, hours, input_gb, budget, fragmentation_weight,
-                compute, energy_cost, transfer, carbon_cost, carbon_kg, score):
+                compute, energy_kwh, energy_cost, transfer, carbon_cost, carbon_kg, score):
     """Expected cost of running the task on each feasible node; nodes over budget get BUDGET."""
     feasible = 0
     for i in range(verdict.shape[0]):
@@ -75,6 +75,7 @@ def score_nodes(verdict, hub, province, cpu_total, n_acc, acc_free, throughput, 
             continue
         share = acc_count * (acc_milli / WHOLE) / n_acc[i] if acc_count > 0 and n_acc[i] > 0 else cpu / cpu_total[i]
         kwh = power_kw[i] * share * pue[i] * hours
+        energy_kwh[i] = kwh
         p = province[i]
         compute[i] = unit_price[i] * throughput[i] * share * hours
         energy_cost[i] = kwh * price_now[p]
@@ -108,7 +109,7 @@ def fragmentation(acc_free_row, n_acc, count, milli):
 
 
 @njit(cache=True)
-def select(verdict, score, hub, origin_hub, best_costs):
+def select(verdict, score, hub, origin_hub, picks):
     """Best and runner-up node by score, and the best node in the origin hub (-1 when none)."""
     best = -1
     second = -1
@@ -123,9 +124,9 @@ def select(verdict, score, hub, origin_hub, best_costs):
             second = i
         if hub[i] == origin_hub and (local < 0 or score[i] < score[local]):
             local = i
-    best_costs[0] = best
-    best_costs[1] = second
-    best_costs[2] = local
+    picks[0] = best
+    picks[1] = second
+    picks[2] = local
 
 
 @njit(cache=True)

@@ -89,6 +89,13 @@ class Codec:
         fastavro.schemaless_writer(buf, self._schemas[schema], record)
         return buf.getvalue()
 
+    def decode_as(self, expected: str, payload: bytes | None) -> dict[str, Any]:
+        """The record, which must be of schema `expected` (the one its topic carries)."""
+        schema, record = self.decode(payload)
+        if schema != expected:
+            raise DecodeError(f"a {schema} record where {expected} was expected")
+        return record
+
     def decode(self, payload: bytes | None) -> tuple[str, dict[str, Any]]:
         """The schema name and the record; DecodeError saying what is wrong otherwise."""
         if payload is None or len(payload) < _HEADER.size:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,10 @@ class TopicSpec:
     key: str | None
     table: str | None
     compacted: bool = False
+
+    def key_of(self, record: dict[str, Any]) -> bytes | None:
+        """The Kafka message key of a record on this topic."""
+        return str(record[self.key]).encode() if self.key else None
 
 
 REGISTRY = TopicSpec("registry.node", "NodeRegistration", "node_id", "nodes", compacted=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from suanwang.bus import event, make_codec
+from suanwang.bus import dead_letter, make_codec
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import DEADLETTER, Topics, TopicSpec
 from suanwang.settings import Settings
@@ -28,21 +28,14 @@ class Context:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")
 
     async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
-        key = str(record[spec.key]).encode() if spec.key else None
-        await self.topic(spec).send(key=key, value=self.codec.encode(spec.schema, record))
+        await self.topic(spec).send(key=spec.key_of(record), value=self.codec.encode(spec.schema, record))
 
     async def decode(self, ev: faust.EventT, component: str) -> dict[str, Any] | None:
         """The event's record; None after sending it to the dead letters when it cannot be decoded."""
-        msg = ev.message
         try:
-            schema, record = self.codec.decode(ev.value)
-            expected = self.topics.spec(msg.topic).schema
-            if schema != expected:
-                raise DecodeError(f"{schema} record on topic {msg.topic}, expected {expected}")
-            return record
+            return self.codec.decode_as(self.topics.spec(ev.message.topic).schema, ev.value)
         except DecodeError as exc:
-            await self.send(DEADLETTER, event(component=component, source_topic=msg.topic, partition=msg.partition,
-                                              offset=msg.offset, key=msg.key, payload=ev.value or b"", error=str(exc)))
+            await self.send(DEADLETTER, dead_letter(component, ev.message, str(exc)))
             return None
 
 

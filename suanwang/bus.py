@@ -26,6 +26,12 @@ def event(**fields: Any) -> dict[str, Any]:
     return {"event_id": uuid.uuid4().hex, "event_time": now_ms(), **fields}
 
 
+def dead_letter(component: str, msg: Any, error: str) -> dict[str, Any]:
+    """A DeadLetter record keeping an unprocessable message whole, with where it came from and why."""
+    return event(component=component, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                 key=msg.key, payload=msg.value or b"", error=error)
+
+
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.kafka_bootstrap, "client_id": "suanwang"}
 
@@ -99,16 +105,11 @@ class EventProducer:
 
     async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
         """Queues the record for sending; delivery errors surface in flush()/stop()."""
-        key = str(record[spec.key]).encode() if spec.key else None
-        await self._producer.send(self.topics.name(spec), self.codec.encode(spec.schema, record), key=key)
+        await self._producer.send(self.topics.name(spec), self.codec.encode(spec.schema, record),
+                                  key=spec.key_of(record))
 
     async def dead_letter(self, component: str, msg: Any, error: str) -> None:
-        """Keeps an unprocessable message whole, with where it came from and why it failed."""
-        await self.send(
-            DEADLETTER,
-            event(component=component, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                  key=msg.key, payload=msg.value or b"", error=error),
-        )
+        await self.send(DEADLETTER, dead_letter(component, msg, error))
 
     async def flush(self) -> None:
         await self._producer.flush()

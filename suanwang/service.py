@@ -39,9 +39,7 @@ async def consume(consumer: AIOKafkaConsumer, topics: Topics, producer: EventPro
         for messages in batches.values():
             for msg in messages:
                 try:
-                    schema, record = codec.decode(msg.value)
-                    if schema != topics.spec(msg.topic).schema:
-                        raise DecodeError(f"{schema} record on topic {msg.topic}")
+                    record = codec.decode_as(topics.spec(msg.topic).schema, msg.value)
                 except DecodeError as exc:
                     await producer.dead_letter(component, msg, str(exc))
                     continue

@@ -29,9 +29,13 @@ def ddl_files() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), text) for name, text in files]
 
 
+def _strip_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
 def statements(sql: str) -> list[str]:
     """The statements of a DDL file: comments dropped, split on semicolons that end a line."""
-    text = re.sub(r"--[^\n]*", "", sql)
+    text = _strip_comments(sql)
     return [s.strip() for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
 
 
@@ -91,7 +95,7 @@ def _locked_by_another_process(path: Path) -> bool:
 
 def check_read_only(sql: str) -> None:
     """Refuses anything but a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS)."""
-    body = re.sub(r"--[^\n]*", "", sql).strip().rstrip(";").strip()
+    body = _strip_comments(sql).strip().rstrip(";").strip()
     if ";" in body or not _READ.match(body) or _INTO_OUTFILE.search(body):
         raise SuanwangError("only a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) "
                             "is allowed here")

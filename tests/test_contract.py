@@ -67,6 +67,21 @@ def test_bad_payloads_say_what_is_wrong(payload: bytes, message: str) -> None:
         Codec().decode(payload)
 
 
+def test_decode_as_refuses_a_record_of_another_schema() -> None:
+    codec = Codec()
+    payload = codec.encode("Alert", sample_record("Alert"))
+    assert codec.decode_as("Alert", payload)["alert_key"] == "s"
+    with pytest.raises(DecodeError, match="a Alert record where Placement was expected"):
+        codec.decode_as("Placement", payload)
+
+
+def test_message_keys_come_from_the_topic_key_field() -> None:
+    from suanwang.schemas.topics import DEADLETTER, TELEMETRY
+
+    assert TELEMETRY.key_of({"node_id": "n-1"}) == b"n-1"
+    assert DEADLETTER.key_of({"anything": 1}) is None
+
+
 def test_truncated_body_names_the_schema() -> None:
     codec = Codec()
     payload = codec.encode("Placement", sample_record("Placement"))

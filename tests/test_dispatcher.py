@@ -108,6 +108,8 @@ def test_offline_work_goes_where_it_is_cheapest_and_says_what_it_saved(network) 
     assert out["saved_yuan"] > 0 and out["total_cost"] < out["local_cost"]
     parts = out["compute_cost"] + out["energy_cost"] + out["transfer_cost"] + out["carbon_cost"]
     assert out["total_cost"] == pytest.approx(parts)
+    assert out["energy_kwh"] > 0 and out["carbon_kg"] < out["energy_kwh"]
+    assert 1 <= out["feasible_nodes"] < 400
     Codec().encode("Placement", out)  # the explained event fits the contract
 
 
@@ -136,6 +138,13 @@ def test_random_stream_never_overcommits_and_release_restores_everything(network
     after = (d.nodes.view("cpu_free"), d.nodes.view("mem_free"), d.nodes.acc_free)
     for a, b in zip(before, after, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_energy_is_reported_even_when_power_is_free(network) -> None:
+    d = _dispatcher(network)
+    d.nodes.price_now[:] = 0.0
+    _, out = d.decide(_request())
+    assert out["energy_cost"] == 0 and out["energy_kwh"] > 0
 
 
 def test_unhealthy_nodes_are_skipped(network) -> None:
