@@ -37,7 +37,7 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(ctx.topic(TELEMETRY), name="node_alerts")
     async def node_alerts(stream: Any) -> None:
         async for ev in stream.events():
-            node = await ctx.decode(ev, "alerts")
+            node = ctx.decode(ev)
             if node is None:
                 continue
             temp = node["inlet_temp_c"]

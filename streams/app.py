@@ -30,10 +30,20 @@ class Context:
     async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
         await self.topic(spec).send(key=spec.key_of(record), value=self.codec.encode(spec.schema, record))
 
-    async def decode(self, ev: faust.EventT, component: str) -> dict[str, Any] | None:
+    def _record(self, ev: faust.EventT) -> dict[str, Any]:
+        return self.codec.decode_as(self.topics.spec(ev.message.topic).schema, ev.value)
+
+    def decode(self, ev: faust.EventT) -> dict[str, Any] | None:
+        """The event's record, or None when it does not decode (the sink reports it: it reads every topic)."""
+        try:
+            return self._record(ev)
+        except DecodeError:
+            return None
+
+    async def decode_or_dead_letter(self, ev: faust.EventT, component: str) -> dict[str, Any] | None:
         """The event's record; None after sending it to the dead letters when it cannot be decoded."""
         try:
-            return self.codec.decode_as(self.topics.spec(ev.message.topic).schema, ev.value)
+            return self._record(ev)
         except DecodeError as exc:
             await self.send(DEADLETTER, dead_letter(component, ev.message, str(exc)))
             return None

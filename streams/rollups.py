@@ -53,7 +53,7 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(ctx.topic(TELEMETRY), name="hub_rollups")
     async def hub_rollups(stream: Any) -> None:
         async for ev in stream.events():
-            t = await ctx.decode(ev, "rollups")
+            t = ctx.decode(ev)
             if t is None:
                 continue
             ts = int(t["event_time"].timestamp() * 1000)

@@ -18,7 +18,7 @@ def register(ctx: Context) -> None:
         async for events in stream.take_events(settings.sink_batch_size, within=settings.sink_flush_s):
             by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for ev in events:
-                record = await ctx.decode(ev, "sink")
+                record = await ctx.decode_or_dead_letter(ev, "sink")
                 if record is not None:
                     by_table[ctx.topics.spec(ev.message.topic).table].append(record)
             for table, records in by_table.items():
