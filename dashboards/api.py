@@ -58,19 +58,30 @@ async def summary(request: web.Request) -> web.Response:
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise web.HTTPUnprocessableEntity(text=json.dumps({"error": f"limit={raw!r} must be 1..1000"}),
-                                          content_type="application/json")
+        raise web.HTTPUnprocessableEntity(
+            text=json.dumps({"error": f"limit={raw!r} must be 1..1000"}), content_type="application/json"
+        )
     return int(raw)
 
 
 async def placements(request: web.Request) -> web.Response:
-    return _json(await _rows(request, f"SELECT * FROM {DATABASE}.placements ORDER BY event_time DESC "
-                                      "LIMIT {n:UInt32}", {"n": _limit(request)}))
+    return _json(
+        await _rows(
+            request,
+            f"SELECT * FROM {DATABASE}.placements ORDER BY event_time DESC LIMIT {{n:UInt32}}",
+            {"n": _limit(request)},
+        )
+    )
 
 
 async def alerts(request: web.Request) -> web.Response:
-    return _json(await _rows(request, f"SELECT * FROM {DATABASE}.alerts ORDER BY event_time DESC "
-                                      "LIMIT {n:UInt32}", {"n": _limit(request)}))
+    return _json(
+        await _rows(
+            request,
+            f"SELECT * FROM {DATABASE}.alerts ORDER BY event_time DESC LIMIT {{n:UInt32}}",
+            {"n": _limit(request)},
+        )
+    )
 
 
 async def sql(request: web.Request) -> web.Response:
@@ -78,7 +89,7 @@ async def sql(request: web.Request) -> web.Response:
     body = await request.json()
     query = body.get("query") if isinstance(body, dict) else None
     if not isinstance(query, str) or not query.strip():
-        return _json({"error": "body must be {\"query\": \"SELECT ...\"}"}, status=422)
+        return _json({"error": 'body must be {"query": "SELECT ..."}'}, status=422)
     store = request.app[STORE]
     try:
         columns, rows = await store.run(lambda: store.query(query, None, readonly=True))
@@ -95,15 +106,17 @@ async def index(request: web.Request) -> web.Response:
 def create_api(store: Store) -> web.Application:
     app = web.Application()
     app[STORE] = store
-    app.add_routes([
-        web.get("/", index),
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/api/summary", summary),
-        web.get("/api/placements", placements),
-        web.get("/api/alerts", alerts),
-        web.post("/api/sql", sql),
-    ])
+    app.add_routes(
+        [
+            web.get("/", index),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/api/summary", summary),
+            web.get("/api/placements", placements),
+            web.get("/api/alerts", alerts),
+            web.post("/api/sql", sql),
+        ]
+    )
     return app
 
 

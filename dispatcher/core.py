@@ -38,8 +38,9 @@ class Invalid(Exception):
 class Dispatcher:
     """Owns the node table and the reservations; every decision goes through `decide`."""
 
-    def __init__(self, network: Network, scope: str = "national", carbon_price: float = 0.1,
-                 fragmentation_weight: float = 0.05) -> None:
+    def __init__(
+        self, network: Network, scope: str = "national", carbon_price: float = 0.1, fragmentation_weight: float = 0.05
+    ) -> None:
         self.scope = scope
         self.nodes = NodeTable(network)
         self.carbon_price = carbon_price
@@ -63,8 +64,17 @@ class Dispatcher:
         if res is None:
             return False
         t = self.nodes
-        stages.release(res.row, t.cpu_free, t.mem_free, t.acc_free, res.cpu, res.mem, res.acc_milli,
-                       res.accelerators, len(res.accelerators))
+        stages.release(
+            res.row,
+            t.cpu_free,
+            t.mem_free,
+            t.acc_free,
+            res.cpu,
+            res.mem,
+            res.acc_milli,
+            res.accelerators,
+            len(res.accelerators),
+        )
         return True
 
     def set_health(self, node_id: str, healthy: bool) -> None:
@@ -134,18 +144,62 @@ class Dispatcher:
         acc_count, acc_milli = int(req["accelerators"]), int(req["accelerator_milli"])
         tier = float(req["latency_tier_ms"] or 0)
         stages.filter_nodes(
-            t.view("healthy"), t.view("arch"), t.view("model"), t.view("hub"), t.view("province"),
-            t.view("cpu_free"), t.view("mem_free"), t.acc_free[:n], t.view("n_acc"),
-            t.archs.mask(req["chip_archs"]), t.models.mask(req["chip_models"]), not req["chip_models"],
-            t.provinces.mask(req["allowed_provinces"]), not req["allowed_provinces"], t.rtt, origin, tier,
-            cpu, mem, acc_count, acc_milli, verdict)
+            t.view("healthy"),
+            t.view("arch"),
+            t.view("model"),
+            t.view("hub"),
+            t.view("province"),
+            t.view("cpu_free"),
+            t.view("mem_free"),
+            t.acc_free[:n],
+            t.view("n_acc"),
+            t.archs.mask(req["chip_archs"]),
+            t.models.mask(req["chip_models"]),
+            not req["chip_models"],
+            t.provinces.mask(req["allowed_provinces"]),
+            not req["allowed_provinces"],
+            t.rtt,
+            origin,
+            tier,
+            cpu,
+            mem,
+            acc_count,
+            acc_milli,
+            verdict,
+        )
         hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
         feasible = stages.score_nodes(
-            verdict, t.view("hub"), t.view("province"), t.view("cpu_total"), t.view("n_acc"), t.acc_free[:n],
-            t.view("throughput"), t.view("power_kw"), t.view("pue"), t.view("unit_price"), t.price_now,
-            t.green_now, t.emission_kg_per_kwh, self.carbon_price, t.transfer_price, t.hubs.ids[req["data_hub"]],
-            cpu, acc_count, acc_milli, hours, float(req["input_gb"] or 0), float(req["budget_yuan"] or 0),
-            self.fragmentation_weight, compute, kwh, energy, transfer, carbon_cost, carbon_kg, score)
+            verdict,
+            t.view("hub"),
+            t.view("province"),
+            t.view("cpu_total"),
+            t.view("n_acc"),
+            t.acc_free[:n],
+            t.view("throughput"),
+            t.view("power_kw"),
+            t.view("pue"),
+            t.view("unit_price"),
+            t.price_now,
+            t.green_now,
+            t.emission_kg_per_kwh,
+            self.carbon_price,
+            t.transfer_price,
+            t.hubs.ids[req["data_hub"]],
+            cpu,
+            acc_count,
+            acc_milli,
+            hours,
+            float(req["input_gb"] or 0),
+            float(req["budget_yuan"] or 0),
+            self.fragmentation_weight,
+            compute,
+            kwh,
+            energy,
+            transfer,
+            carbon_cost,
+            carbon_kg,
+            score,
+        )
         picks = np.empty(3, dtype=np.int64)
         stages.select(verdict, score, t.view("hub"), origin, picks)
         best, second, local = (int(x) for x in picks)
@@ -156,8 +210,9 @@ class Dispatcher:
             summary = ", ".join(f"{v} {k}" for k, v in removed.items())
             return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{n} nodes: {summary}", removed)
         chosen = np.zeros(max(acc_count, 1), dtype=np.int32)
-        taken = stages.reserve(best, t.cpu_free, t.mem_free, t.acc_free, t.n_acc, cpu, mem, acc_count, acc_milli,
-                               chosen)
+        taken = stages.reserve(
+            best, t.cpu_free, t.mem_free, t.acc_free, t.n_acc, cpu, mem, acc_count, acc_milli, chosen
+        )
         per_acc = acc_milli if acc_count == 1 else stages.WHOLE
         self.reservations[req["task_id"]] = Reservation(best, cpu, mem, per_acc, chosen[:taken].copy())
 
@@ -165,14 +220,28 @@ class Dispatcher:
             return float(compute[i] + energy[i] + transfer[i] + carbon_cost[i])
 
         record = event(
-            task_id=req["task_id"], tenant=req["tenant"], kind=req["kind"], request_time=_ms(req["event_time"]),
-            scope=self.scope, node_id=t.node_ids[best], hub=t.hubs.names[t.hub[best]], cluster=t.clusters[best],
-            province=t.provinces.names[t.province[best]], origin_hub=req["origin_hub"],
-            accelerator_indices=[int(a) for a in chosen[:taken]], accelerator_milli=per_acc, cpu_milli=cpu,
-            memory_mib=mem, compute_cost=float(compute[best]), energy_cost=float(energy[best]),
-            transfer_cost=float(transfer[best]), carbon_cost=float(carbon_cost[best]), total_cost=total(best),
+            task_id=req["task_id"],
+            tenant=req["tenant"],
+            kind=req["kind"],
+            request_time=_ms(req["event_time"]),
+            scope=self.scope,
+            node_id=t.node_ids[best],
+            hub=t.hubs.names[t.hub[best]],
+            cluster=t.clusters[best],
+            province=t.provinces.names[t.province[best]],
+            origin_hub=req["origin_hub"],
+            accelerator_indices=[int(a) for a in chosen[:taken]],
+            accelerator_milli=per_acc,
+            cpu_milli=cpu,
+            memory_mib=mem,
+            compute_cost=float(compute[best]),
+            energy_cost=float(energy[best]),
+            transfer_cost=float(transfer[best]),
+            carbon_cost=float(carbon_cost[best]),
+            total_cost=total(best),
             energy_kwh=float(kwh[best]),
-            carbon_kg=float(carbon_kg[best]), est_latency_ms=float(t.rtt[origin, t.hub[best]]),
+            carbon_kg=float(carbon_kg[best]),
+            est_latency_ms=float(t.rtt[origin, t.hub[best]]),
             runner_up_node_id=t.node_ids[second] if second >= 0 else None,
             runner_up_cost=total(second) if second >= 0 else None,
             local_node_id=t.node_ids[local] if local >= 0 else None,
@@ -186,22 +255,61 @@ class Dispatcher:
         return PLACEMENT, record
 
     def _rejection(self, req: dict[str, Any], code: str, reason: str, removed: dict[str, int]) -> dict[str, Any]:
-        return event(task_id=req["task_id"], tenant=req["tenant"], request_time=_ms(req["event_time"]),
-                     scope=self.scope, reason_code=code, reason=reason, nodes_total=self.nodes.size, filtered=removed)
+        return event(
+            task_id=req["task_id"],
+            tenant=req["tenant"],
+            request_time=_ms(req["event_time"]),
+            scope=self.scope,
+            reason_code=code,
+            reason=reason,
+            nodes_total=self.nodes.size,
+            filtered=removed,
+        )
 
 
 def warm_up(network: Network) -> None:
     """Compiles (or loads from cache) every stage before the first real task, on a throwaway table."""
     scratch = Dispatcher(network)
     hub, province = scratch.nodes.hubs.names[0], scratch.nodes.provinces.names[0]
-    scratch.nodes.register(dict(node_id="warm", hub=hub, cluster="c", province=province, chip_arch="x",
-                                chip_model="m", cpu_milli=1000, memory_mib=1000, accelerators=2,
-                                throughput=1.0, power_kw=1.0, pue=1.2, unit_price=1.0))
+    scratch.nodes.register(
+        dict(
+            node_id="warm",
+            hub=hub,
+            cluster="c",
+            province=province,
+            chip_arch="x",
+            chip_model="m",
+            cpu_milli=1000,
+            memory_mib=1000,
+            accelerators=2,
+            throughput=1.0,
+            power_kw=1.0,
+            pue=1.2,
+            unit_price=1.0,
+        )
+    )
     for milli in (500, 1000):  # a shared and a whole accelerator take different branches
-        task = dict(task_id=f"warm{milli}", tenant="t", kind="k", event_time=now_ms(), origin_hub=hub,
-                    origin_province=province, data_hub=hub, chip_archs=["x"], chip_models=[], cpu_milli=1,
-                    memory_mib=1, accelerators=1, accelerator_milli=milli, duration_s=60.0,
-                    latency_tier_ms=20, input_gb=0.0, allowed_provinces=[], deadline=None, budget_yuan=None)
+        task = dict(
+            task_id=f"warm{milli}",
+            tenant="t",
+            kind="k",
+            event_time=now_ms(),
+            origin_hub=hub,
+            origin_province=province,
+            data_hub=hub,
+            chip_archs=["x"],
+            chip_models=[],
+            cpu_milli=1,
+            memory_mib=1,
+            accelerators=1,
+            accelerator_milli=milli,
+            duration_s=60.0,
+            latency_tier_ms=20,
+            input_gb=0.0,
+            allowed_provinces=[],
+            deadline=None,
+            budget_yuan=None,
+        )
         scratch.decide(task)
         scratch.release(task["task_id"])
 

@@ -23,8 +23,9 @@ class DispatcherService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.core = Dispatcher(load_network(), scope=settings.dispatcher_scope,
-                               carbon_price=settings.carbon_price_yuan_per_kg)
+        self.core = Dispatcher(
+            load_network(), scope=settings.dispatcher_scope, carbon_price=settings.carbon_price_yuan_per_kg
+        )
         self.producer = EventProducer(settings)
 
     async def _catch_up(self, consumer: AIOKafkaConsumer) -> None:

@@ -40,9 +40,30 @@ def accelerators_fit(acc_free_row, n_acc, count, milli):
 
 
 @njit(cache=True)
-def filter_nodes(healthy, arch, model, hub, province, cpu_free, mem_free, acc_free, n_acc,
-                 arch_ok, model_ok, any_model, province_ok, any_province, rtt, origin_hub, tier_ms,
-                 cpu, mem, acc_count, acc_milli, verdict):
+def filter_nodes(
+    healthy,
+    arch,
+    model,
+    hub,
+    province,
+    cpu_free,
+    mem_free,
+    acc_free,
+    n_acc,
+    arch_ok,
+    model_ok,
+    any_model,
+    province_ok,
+    any_province,
+    rtt,
+    origin_hub,
+    tier_ms,
+    cpu,
+    mem,
+    acc_count,
+    acc_milli,
+    verdict,
+):
     """Writes each node's first failing filter (or FEASIBLE) into `verdict`; returns feasible count."""
     feasible = 0
     for i in range(healthy.shape[0]):
@@ -54,8 +75,9 @@ def filter_nodes(healthy, arch, model, hub, province, cpu_free, mem_free, acc_fr
             verdict[i] = RESIDENCY
         elif tier_ms > 0 and rtt[origin_hub, hub[i]] > tier_ms:
             verdict[i] = LATENCY
-        elif (cpu_free[i] < cpu or mem_free[i] < mem
-              or not accelerators_fit(acc_free[i], n_acc[i], acc_count, acc_milli)):
+        elif (
+            cpu_free[i] < cpu or mem_free[i] < mem or not accelerators_fit(acc_free[i], n_acc[i], acc_count, acc_milli)
+        ):
             verdict[i] = CAPACITY
         else:
             verdict[i] = FEASIBLE
@@ -64,10 +86,38 @@ def filter_nodes(healthy, arch, model, hub, province, cpu_free, mem_free, acc_fr
 
 
 @njit(cache=True)
-def score_nodes(verdict, hub, province, cpu_total, n_acc, acc_free, throughput, power_kw, pue, unit_price,
-                price_now, green_now, emission_kg_per_kwh, carbon_price, transfer_price, data_hub,
-                cpu, acc_count, acc_milli, hours, input_gb, budget, fragmentation_weight,
-                compute, energy_kwh, energy_cost, transfer, carbon_cost, carbon_kg, score):
+def score_nodes(
+    verdict,
+    hub,
+    province,
+    cpu_total,
+    n_acc,
+    acc_free,
+    throughput,
+    power_kw,
+    pue,
+    unit_price,
+    price_now,
+    green_now,
+    emission_kg_per_kwh,
+    carbon_price,
+    transfer_price,
+    data_hub,
+    cpu,
+    acc_count,
+    acc_milli,
+    hours,
+    input_gb,
+    budget,
+    fragmentation_weight,
+    compute,
+    energy_kwh,
+    energy_cost,
+    transfer,
+    carbon_cost,
+    carbon_kg,
+    score,
+):
     """Expected cost of running the task on each feasible node; nodes over budget get BUDGET."""
     feasible = 0
     for i in range(verdict.shape[0]):

@@ -43,9 +43,19 @@ class NodeTable:
     """Per-node arrays, each indexed by the node's row; rows are never reused."""
 
     _FIELDS: dict[str, Any] = {
-        "healthy": np.bool_, "arch": np.int32, "model": np.int32, "hub": np.int32, "province": np.int32,
-        "cpu_total": np.int64, "cpu_free": np.int64, "mem_total": np.int64, "mem_free": np.int64,
-        "n_acc": np.int32, "throughput": np.float64, "power_kw": np.float64, "pue": np.float64,
+        "healthy": np.bool_,
+        "arch": np.int32,
+        "model": np.int32,
+        "hub": np.int32,
+        "province": np.int32,
+        "cpu_total": np.int64,
+        "cpu_free": np.int64,
+        "mem_total": np.int64,
+        "mem_free": np.int64,
+        "n_acc": np.int32,
+        "throughput": np.float64,
+        "power_kw": np.float64,
+        "pue": np.float64,
         "unit_price": np.float64,
     }
 

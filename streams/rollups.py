@@ -39,10 +39,21 @@ def rollup(hub: str, start_ms: int, window_ms: int, t: Totals) -> dict[str, Any]
     power_mean = t.power_sum / n
     # each node reported about samples/nodes times; hub power is the mean per sample times the nodes seen
     hub_kw = power_mean * len(t.nodes)
-    return event(scope_kind="hub", scope_key=hub, window_start=start_ms, window_end=start_ms + window_ms,
-                 samples=n, nodes_reporting=len(t.nodes), cpu_util_mean=t.cpu_sum / n, cpu_util_max=t.cpu_max,
-                 memory_util_mean=t.mem_sum / n, accelerator_util_mean=t.acc_sum / n,
-                 accelerator_util_max=t.acc_max, power_kw_mean=hub_kw, energy_kwh=hub_kw * window_ms / 3_600_000)
+    return event(
+        scope_kind="hub",
+        scope_key=hub,
+        window_start=start_ms,
+        window_end=start_ms + window_ms,
+        samples=n,
+        nodes_reporting=len(t.nodes),
+        cpu_util_mean=t.cpu_sum / n,
+        cpu_util_max=t.cpu_max,
+        memory_util_mean=t.mem_sum / n,
+        accelerator_util_mean=t.acc_sum / n,
+        accelerator_util_max=t.acc_max,
+        power_kw_mean=hub_kw,
+        energy_kwh=hub_kw * window_ms / 3_600_000,
+    )
 
 
 def register(ctx: Context) -> None:

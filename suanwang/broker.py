@@ -24,7 +24,8 @@ def check_port_free(port: int, what: str, setting: str) -> None:
             sock.bind(("127.0.0.1", port))
         except OSError:
             raise SuanwangError(
-                f"port {port} for the {what} is in use; free it or choose another with {setting}") from None
+                f"port {port} for the {what} is in use; free it or choose another with {setting}"
+            ) from None
 
 
 class EmbeddedBroker:
@@ -51,9 +52,19 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -28,8 +28,15 @@ def event(**fields: Any) -> dict[str, Any]:
 
 def dead_letter(component: str, msg: Any, error: str) -> dict[str, Any]:
     """A DeadLetter record keeping an unprocessable message whole, with where it came from and why."""
-    return event(component=component, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                 key=msg.key, payload=msg.value or b"", error=error)
+    return event(
+        component=component,
+        source_topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        payload=msg.value or b"",
+        error=error,
+    )
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -105,8 +112,9 @@ class EventProducer:
 
     async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
         """Queues the record for sending; delivery errors surface in flush()/stop()."""
-        await self._producer.send(self.topics.name(spec), self.codec.encode(spec.schema, record),
-                                  key=spec.key_of(record))
+        await self._producer.send(
+            self.topics.name(spec), self.codec.encode(spec.schema, record), key=spec.key_of(record)
+        )
 
     async def dead_letter(self, component: str, msg: Any, error: str) -> None:
         await self.send(DEADLETTER, dead_letter(component, msg, error))

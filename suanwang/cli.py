@@ -32,14 +32,20 @@ def _quiet_client_libraries() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _service(settings: Settings, duration: float | None,
-             body: Callable[[asyncio.Event], Coroutine[Any, Any, None]], needs_kafka: bool = True) -> None:
+def _service(
+    settings: Settings,
+    duration: float | None,
+    body: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    needs_kafka: bool = True,
+) -> None:
     """Runs one service until SIGINT/SIGTERM or the duration."""
     from suanwang.service import stop_on_signals
 
     if needs_kafka and not settings.kafka_bootstrap:
-        raise SuanwangError("SUANWANG_KAFKA_BOOTSTRAP is not set; a standalone service needs a Kafka cluster "
-                            "(or use `suanwang up` for everything on the embedded broker)")
+        raise SuanwangError(
+            "SUANWANG_KAFKA_BOOTSTRAP is not set; a standalone service needs a Kafka cluster "
+            "(or use `suanwang up` for everything on the embedded broker)"
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -68,8 +74,9 @@ def up(
 
     _quiet_client_libraries()
 
-    settings = load_settings(data_dir=data_dir, broker_port=broker_port, web_port=web_port, sim_nodes=nodes,
-                             sim_rate=rate, sim_seed=seed)
+    settings = load_settings(
+        data_dir=data_dir, broker_port=broker_port, web_port=web_port, sim_nodes=nodes, sim_rate=rate, sim_seed=seed
+    )
     summary = Platform(settings, live=not json_out and sys.stdout.isatty()).run(duration)
     if json_out:
         print(json.dumps(summary))
@@ -101,8 +108,11 @@ def dispatcher(
 
 
 @app.command("api")
-def api_command(duration: Duration = None, data_dir: DataDir = None,
-                web_port: Annotated[int | None, typer.Option(help="Port [8080].")] = None) -> None:
+def api_command(
+    duration: Duration = None,
+    data_dir: DataDir = None,
+    web_port: Annotated[int | None, typer.Option(help="Port [8080].")] = None,
+) -> None:
     """Run the API and dashboard alone (against a ClickHouse server)."""
     from suanwang.dashboards.api import start_api
     from suanwang.store import Store
@@ -131,8 +141,7 @@ def simulate(
     """Drive the platform with the reference network model."""
     from suanwang.simulate import Simulator
 
-    settings = load_settings(sim_nodes=nodes, sim_rate=rate, sim_telemetry_interval_s=telemetry_interval,
-                             sim_seed=seed)
+    settings = load_settings(sim_nodes=nodes, sim_rate=rate, sim_telemetry_interval_s=telemetry_interval, sim_seed=seed)
     _service(settings, duration, Simulator(settings).run)
 
 
@@ -144,7 +153,7 @@ class Format(StrEnum):
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="A ClickHouse query, e.g. \"SELECT count() FROM suanwang.placements\".")],
+    query: Annotated[str, typer.Argument(help='A ClickHouse query, e.g. "SELECT count() FROM suanwang.placements".')],
     data_dir: DataDir = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:

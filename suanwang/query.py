@@ -32,8 +32,9 @@ def _through_api(settings: Settings, query: str, cause: SuanwangError) -> tuple[
     if not path.exists():
         raise cause
     url = path.read_text().strip() + "/api/sql"
-    req = urllib.request.Request(url, data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             body = json.load(resp)

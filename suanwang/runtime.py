@@ -27,8 +27,13 @@ from suanwang.settings import Settings
 from suanwang.store import Store, describe_url
 
 READY_TIMEOUT_S = 180.0
-COUNTED = {TELEMETRY: "telemetry_events", TASK_REQUEST: "task_requests", PLACEMENT: "placements",
-           REJECTION: "rejections", ALERT: "alerts"}
+COUNTED = {
+    TELEMETRY: "telemetry_events",
+    TASK_REQUEST: "task_requests",
+    PLACEMENT: "placements",
+    REJECTION: "rejections",
+    ALERT: "alerts",
+}
 HISTORY_TABLES = ("telemetry", "placements", "rejections", "alerts", "rollups", "grid_signals", "hub_latency")
 
 
@@ -47,8 +52,15 @@ class Child:
 
     async def start(self, env: dict[str, str]) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "suanwang", *self.args, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            sys.executable,
+            "-m",
+            "suanwang",
+            *self.args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -73,8 +85,10 @@ class Child:
 
     def failure(self) -> SuanwangError:
         last = next((ln for ln in reversed(self.tail) if ln.strip()), "no output")
-        return SuanwangError(f"{self.name} stopped (exit {self.proc.returncode if self.proc else '?'}): "
-                             f"{last.strip()} — full log: {self.log_path}")
+        return SuanwangError(
+            f"{self.name} stopped (exit {self.proc.returncode if self.proc else '?'}): "
+            f"{last.strip()} — full log: {self.log_path}"
+        )
 
     async def wait_ready(self) -> None:
         assert self.proc
@@ -206,8 +220,11 @@ class Platform:
         return self._summary(monitor)
 
     async def _supervise(self, stop: asyncio.Event, monitor: Monitor) -> None:
-        with Live(self._panel(monitor), console=self.console, refresh_per_second=2,
-                  transient=False) if self.live else contextlib.nullcontext() as live:
+        with (
+            Live(self._panel(monitor), console=self.console, refresh_per_second=2, transient=False)
+            if self.live
+            else contextlib.nullcontext() as live
+        ):
             last_line = 0.0
             while not stop.is_set():
                 for child in self.children:
@@ -253,7 +270,8 @@ class Platform:
         store = Store(self.settings)
         try:
             summary["clickhouse_rows"] = {
-                t: store.query(f"SELECT count() FROM suanwang.{t}")[1][0][0] for t in HISTORY_TABLES}
+                t: store.query(f"SELECT count() FROM suanwang.{t}")[1][0][0] for t in HISTORY_TABLES
+            }
         finally:
             store.close()
         summary["clickhouse"] = describe_url(self.settings)

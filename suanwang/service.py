@@ -30,8 +30,14 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def consume(consumer: AIOKafkaConsumer, topics: Topics, producer: EventProducer, component: str,
-                  handle: Handler, stop: asyncio.Event) -> None:
+async def consume(
+    consumer: AIOKafkaConsumer,
+    topics: Topics,
+    producer: EventProducer,
+    component: str,
+    handle: Handler,
+    stop: asyncio.Event,
+) -> None:
     """Decodes each message and hands (schema, record) to `handle`; undecodable ones go to the dead letters."""
     codec = producer.codec
     while not stop.is_set():

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     web_port: int = Field(8080, ge=0, le=65535, description="Port of the API and dashboard; 0 picks a free one.")
     # Dispatcher
     dispatcher_scope: Literal["national"] = Field(
-        "national", description="Scope of decisions; provincial and industry tiers are not built yet.")
+        "national", description="Scope of decisions; provincial and industry tiers are not built yet."
+    )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     # Monitoring
     rollup_window_s: float = Field(10.0, gt=0, description="Tumbling window of the hub rollups.")

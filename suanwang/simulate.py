@@ -57,8 +57,9 @@ class Simulator:
         sites |= {(h.city.province, hub_id) for hub_id, h in self.network.hubs.items()}
         for ahead in range(24):
             for province, hub in sorted(sites):
-                await self._send(GRID_SIGNAL, grid_signal(self.network, province, hub,
-                                                          hour_start + ahead * 3_600_000, self.rng))
+                await self._send(
+                    GRID_SIGNAL, grid_signal(self.network, province, hub, hour_start + ahead * 3_600_000, self.rng)
+                )
 
     async def _probes(self) -> None:
         hubs = self.network.hub_ids

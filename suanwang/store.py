@@ -72,7 +72,8 @@ def connect(settings: Settings) -> Any:
         text = str(exc)
         if "already initialized with path" in text:
             raise SuanwangError(
-                f"this process already opened another embedded ClickHouse; cannot open {path}") from None
+                f"this process already opened another embedded ClickHouse; cannot open {path}"
+            ) from None
         raise SuanwangError(
             f"cannot open the embedded ClickHouse in {path} ({text.splitlines()[0]}); "
             "if the directory is damaged, move it aside and start again"
@@ -97,8 +98,9 @@ def check_read_only(sql: str) -> None:
     """Refuses anything but a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS)."""
     body = _strip_comments(sql).strip().rstrip(";").strip()
     if ";" in body or not _READ.match(body) or _INTO_OUTFILE.search(body):
-        raise SuanwangError("only a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) "
-                            "is allowed here")
+        raise SuanwangError(
+            "only a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) is allowed here"
+        )
 
 
 class Store:
@@ -143,8 +145,9 @@ class Store:
             self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
         return len(rows)
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None,
-              readonly: bool = False) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = False
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         settings = None
         if readonly:
             check_read_only(sql)

@@ -206,6 +206,9 @@ def scaled_nodes(network: Network, total: int) -> list[NodeSpec]:
             cluster = hub.clusters[cluster_id]
             for pool, count in largest_remainder(cluster_nodes, network.mixes[hub.role]).items():
                 for i in range(count):
-                    nodes.append(NodeSpec(f"{cluster_id}-{pool}-{i:05d}", hub_id, cluster_id, cluster.province,
-                                          pool, cluster.pue))
+                    nodes.append(
+                        NodeSpec(
+                            f"{cluster_id}-{pool}-{i:05d}", hub_id, cluster_id, cluster.province, pool, cluster.pue
+                        )
+                    )
     return nodes

@@ -33,12 +33,24 @@ def diurnal(hour: float, peak: float = 14.0) -> float:
 def registration(spec: NodeSpec, network: Network) -> dict[str, Any]:
     pool = network.pools[spec.pool]
     return event(
-        node_id=spec.node_id, hub=spec.hub, cluster=spec.cluster, province=spec.province,
-        data_center=f"{spec.cluster}-dc1", compute_class=pool.compute_class, chip_arch=pool.chip_arch,
-        chip_model=pool.chip_model, cpu_milli=pool.cpu_cores * 1000, memory_mib=pool.memory_gib * GIB,
-        accelerators=pool.accelerators, accelerator_memory_mib=pool.accelerator_memory_gib * GIB,
-        throughput=pool.throughput, power_kw=pool.power_kw, idle_power_kw=pool.idle_power_kw, pue=spec.pue,
-        unit_price=pool.unit_price, active=True,
+        node_id=spec.node_id,
+        hub=spec.hub,
+        cluster=spec.cluster,
+        province=spec.province,
+        data_center=f"{spec.cluster}-dc1",
+        compute_class=pool.compute_class,
+        chip_arch=pool.chip_arch,
+        chip_model=pool.chip_model,
+        cpu_milli=pool.cpu_cores * 1000,
+        memory_mib=pool.memory_gib * GIB,
+        accelerators=pool.accelerators,
+        accelerator_memory_mib=pool.accelerator_memory_gib * GIB,
+        throughput=pool.throughput,
+        power_kw=pool.power_kw,
+        idle_power_kw=pool.idle_power_kw,
+        pue=spec.pue,
+        unit_price=pool.unit_price,
+        active=True,
     )
 
 
@@ -77,9 +89,16 @@ class NodeBehaviour:
         if self.hot_until.get(spec.node_id, 0) > now:
             temp += 16.0
         return event(
-            node_id=spec.node_id, hub=spec.hub, cluster=spec.cluster, province=spec.province, cpu_util=cpu,
-            memory_util=min(1.0, max(0.0, 0.3 + 0.5 * cpu + rng.gauss(0, 0.05))), accelerator_util=acc,
-            power_kw=power, inlet_temp_c=temp, running_tasks=running,
+            node_id=spec.node_id,
+            hub=spec.hub,
+            cluster=spec.cluster,
+            province=spec.province,
+            cpu_util=cpu,
+            memory_util=min(1.0, max(0.0, 0.3 + 0.5 * cpu + rng.gauss(0, 0.05))),
+            accelerator_util=acc,
+            power_kw=power,
+            inlet_temp_c=temp,
+            running_tasks=running,
         )
 
 
@@ -93,16 +112,26 @@ def grid_signal(network: Network, province: str, hub: str, hour_start_ms: int, r
     wind = 0.5 + 0.5 * math.cos((hour - 2) / 24 * 2 * math.pi)  # strongest around 02:00
     swing = (0.10 * solar + 0.08 * wind - 0.09) if west else 0.06 * solar - 0.03
     green = min(0.99, max(0.0, prov.green_share + swing + rng.gauss(0, 0.02)))
-    return event(province=province, hub=hub, hour_start=hour_start_ms, price_yuan_kwh=round(price, 4),
-                 green_share=green, carbon_kg_per_kwh=(1 - green) * network.grid.emission_kg_per_kwh)
+    return event(
+        province=province,
+        hub=hub,
+        hour_start=hour_start_ms,
+        price_yuan_kwh=round(price, 4),
+        green_share=green,
+        carbon_kg_per_kwh=(1 - green) * network.grid.emission_kg_per_kwh,
+    )
 
 
 def network_probe(network: Network, a: str, b: str, rtt_ms: float, rng: random.Random) -> dict[str, Any]:
     congested = rng.random() < 0.01
     jitter = rng.gauss(1.0, 0.03) * (rng.uniform(1.5, 3.0) if congested else 1.0)
     bw = network.latency.bandwidth_gbps["intra_hub" if a == b else "inter_hub"]
-    return event(from_hub=a, to_hub=b, rtt_ms=max(0.05, rtt_ms * jitter),
-                 bandwidth_gbps=bw * (rng.uniform(0.2, 0.5) if congested else rng.uniform(0.8, 1.0)))
+    return event(
+        from_hub=a,
+        to_hub=b,
+        rtt_ms=max(0.05, rtt_ms * jitter),
+        bandwidth_gbps=bw * (rng.uniform(0.2, 0.5) if congested else rng.uniform(0.8, 1.0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -129,13 +158,23 @@ X86 = (("x86_64",), ("Xeon-8480",))
 HPC = (("x86_64",), ("EPYC-9654",))
 
 KINDS: dict[str, TaskKind] = {
-    "inference": TaskKind(0.28, (5, 5, 20), (GPU, NPU, ANY_ACC), (4, 8), (1,), (250, 500, 1000), (0.1, 1.0),
-                          (0.05, 2), 0.1, False),
-    "autonomous_driving": TaskKind(0.05, (1, 5), (GPU,), (8, 16), (1,), (500, 1000), (0.05, 0.5), (1, 5), 0.5,
-                                   False),
+    "inference": TaskKind(
+        0.28, (5, 5, 20), (GPU, NPU, ANY_ACC), (4, 8), (1,), (250, 500, 1000), (0.1, 1.0), (0.05, 2), 0.1, False
+    ),
+    "autonomous_driving": TaskKind(0.05, (1, 5), (GPU,), (8, 16), (1,), (500, 1000), (0.05, 0.5), (1, 5), 0.5, False),
     "interactive": TaskKind(0.15, (5, 20), (CPU,), (4, 16), (0,), (1000,), (0.2, 2.0), (0.1, 2), 0.1, False),
-    "training": TaskKind(0.10, (None,), (GPU, NPU, (("cuda",), ("A800",))), (32, 96), (2, 4, 8), (1000,),
-                         (2.0, 24.0), (50, 500), 0.1, True),
+    "training": TaskKind(
+        0.10,
+        (None,),
+        (GPU, NPU, (("cuda",), ("A800",))),
+        (32, 96),
+        (2, 4, 8),
+        (1000,),
+        (2.0, 24.0),
+        (50, 500),
+        0.1,
+        True,
+    ),
     "rendering": TaskKind(0.10, (None,), (X86, GPU), (16, 64), (0, 1), (1000,), (1.0, 6.0), (5, 50), 0.0, True),
     "genomics": TaskKind(0.06, (None,), (HPC,), (64, 128), (0,), (1000,), (2.0, 12.0), (100, 300), 0.3, True),
     "analytics": TaskKind(0.14, (None, 20), (CPU,), (16, 32), (0,), (1000,), (0.5, 4.0), (10, 200), 0.2, True),
@@ -172,13 +211,25 @@ class TaskGenerator:
             deadline = now + int((hours + rng.uniform(2, 12)) * 3_600_000)
         tenant = f"tenant-{rng.randint(1, 40):02d}"
         return event(
-            task_id=f"t{now:x}-{self.seq}", tenant=tenant, industry=name, kind=name, origin_hub=origin,
-            origin_province=province, chip_archs=list(archs), chip_models=list(models),
-            cpu_milli=rng.randint(*kind.cores) * 1000, memory_mib=rng.choice((8, 16, 32, 64, 128)) * GIB,
-            accelerators=acc, accelerator_milli=milli, duration_s=hours * 3600,
-            latency_tier_ms=rng.choice(kind.tiers), input_gb=round(rng.uniform(*kind.input_gb), 2),
-            data_hub=origin, allowed_provinces=[province] if rng.random() < kind.residency else [],
-            deadline=deadline, budget_yuan=None,
+            task_id=f"t{now:x}-{self.seq}",
+            tenant=tenant,
+            industry=name,
+            kind=name,
+            origin_hub=origin,
+            origin_province=province,
+            chip_archs=list(archs),
+            chip_models=list(models),
+            cpu_milli=rng.randint(*kind.cores) * 1000,
+            memory_mib=rng.choice((8, 16, 32, 64, 128)) * GIB,
+            accelerators=acc,
+            accelerator_milli=milli,
+            duration_s=hours * 3600,
+            latency_tier_ms=rng.choice(kind.tiers),
+            input_gb=round(rng.uniform(*kind.input_gb), 2),
+            data_hub=origin,
+            allowed_provinces=[province] if rng.random() < kind.residency else [],
+            deadline=deadline,
+            budget_yuan=None,
         )
 
 

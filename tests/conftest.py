@@ -41,12 +41,21 @@ def store(store_dir: Path) -> Store:
 @pytest.fixture()
 def settings(broker: EmbeddedBroker, store_dir: Path) -> Settings:
     """Settings on the shared broker with topics of their own, so tests never see each other's events."""
-    return Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{next(_prefixes)}-{os.getpid()}.",
-                    data_dir=store_dir, session_timeout_ms=6000)
+    return Settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=f"t{next(_prefixes)}-{os.getpid()}.",
+        data_dir=store_dir,
+        session_timeout_ms=6000,
+    )
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """`suanwang ARGS` in a fresh process, with only the given SUANWANG_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SUANWANG_")}
-    return subprocess.run([sys.executable, "-m", "suanwang", *args], env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "suanwang", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -23,8 +23,16 @@ def value_for(avro_type: Any) -> Any:
         if kind == "record":
             return sample(avro_type)
         return value_for(kind)
-    return {"string": "s", "long": 7, "int": 3, "double": 0.5, "float": 0.5, "boolean": True, "bytes": b"\x01",
-            "null": None}[avro_type]
+    return {
+        "string": "s",
+        "long": 7,
+        "int": 3,
+        "double": 0.5,
+        "float": 0.5,
+        "boolean": True,
+        "bytes": b"\x01",
+        "null": None,
+    }[avro_type]
 
 
 def sample(source: dict[str, Any]) -> dict[str, Any]:

@@ -24,16 +24,27 @@ def test_unknown_setting_value() -> None:
 
 
 def test_misspelt_setting() -> None:
-    _one_clear_line(run_cli("sql", "SELECT 1", env={"SUANWANG_CLICKHOUSE_ULR": "x"}),
-                    "SUANWANG_CLICKHOUSE_ULR is not a setting", "SUANWANG_CLICKHOUSE_URL")
+    _one_clear_line(
+        run_cli("sql", "SELECT 1", env={"SUANWANG_CLICKHOUSE_ULR": "x"}),
+        "SUANWANG_CLICKHOUSE_ULR is not a setting",
+        "SUANWANG_CLICKHOUSE_URL",
+    )
 
 
 def test_unreachable_external_broker(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    result = run_cli("up", "--duration", "1", "--data-dir", str(tmp_path), "--web-port", "0",
-                     env={"SUANWANG_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"})
+    result = run_cli(
+        "up",
+        "--duration",
+        "1",
+        "--data-dir",
+        str(tmp_path),
+        "--web-port",
+        "0",
+        env={"SUANWANG_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"},
+    )
     _one_clear_line(result, f"cannot reach Kafka at 127.0.0.1:{port}", "SUANWANG_KAFKA_BOOTSTRAP")
 
 
@@ -56,8 +67,9 @@ def test_broker_port_in_use(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = run_cli("up", "--duration", "1", "--data-dir", str(tmp_path), "--web-port", "0",
-                         "--broker-port", str(port))
+        result = run_cli(
+            "up", "--duration", "1", "--data-dir", str(tmp_path), "--web-port", "0", "--broker-port", str(port)
+        )
     _one_clear_line(result, f"port {port} for the embedded broker is in use")
 
 
@@ -73,8 +85,7 @@ def test_data_dir_held_by_another_process(store, store_dir: Path) -> None:
 
 
 def test_bad_query_names_the_problem(tmp_path: Path) -> None:
-    _one_clear_line(run_cli("sql", "SELECT nope FROM suanwang.placements", "--data-dir", str(tmp_path)),
-                    "query failed")
+    _one_clear_line(run_cli("sql", "SELECT nope FROM suanwang.placements", "--data-dir", str(tmp_path)), "query failed")
 
 
 def test_standalone_service_needs_kafka() -> None:

@@ -59,10 +59,27 @@ def _dispatcher(network, total: int = 400) -> Dispatcher:
 
 
 def _request(**over) -> dict:
-    base = dict(task_id="t1", tenant="x", kind="training", event_time=now_ms(), origin_hub="yangtze",
-                origin_province="Shanghai", data_hub="yangtze", chip_archs=["cuda"], chip_models=[],
-                cpu_milli=8000, memory_mib=1024, accelerators=1, accelerator_milli=W, duration_s=3600.0,
-                latency_tier_ms=None, input_gb=0.0, allowed_provinces=[], deadline=None, budget_yuan=None)
+    base = dict(
+        task_id="t1",
+        tenant="x",
+        kind="training",
+        event_time=now_ms(),
+        origin_hub="yangtze",
+        origin_province="Shanghai",
+        data_hub="yangtze",
+        chip_archs=["cuda"],
+        chip_models=[],
+        cpu_milli=8000,
+        memory_mib=1024,
+        accelerators=1,
+        accelerator_milli=W,
+        duration_s=3600.0,
+        latency_tier_ms=None,
+        input_gb=0.0,
+        allowed_provinces=[],
+        deadline=None,
+        budget_yuan=None,
+    )
     return {**base, **over}
 
 

@@ -16,10 +16,30 @@ from suanwang.workload import registration
 
 
 def _request(task_id: str, **over) -> dict:
-    return event(task_id=task_id, tenant="x", industry="ai", kind="inference", origin_hub="gba",
-                 origin_province="Guangdong", data_hub="gba", chip_archs=["cuda"], chip_models=[], cpu_milli=1000,
-                 memory_mib=1024, accelerators=1, accelerator_milli=500, duration_s=60.0, latency_tier_ms=5,
-                 input_gb=0.1, allowed_provinces=[], deadline=None, budget_yuan=None) | over
+    return (
+        event(
+            task_id=task_id,
+            tenant="x",
+            industry="ai",
+            kind="inference",
+            origin_hub="gba",
+            origin_province="Guangdong",
+            data_hub="gba",
+            chip_archs=["cuda"],
+            chip_models=[],
+            cpu_milli=1000,
+            memory_mib=1024,
+            accelerators=1,
+            accelerator_milli=500,
+            duration_s=60.0,
+            latency_tier_ms=5,
+            input_gb=0.1,
+            allowed_provinces=[],
+            deadline=None,
+            budget_yuan=None,
+        )
+        | over
+    )
 
 
 async def _collect(settings: Settings, specs, want: int, timeout_s: float = 60.0) -> list[tuple[str, dict]]:

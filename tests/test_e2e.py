@@ -21,16 +21,37 @@ pytestmark = pytest.mark.e2e
 
 def _up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
     env = {"SUANWANG_ALERT_INLET_TEMP_C": "27", **(env or {})}  # alerts at any hour of the day
-    result = run_cli("up", "--duration", "20", "--json", "--data-dir", str(data_dir), "--web-port", "0",
-                     "--nodes", "300", "--rate", "40", *extra, env=env)
+    result = run_cli(
+        "up",
+        "--duration",
+        "20",
+        "--json",
+        "--data-dir",
+        str(data_dir),
+        "--web-port",
+        "0",
+        "--nodes",
+        "300",
+        "--rate",
+        "40",
+        *extra,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
     summary = _up(tmp_path / "data")
-    for key in ("telemetry_events", "task_requests", "placements", "rejections", "alerts", "dispatch_p50_ms",
-                "dispatch_p99_ms"):
+    for key in (
+        "telemetry_events",
+        "task_requests",
+        "placements",
+        "rejections",
+        "alerts",
+        "dispatch_p50_ms",
+        "dispatch_p99_ms",
+    ):
         assert key in summary
     assert summary["telemetry_events"] > 500 and summary["task_requests"] > 300
     assert summary["placements"] > 0 and summary["alerts"] > 0
@@ -46,8 +67,9 @@ def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     table = list(csv.DictReader(io.StringIO(out.stdout)))
     assert sum(int(r["n"]) for r in table) == summary["placements"]
-    as_json = run_cli("sql", "SELECT count() AS n FROM suanwang.telemetry", "--data-dir", str(tmp_path / "data"),
-                      "--format", "json")
+    as_json = run_cli(
+        "sql", "SELECT count() AS n FROM suanwang.telemetry", "--data-dir", str(tmp_path / "data"), "--format", "json"
+    )
     assert json.loads(as_json.stdout) == [{"n": summary["telemetry_events"]}]
 
 

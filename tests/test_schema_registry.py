@@ -88,8 +88,7 @@ def registry() -> Iterator[RegistryServer]:
         yield server
 
 
-def test_every_schema_is_registered_under_its_topic_value_subject(registry: RegistryServer,
-                                                                   settings: Settings) -> None:
+def test_every_schema_is_registered_under_its_topic_value_subject(registry: RegistryServer, settings: Settings) -> None:
     codec = make_codec(settings.model_copy(update={"schema_registry_url": registry.url}))
     topics = Topics(settings.topic_prefix)
     assert sorted(registry.subjects) == sorted(f"{topics.name(spec)}-value" for spec in ALL_TOPICS)
@@ -106,7 +105,8 @@ def test_a_record_written_by_a_newer_producer_is_resolved_through_the_registry(r
     newer = json.loads(json.dumps(schema_sources()["Alert"]))
     newer["fields"].append({"name": "runbook_url", "type": "string", "default": ""})
     newer_id = SchemaRegistryClient({"url": registry.url}).register_schema(
-        "suanwang.monitor.alert-value", Schema(json.dumps(newer), "AVRO"))
+        "suanwang.monitor.alert-value", Schema(json.dumps(newer), "AVRO")
+    )
     assert newer_id != ours.schema_id("Alert")
     record = {**sample_record("Alert"), "runbook_url": "https://runbooks/overheat"}
     buf = io.BytesIO()

@@ -30,8 +30,9 @@ def test_bad_value_names_the_variable_and_value(monkeypatch: pytest.MonkeyPatch)
 
 def test_misspelt_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUANWANG_KAFKA_BOOTSTAP", "x:1")
-    with pytest.raises(SuanwangError, match="SUANWANG_KAFKA_BOOTSTAP is not a setting; did you mean "
-                                            "SUANWANG_KAFKA_BOOTSTRAP"):
+    with pytest.raises(
+        SuanwangError, match="SUANWANG_KAFKA_BOOTSTAP is not a setting; did you mean SUANWANG_KAFKA_BOOTSTRAP"
+    ):
         load_settings()
 
 
@@ -48,8 +49,9 @@ def _compose() -> dict:
 
 def test_compose_sets_only_real_settings() -> None:
     compose = _compose()
-    names = {k for svc in compose["services"].values() for k in (svc.get("environment") or {})
-             if k.startswith(ENV_PREFIX)}
+    names = {
+        k for svc in compose["services"].values() for k in (svc.get("environment") or {}) if k.startswith(ENV_PREFIX)
+    }
     assert names, "compose sets no SUANWANG_* variable"
     assert not unknown_variables({n: "" for n in names})
     suanwang_services = [n for n, svc in compose["services"].items() if svc.get("build")]

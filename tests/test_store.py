@@ -17,8 +17,17 @@ def test_ddl_applies_twice(store: Store) -> None:
     assert store.migrate() == [v for v, _ in ddl_files()]
     _, rows = store.query(f"SELECT name FROM system.tables WHERE database = '{DATABASE}'")
     tables = {r[0] for r in rows}
-    required = {"telemetry", "rollups", "placements", "rejections", "alerts", "task_events", "nodes", "hub_latency",
-                "grid_signals"}
+    required = {
+        "telemetry",
+        "rollups",
+        "placements",
+        "rejections",
+        "alerts",
+        "task_events",
+        "nodes",
+        "hub_latency",
+        "grid_signals",
+    }
     assert required <= tables
 
 
@@ -40,6 +49,7 @@ def test_decoded_records_insert_and_read_back(store: Store, spec) -> None:
     record["event_id"] = f"roundtrip-{spec.table}"
     _, decoded = codec.decode(codec.encode(spec.schema, record))
     assert store.insert_records(spec.table, [decoded]) == 1
-    _, rows = store.query(f"SELECT count() FROM {DATABASE}.{spec.table} WHERE event_id = %(id)s",
-                          {"id": record["event_id"]})
+    _, rows = store.query(
+        f"SELECT count() FROM {DATABASE}.{spec.table} WHERE event_id = %(id)s", {"id": record["event_id"]}
+    )
     assert rows[0][0] >= 1

@@ -16,8 +16,18 @@ from tests.samples import sample_record
 
 
 def _telemetry(node_id: str) -> dict:
-    return event(node_id=node_id, hub="gansu", cluster="qingyang", province="Gansu", cpu_util=0.4,
-                 memory_util=0.3, accelerator_util=0.2, power_kw=0.6, inlet_temp_c=22.0, running_tasks=1)
+    return event(
+        node_id=node_id,
+        hub="gansu",
+        cluster="qingyang",
+        province="Gansu",
+        cpu_util=0.4,
+        memory_util=0.3,
+        accelerator_util=0.2,
+        power_kw=0.6,
+        inlet_temp_c=22.0,
+        running_tasks=1,
+    )
 
 
 async def _wait_for(predicate, timeout_s: float = 60.0) -> bool:
@@ -59,14 +69,16 @@ def test_worker_dead_letters_each_bad_record_once_and_keeps_the_stream(settings:
             await raw.stop()
             await producer.stop()
             good = "SELECT count() FROM suanwang.telemetry WHERE startsWith(node_id, {p:String})"
-            dead = ("SELECT count() FROM suanwang.dead_letters WHERE source_topic = concat({p:String}, "
-                    "'telemetry.node')")
+            dead = "SELECT count() FROM suanwang.dead_letters WHERE source_topic = concat({p:String}, 'telemetry.node')"
             await _wait_for(lambda: count(good) >= 30 and count(dead) >= len(garbage))
             await asyncio.sleep(1.0)  # a second dead letter per record, if any agent sent one, would land now
         finally:
             await app.stop()
-        rows = store.query("SELECT component, key, offset, error FROM suanwang.dead_letters "
-                           "WHERE startsWith(source_topic, {p:String}) ORDER BY offset", {"p": prefix})[1]
+        rows = store.query(
+            "SELECT component, key, offset, error FROM suanwang.dead_letters "
+            "WHERE startsWith(source_topic, {p:String}) ORDER BY offset",
+            {"p": prefix},
+        )[1]
         return count(good), rows
 
     good, dead = asyncio.run(scenario())
