@@ -137,12 +137,42 @@ def simulate(
     rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
     telemetry_interval: Annotated[float | None, typer.Option(help="Seconds between a node's samples [5].")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed [7].")] = None,
+    time_scale: Annotated[
+        float | None, typer.Option(help="Simulated seconds per real second, for task runtimes and trace arrivals.")
+    ] = None,
+    replay_nodes: Annotated[Path | None, typer.Option(help="Replay this trace's nodes.csv, not the model.")] = None,
+    replay_tasks: Annotated[Path | None, typer.Option(help="... and its tasks.csv (both or neither).")] = None,
 ) -> None:
-    """Drive the platform with the reference network model."""
+    """Drive the platform with the reference network model, or replay a recorded cluster trace."""
     from suanwang.simulate import Simulator
 
-    settings = load_settings(sim_nodes=nodes, sim_rate=rate, sim_telemetry_interval_s=telemetry_interval, sim_seed=seed)
-    _service(settings, duration, Simulator(settings).run)
+    settings = load_settings(
+        sim_nodes=nodes,
+        sim_rate=rate,
+        sim_telemetry_interval_s=telemetry_interval,
+        sim_seed=seed,
+        sim_time_scale=time_scale,
+    )
+    replay = _load_replay(replay_nodes, replay_tasks) if replay_nodes or replay_tasks else None
+    _service(settings, duration, Simulator(settings, replay).run)
+
+
+def _load_replay(nodes_csv: Path | None, tasks_csv: Path | None) -> Any:
+    """The trace, with every skipped row reported on stderr; an error if nothing usable is left."""
+    from suanwang.simulate import Replay
+    from suanwang.topology import load_network
+    from suanwang.trace import read_nodes, read_tasks, report
+
+    if nodes_csv is None or tasks_csv is None:
+        raise SuanwangError("--replay-nodes and --replay-tasks go together: give both CSV files")
+    hubs = load_network().hub_ids
+    nodes, tasks = read_nodes(nodes_csv, hubs, hubs[0]), read_tasks(tasks_csv)
+    for line in report(nodes) + report(tasks):
+        err.print(line, highlight=False, markup=False)
+    if not nodes.rows:
+        raise SuanwangError(f"{nodes_csv} has no usable node row")
+    err.print(f"replaying {len(nodes.rows)} nodes and {len(tasks.rows)} tasks", highlight=False)
+    return Replay(nodes.rows, tasks.rows, hubs[0])
 
 
 class Format(StrEnum):

@@ -1,12 +1,15 @@
-"""The simulator service: drives the platform with the reference model (or a recorded trace, later)."""
+"""The simulator service: drives the platform with the reference model, or replays a recorded trace."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
@@ -23,32 +26,66 @@ from suanwang.schemas.topics import (
 from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import NodeBehaviour, TaskGenerator, grid_signal, network_probe, registration, utc_hour_start
+from suanwang.trace import TraceNode, TraceTask, node_registration, task_request
+from suanwang.workload import (
+    IDLE,
+    NodeBehaviour,
+    TaskGenerator,
+    Usage,
+    grid_signal,
+    network_probe,
+    registration,
+    usage_telemetry,
+    utc_hour_start,
+)
 
 TICK_S = 0.02
 PROBE_INTERVAL_S = 5.0
+PROGRESS_INTERVAL_S = 5.0
+log = logging.getLogger("suanwang.simulate")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A recorded cluster to feed instead of the model: its nodes, its tasks in arrival order, its hub."""
+
+    nodes: list[TraceNode]
+    tasks: list[TraceTask]
+    hub: str
 
 
 class Simulator:
     """Publishes registrations, then telemetry, grid signals, probes and tasks at the configured rates."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, replay: Replay | None = None) -> None:
         self.settings = settings
         self.network = load_network()
-        self.nodes = scaled_nodes(self.network, settings.sim_nodes)
+        self.replay = replay
         rng = random.Random(settings.sim_seed)
-        self.behaviour = NodeBehaviour(self.nodes, self.network, random.Random(rng.random()))
-        self.tasks = TaskGenerator(self.network, random.Random(rng.random()))
         self.rng = random.Random(rng.random())
+        if replay is None:
+            nodes = scaled_nodes(self.network, settings.sim_nodes)
+            behaviour = NodeBehaviour(nodes, self.network, random.Random(rng.random()))
+            self.registrations = [registration(spec, self.network) for spec in nodes]
+            self._samplers = [_model_sampler(behaviour, spec) for spec in nodes]
+            self._tasks = TaskGenerator(self.network, random.Random(rng.random()))
+        else:
+            self.registrations = [node_registration(node, self.network) for node in replay.nodes]
+            self._samplers = [_usage_sampler(reg) for reg in self.registrations]
+            self._archs = sorted({reg["chip_arch"] for reg in self.registrations})
         self.producer = EventProducer(settings)
         self.topics = Topics(settings.topic_prefix)
         self.rtt = self.network.rtt_matrix()
         self.running: Counter[str] = Counter()
-        self._finishes: list[tuple[int, str, str]] = []  # (due ms, task id, node id)
+        self.used: dict[str, Usage] = {}  # node id -> what its running tasks hold
+        self.sent: Counter[str] = Counter()
+        self._finishes: list[tuple[int, str, str, Usage]] = []  # (due ms, task id, node id, usage)
         self._durations: dict[str, float | None] = {}  # task id -> duration_s, until placed
         self._next_node = 0
+        self._next_task = 0
 
     async def _send(self, spec: Any, record: dict[str, Any]) -> None:
+        self.sent[spec.name] += 1
         await self.producer.send(spec, record)
 
     async def _grid_hour(self, hour_start: int) -> None:
@@ -68,51 +105,85 @@ class Simulator:
                 await self._send(NETWORK_PROBE, network_probe(self.network, a, b, float(self.rtt[i, j]), self.rng))
 
     async def _on_placement(self, topic: str, placement: dict[str, Any]) -> None:
-        """A placed task starts now and finishes after its (time-scaled) duration."""
+        """A placed task starts now and finishes after its (time-scaled) duration; open-ended ones never do."""
         now = now_ms()
         node = placement["node_id"]
         await self._send(TASK_LIFECYCLE, event(task_id=placement["task_id"], node_id=node, state="STARTED"))
         self.running[node] += 1
-        seconds = self._durations.pop(placement["task_id"], None) or 3600.0
-        due = now + int(1000 * seconds / self.settings.sim_time_scale)
-        heapq.heappush(self._finishes, (due, placement["task_id"], node))
+        usage = Usage(
+            placement["cpu_milli"],
+            placement["memory_mib"],
+            placement["accelerator_milli"] * len(placement["accelerator_indices"]),
+        )
+        self.used[node] = self.used.get(node, IDLE) + usage
+        seconds = self._durations.pop(placement["task_id"], None)
+        if seconds is None and self.replay is None:
+            seconds = 3600.0  # the model's open-ended work is costed and run per hour
+        if seconds is not None:
+            due = now + int(1000 * seconds / self.settings.sim_time_scale)
+            heapq.heappush(self._finishes, (due, placement["task_id"], node, usage))
 
     async def _finish_due(self, now: int) -> None:
         while self._finishes and self._finishes[0][0] <= now:
-            _, task_id, node = heapq.heappop(self._finishes)
+            _, task_id, node, usage = heapq.heappop(self._finishes)
             self.running[node] -= 1
+            self.used[node] = self.used[node] - usage
             state = "FAILED" if self.rng.random() < 0.01 else "FINISHED"
             await self._send(TASK_LIFECYCLE, event(task_id=task_id, node_id=node, state=state))
+
+    def _due_requests(self, elapsed_s: float, now: int) -> list[dict[str, Any]]:
+        """Requests due by now: at `sim_rate` from the model, or at trace arrival times scaled to real time."""
+        out = []
+        if self.replay is None:
+            while self._next_task < int(self.settings.sim_rate * elapsed_s):
+                out.append(self._tasks.next(now))
+                self._next_task += 1
+            return out
+        tasks, trace_s = self.replay.tasks, elapsed_s * self.settings.sim_time_scale
+        while self._next_task < len(tasks) and tasks[self._next_task].arrival_s <= trace_s:
+            out.append(task_request(tasks[self._next_task], self._archs, self.replay.hub, self.network))
+            self._next_task += 1
+        return out
+
+    def progress(self) -> str:
+        total = f"/{len(self.replay.tasks)}" if self.replay else ""
+        return (
+            f"simulator: {self.sent[TELEMETRY.name]} telemetry, {self.sent[TASK_REQUEST.name]}{total} tasks, "
+            f"{sum(self.running.values())} running, {self.sent[TASK_LIFECYCLE.name]} lifecycle events"
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await ensure_topics(s)
         await self.producer.start()
-        placements = contract_consumer(s, [PLACEMENT], "suanwang-simulator")
         try:
-            await placements.start()
-            for spec in self.nodes:
-                await self._send(REGISTRY, registration(spec, self.network))
+            for reg in self.registrations:
+                await self._send(REGISTRY, reg)
             hour = utc_hour_start(now_ms())
             await self._grid_hour(hour)
             await self.producer.flush()
             announce_ready("simulator")
-            await asyncio.gather(
-                self._drive(stop, hour),
-                consume(placements, self.topics, self.producer, "simulator", self._on_placement, stop),
-            )
+            await asyncio.gather(self._drive(stop, hour), self._follow_placements(stop))
         finally:
-            await placements.stop()
             await self.producer.flush()
             await self.producer.stop()
+            log.info(self.progress())
+
+    async def _follow_placements(self, stop: asyncio.Event) -> None:
+        """Starts placed tasks; joining the group takes seconds, so it runs beside the drive, not before it."""
+        placements = contract_consumer(self.settings, [PLACEMENT], "suanwang-simulator")
+        try:
+            await placements.start()
+            await consume(placements, self.topics, self.producer, "simulator", self._on_placement, stop)
+        finally:
+            await placements.stop()
 
     async def _drive(self, stop: asyncio.Event, hour: int) -> None:
         s = self.settings
         start = time.monotonic()
-        next_probe = start
+        next_probe = next_progress = start
         node_cursor = 0.0
-        telemetry_per_s = len(self.nodes) / s.sim_telemetry_interval_s
-        tasks_sent = 0
+        telemetry_per_s = len(self.registrations) / s.sim_telemetry_interval_s
         last = start
         while not stop.is_set():
             now_mono = time.monotonic()
@@ -123,20 +194,32 @@ class Simulator:
             if now_mono >= next_probe:
                 await self._probes()
                 next_probe += PROBE_INTERVAL_S
+            if now_mono >= next_progress:
+                log.info(self.progress())
+                next_progress += PROGRESS_INTERVAL_S
             node_cursor += telemetry_per_s * (now_mono - last)
             last = now_mono
             while node_cursor >= 1:
                 node_cursor -= 1
-                spec = self.nodes[self._next_node]
-                self._next_node = (self._next_node + 1) % len(self.nodes)
-                sample = self.behaviour.sample(spec, now, self.running[spec.node_id])
+                i = self._next_node
+                self._next_node = (i + 1) % len(self.registrations)
+                node = self.registrations[i]["node_id"]
+                sample = self._samplers[i](now, self.running[node], self.used.get(node, IDLE))
                 if sample is not None:
                     await self._send(TELEMETRY, sample)
-            due = int(s.sim_rate * (now_mono - start))
-            while tasks_sent < due:
-                req = self.tasks.next(now)
+            for req in self._due_requests(now_mono - start, now):
                 self._durations[req["task_id"]] = req["duration_s"]
                 await self._send(TASK_REQUEST, req)
-                tasks_sent += 1
             await self._finish_due(now)
             await asyncio.sleep(TICK_S)
+
+
+Sampler = Callable[[int, int, Usage], dict[str, Any] | None]
+
+
+def _model_sampler(behaviour: NodeBehaviour, spec: Any) -> Sampler:
+    return lambda now, running, _used: behaviour.sample(spec, now, running)
+
+
+def _usage_sampler(reg: dict[str, Any]) -> Sampler:
+    return lambda now, running, used: usage_telemetry(reg, running, used)

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from suanwang.bus import event
 from suanwang.dispatcher.state import MAX_ACCELERATORS
 from suanwang.errors import SuanwangError
+from suanwang.topology import Network
 
 NODE_COLUMNS = ("node_id", "hub", "cpu_milli", "memory_mib", "gpu", "gpu_model")
 TASK_COLUMNS = ("task_id", "arrival_s", "duration_s", "cpu_milli", "memory_mib", "gpu", "gpu_milli", "gpu_models")
@@ -149,8 +151,9 @@ def read_nodes(path: Path, hubs: list[str], default_hub: str) -> Parsed[TraceNod
         model = row.text("gpu_model", required=False)
         if gpu and not model:
             raise row.fail("gpu_model", f"is empty for a node with gpu={gpu}")
-        return TraceNode(row.text("node_id"), hub, row.whole("cpu_milli", 1), row.whole("memory_mib", 1), gpu,
-                         model if gpu else "")
+        return TraceNode(
+            row.text("node_id"), hub, row.whole("cpu_milli", 1), row.whole("memory_mib", 1), gpu, model if gpu else ""
+        )
 
     return _parse(path, NODE_COLUMNS, build, lambda n: n.node_id)
 
@@ -165,8 +168,16 @@ def read_tasks(path: Path) -> Parsed[TraceTask]:
             raise row.fail("gpu_milli", "is 0 for a task with gpu=1; give its share of the accelerator, 1..1000")
         models = tuple(m.strip() for m in row.text("gpu_models", required=False).split("|") if m.strip())
         duration = row.seconds("duration_s", positive=True) if row.text("duration_s", required=False) else None
-        return TraceTask(row.text("task_id"), row.seconds("arrival_s"), duration, row.whole("cpu_milli"),
-                         row.whole("memory_mib"), gpu, milli if gpu == 1 else 1000, models)
+        return TraceTask(
+            row.text("task_id"),
+            row.seconds("arrival_s"),
+            duration,
+            row.whole("cpu_milli"),
+            row.whole("memory_mib"),
+            gpu,
+            milli if gpu == 1 else 1000,
+            models,
+        )
 
     parsed = _parse(path, TASK_COLUMNS, build, lambda t: t.task_id)
     parsed.rows.sort(key=lambda t: t.arrival_s)
@@ -179,3 +190,61 @@ def report(parsed: Parsed[Any], limit: int = 20) -> list[str]:
     if len(parsed.errors) > limit:
         lines.append(f"... and {len(parsed.errors) - limit} more rows skipped")
     return lines
+
+
+# What a trace does not say about a node is filled in from these figures (modelling assumptions, as in
+# network.yaml): power and throughput per CPU core and per accelerator, and the price of a unit-hour.
+KW_PER_CORE, KW_PER_GPU, IDLE_SHARE = 0.007, 0.5, 0.25
+UNITS_PER_CORE, UNITS_PER_GPU, YUAN_PER_UNIT_HOUR = 1 / 112, 5.0, 0.6
+
+
+def node_registration(node: TraceNode, network: Network) -> dict[str, Any]:
+    """The NodeRegistration of a trace node, placed in the first cluster of its hub."""
+    cluster_id, cluster = next(iter(network.hubs[node.hub].clusters.items()))
+    cores = node.cpu_milli / 1000
+    power = KW_PER_CORE * cores + KW_PER_GPU * node.gpu
+    return event(
+        node_id=node.node_id,
+        hub=node.hub,
+        cluster=cluster_id,
+        province=cluster.province,
+        data_center=f"{cluster_id}-dc1",
+        compute_class="GPU" if node.gpu else "CPU",
+        chip_arch=node.arch,
+        chip_model=node.gpu_model or CPU_ARCH,
+        cpu_milli=node.cpu_milli,
+        memory_mib=node.memory_mib,
+        accelerators=node.gpu,
+        accelerator_memory_mib=0,
+        throughput=UNITS_PER_CORE * cores + UNITS_PER_GPU * node.gpu,
+        power_kw=power,
+        idle_power_kw=IDLE_SHARE * power,
+        pue=cluster.pue,
+        unit_price=YUAN_PER_UNIT_HOUR,
+        active=True,
+    )
+
+
+def task_request(task: TraceTask, archs: list[str], origin_hub: str, network: Network) -> dict[str, Any]:
+    """The TaskRequest of a trace task: accelerator tasks need a GPU node, others run on any node."""
+    return event(
+        task_id=task.task_id,
+        tenant="trace",
+        industry="trace",
+        kind="trace",
+        origin_hub=origin_hub,
+        origin_province=network.hubs[origin_hub].city.province,
+        data_hub=origin_hub,
+        chip_archs=[GPU_ARCH] if task.gpu else archs,
+        chip_models=list(task.gpu_models),
+        cpu_milli=task.cpu_milli,
+        memory_mib=task.memory_mib,
+        accelerators=task.gpu,
+        accelerator_milli=task.gpu_milli,
+        duration_s=task.duration_s,
+        latency_tier_ms=None,
+        input_gb=0.0,
+        allowed_provinces=[],
+        deadline=None,
+        budget_yuan=None,
+    )

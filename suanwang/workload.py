@@ -102,6 +102,52 @@ class NodeBehaviour:
         )
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What the running tasks of a node hold: CPU milli-cores, memory MiB, accelerator thousandths."""
+
+    cpu_milli: int
+    memory_mib: int
+    accelerator_milli: int
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu_milli + other.cpu_milli,
+            self.memory_mib + other.memory_mib,
+            self.accelerator_milli + other.accelerator_milli,
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu_milli - other.cpu_milli,
+            self.memory_mib - other.memory_mib,
+            self.accelerator_milli - other.accelerator_milli,
+        )
+
+
+IDLE = Usage(0, 0, 0)
+
+
+def usage_telemetry(reg: dict[str, Any], running: int, used: Usage) -> dict[str, Any]:
+    """Telemetry of a replayed node: its utilisation is the share of capacity its running tasks hold."""
+    cpu = min(1.0, used.cpu_milli / reg["cpu_milli"])
+    acc = min(1.0, used.accelerator_milli / (1000 * reg["accelerators"])) if reg["accelerators"] else 0.0
+    load = acc if reg["accelerators"] else cpu
+    power = reg["idle_power_kw"] + (reg["power_kw"] - reg["idle_power_kw"]) * load
+    return event(
+        node_id=reg["node_id"],
+        hub=reg["hub"],
+        cluster=reg["cluster"],
+        province=reg["province"],
+        cpu_util=cpu,
+        memory_util=min(1.0, used.memory_mib / reg["memory_mib"]),
+        accelerator_util=acc,
+        power_kw=power,
+        inlet_temp_c=21.0 + 9.0 * load,
+        running_tasks=running,
+    )
+
+
 def grid_signal(network: Network, province: str, hub: str, hour_start_ms: int, rng: random.Random) -> dict[str, Any]:
     """Price and green share of one province for one hour: time-of-use price, sun by day, wind by night."""
     prov = network.provinces[province]
@@ -194,10 +240,18 @@ class TaskGenerator:
         self.kind_weights = [KINDS[k].weight for k in self.kinds]
         self.seq = 0
 
+    def weights_at(self, hour: float) -> list[float]:
+        """The mix at an hour: interactive kinds swell by day, time-shiftable batch work by night."""
+        day = diurnal(hour)
+        return [
+            w * ((1.6 - 1.2 * day) if KINDS[k].shiftable else (0.4 + 1.2 * day))
+            for k, w in zip(self.kinds, self.kind_weights, strict=True)
+        ]
+
     def next(self, now: int) -> dict[str, Any]:
         rng = self.rng
         self.seq += 1
-        name = rng.choices(self.kinds, self.kind_weights)[0]
+        name = rng.choices(self.kinds, self.weights_at(cst_hour(now)))[0]
         kind = KINDS[name]
         origin = rng.choices(self.hubs, self.hub_weights)[0]
         hub = self.network.hubs[origin]
