@@ -10,7 +10,7 @@ import numpy as np
 
 from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
-from suanwang.dispatcher.state import MAX_ACCELERATORS, NodeTable
+from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, NodeTable
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
 from suanwang.topology import Network
 
@@ -24,7 +24,7 @@ class Reservation:
     cpu: int
     mem: int
     acc_milli: int
-    accelerators: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    accelerators: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 class Invalid(Exception):
@@ -33,6 +33,91 @@ class Invalid(Exception):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+@dataclass
+class Demand:
+    """A request as the stages see it: name masks and the numbers of `ask`."""
+
+    arch_ok: np.ndarray
+    model_ok: np.ndarray
+    province_ok: np.ndarray
+    ask: np.ndarray
+
+    @property
+    def cpu(self) -> int:
+        return int(self.ask[stages.CPU])
+
+    @property
+    def mem(self) -> int:
+        return int(self.ask[stages.MEM])
+
+    @property
+    def acc_count(self) -> int:
+        return int(self.ask[stages.ACC_COUNT])
+
+    @property
+    def acc_milli(self) -> int:
+        return int(self.ask[stages.ACC_MILLI])
+
+
+def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) -> Demand:
+    """The request's masks over the table's vocabularies and its figures; open-ended tasks cost per hour."""
+    ask = np.zeros(stages.ASK_FIELDS)
+    ask[stages.ANY_MODEL] = not req["chip_models"]
+    ask[stages.ANY_PROVINCE] = not req["allowed_provinces"]
+    ask[stages.ORIGIN] = t.hubs.ids[req["origin_hub"]]
+    ask[stages.DATA_HUB] = t.hubs.ids[req["data_hub"]]
+    ask[stages.TIER_MS] = req["latency_tier_ms"] or 0
+    ask[stages.CPU] = req["cpu_milli"]
+    ask[stages.MEM] = req["memory_mib"]
+    ask[stages.ACC_COUNT] = req["accelerators"]
+    ask[stages.ACC_MILLI] = req["accelerator_milli"] if req["accelerators"] == 1 else stages.WHOLE
+    ask[stages.HOURS] = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
+    ask[stages.INPUT_GB] = req["input_gb"] or 0
+    ask[stages.BUDGET_YUAN] = req["budget_yuan"] or 0
+    ask[stages.FRAG_WEIGHT] = fragmentation_weight
+    return Demand(
+        t.archs.mask(req["chip_archs"]),
+        t.models.mask(req["chip_models"]),
+        t.provinces.mask(req["allowed_provinces"]),
+        ask,
+    )
+
+
+@dataclass
+class Choice:
+    """What `choose` found: best, runner-up and best local row (-1: none), their costs, verdict counts."""
+
+    picks: np.ndarray = field(default_factory=lambda: np.full(3, -1, dtype=np.int64))
+    costs: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(stages.FILTER_NAMES) + 1, dtype=np.int64))
+    feasible: int = 0
+
+
+def choose(t: NodeTable, d: Demand, out: Choice) -> Choice:
+    """Filter, score and select over the whole table (the compiled pass)."""
+    out.feasible = stages.choose(
+        t.ints,
+        t.floats,
+        t.transfer_price,
+        t.rtt,
+        d.arch_ok,
+        d.model_ok,
+        d.province_ok,
+        d.ask,
+        out.picks,
+        out.costs,
+        out.counts,
+    )
+    return out
+
+
+def reserve(t: NodeTable, row: int, d: Demand) -> np.ndarray:
+    """Takes the demand on node `row`; the accelerator indices it got."""
+    chosen = np.zeros(max(d.acc_count, 1), dtype=np.int64)
+    taken = stages.reserve(row, t.ints, t.acc_free, d.cpu, d.mem, d.acc_count, d.acc_milli, chosen)
+    return chosen[:taken]
 
 
 class Dispatcher:
@@ -47,14 +132,8 @@ class Dispatcher:
         self.fragmentation_weight = fragmentation_weight
         self.reservations: dict[str, Reservation] = {}
         self.decisions: dict[str, tuple[TopicSpec, dict[str, Any]]] = {}
-        self._scratch_size = 0
-
-    def _scratch(self, n: int) -> None:
-        if n > self._scratch_size:
-            size = max(n, 2 * self._scratch_size, 1024)
-            self.verdict = np.zeros(size, dtype=np.int8)
-            self.costs = np.zeros((7, size))
-            self._scratch_size = size
+        self._choice = Choice()
+        self._grid_hour = -1
 
     # ---- inputs other than requests
 
@@ -65,28 +144,25 @@ class Dispatcher:
             return False
         t = self.nodes
         stages.release(
-            res.row,
-            t.cpu_free,
-            t.mem_free,
-            t.acc_free,
-            res.cpu,
-            res.mem,
-            res.acc_milli,
-            res.accelerators,
-            len(res.accelerators),
+            res.row, t.ints, t.acc_free, res.cpu, res.mem, res.acc_milli, res.accelerators, len(res.accelerators)
         )
         return True
 
     def set_health(self, node_id: str, healthy: bool) -> None:
         row = self.nodes.row.get(node_id)
         if row is not None:
-            self.nodes.healthy[row] = healthy
+            self.nodes.column(stages.HEALTHY)[row] = healthy
 
     def grid_signal(self, signal: dict[str, Any]) -> None:
-        p = self.nodes.provinces.ids.get(signal["province"])
-        if p is not None:
-            self.nodes.price_now[p] = signal["price_yuan_kwh"]
-            self.nodes.green_now[p] = signal["green_share"]
+        """Keeps the signal for its hour; the current hour's figures apply from the next decision."""
+        self.nodes.grid.add(signal)
+        self._grid_hour = -1
+
+    def _follow_grid(self, now: int) -> None:
+        hour = now - now % HOUR_MS
+        if hour != self._grid_hour:
+            self.nodes.set_grid(*self.nodes.grid.at(now), self.carbon_price)
+            self._grid_hour = hour
 
     # ---- the decision
 
@@ -125,8 +201,10 @@ class Dispatcher:
         if done is not None:
             return done
         started = time.perf_counter()
+        now = now_ms()
         try:
-            self._validate(req, now_ms())
+            self._validate(req, now)
+            self._follow_grid(now)
             out = self._place(req, started)
         except Invalid as bad:
             out = REJECTION, self._rejection(req, bad.code, str(bad), {})
@@ -135,90 +213,17 @@ class Dispatcher:
 
     def _place(self, req: dict[str, Any], started: float) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes
-        n = t.size
-        self._scratch(n)
-        verdict = self.verdict[:n]
-        compute, kwh, energy, transfer, carbon_cost, carbon_kg, score = (row[:n] for row in self.costs)
-        origin = t.hubs.ids[req["origin_hub"]]
-        cpu, mem = int(req["cpu_milli"]), int(req["memory_mib"])
-        acc_count, acc_milli = int(req["accelerators"]), int(req["accelerator_milli"])
-        tier = float(req["latency_tier_ms"] or 0)
-        stages.filter_nodes(
-            t.view("healthy"),
-            t.view("arch"),
-            t.view("model"),
-            t.view("hub"),
-            t.view("province"),
-            t.view("cpu_free"),
-            t.view("mem_free"),
-            t.acc_free[:n],
-            t.view("n_acc"),
-            t.archs.mask(req["chip_archs"]),
-            t.models.mask(req["chip_models"]),
-            not req["chip_models"],
-            t.provinces.mask(req["allowed_provinces"]),
-            not req["allowed_provinces"],
-            t.rtt,
-            origin,
-            tier,
-            cpu,
-            mem,
-            acc_count,
-            acc_milli,
-            verdict,
-        )
-        hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
-        feasible = stages.score_nodes(
-            verdict,
-            t.view("hub"),
-            t.view("province"),
-            t.view("cpu_total"),
-            t.view("n_acc"),
-            t.acc_free[:n],
-            t.view("throughput"),
-            t.view("power_kw"),
-            t.view("pue"),
-            t.view("unit_price"),
-            t.price_now,
-            t.green_now,
-            t.emission_kg_per_kwh,
-            self.carbon_price,
-            t.transfer_price,
-            t.hubs.ids[req["data_hub"]],
-            cpu,
-            acc_count,
-            acc_milli,
-            hours,
-            float(req["input_gb"] or 0),
-            float(req["budget_yuan"] or 0),
-            self.fragmentation_weight,
-            compute,
-            kwh,
-            energy,
-            transfer,
-            carbon_cost,
-            carbon_kg,
-            score,
-        )
-        picks = np.empty(3, dtype=np.int64)
-        stages.select(verdict, score, t.view("hub"), origin, picks)
-        best, second, local = (int(x) for x in picks)
+        d = demand_of(t, req, self.fragmentation_weight)
+        c = choose(t, d, self._choice)
+        best, second, local = (int(x) for x in c.picks)
         if best < 0:
-            counts = np.zeros(len(stages.FILTER_NAMES) + 1, dtype=np.int64)
-            stages.count_verdicts(verdict, counts)
-            removed = {name: int(counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if counts[k + 1]}
+            removed = {name: int(c.counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if c.counts[k + 1]}
             summary = ", ".join(f"{v} {k}" for k, v in removed.items())
-            return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{n} nodes: {summary}", removed)
-        chosen = np.zeros(max(acc_count, 1), dtype=np.int32)
-        taken = stages.reserve(
-            best, t.cpu_free, t.mem_free, t.acc_free, t.n_acc, cpu, mem, acc_count, acc_milli, chosen
-        )
-        per_acc = acc_milli if acc_count == 1 else stages.WHOLE
-        self.reservations[req["task_id"]] = Reservation(best, cpu, mem, per_acc, chosen[:taken].copy())
-
-        def total(i: int) -> float:
-            return float(compute[i] + energy[i] + transfer[i] + carbon_cost[i])
-
+            return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{t.size} nodes: {summary}", removed)
+        chosen = reserve(t, best, d)
+        self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
+        parts = breakdown(t, best, d.ask)
+        local_cost = float(c.costs[2]) if local >= 0 else None
         record = event(
             task_id=req["task_id"],
             tenant=req["tenant"],
@@ -226,29 +231,24 @@ class Dispatcher:
             request_time=_ms(req["event_time"]),
             scope=self.scope,
             node_id=t.node_ids[best],
-            hub=t.hubs.names[t.hub[best]],
+            hub=t.hubs.names[t.column(stages.HUB)[best]],
             cluster=t.clusters[best],
-            province=t.provinces.names[t.province[best]],
+            province=t.provinces.names[t.column(stages.PROVINCE)[best]],
             origin_hub=req["origin_hub"],
-            accelerator_indices=[int(a) for a in chosen[:taken]],
-            accelerator_milli=per_acc,
-            cpu_milli=cpu,
-            memory_mib=mem,
-            compute_cost=float(compute[best]),
-            energy_cost=float(energy[best]),
-            transfer_cost=float(transfer[best]),
-            carbon_cost=float(carbon_cost[best]),
-            total_cost=total(best),
-            energy_kwh=float(kwh[best]),
-            carbon_kg=float(carbon_kg[best]),
-            est_latency_ms=float(t.rtt[origin, t.hub[best]]),
+            accelerator_indices=[int(a) for a in chosen],
+            accelerator_milli=d.acc_milli,
+            cpu_milli=d.cpu,
+            memory_mib=d.mem,
+            **parts,
+            total_cost=float(c.costs[0]),
+            est_latency_ms=float(t.rtt[int(d.ask[stages.ORIGIN]), t.column(stages.HUB)[best]]),
             runner_up_node_id=t.node_ids[second] if second >= 0 else None,
-            runner_up_cost=total(second) if second >= 0 else None,
+            runner_up_cost=float(c.costs[1]) if second >= 0 else None,
             local_node_id=t.node_ids[local] if local >= 0 else None,
-            local_cost=total(local) if local >= 0 else None,
-            saved_yuan=total(local) - total(best) if local >= 0 else 0.0,
-            saved_carbon_kg=float(carbon_kg[local] - carbon_kg[best]) if local >= 0 else 0.0,
-            feasible_nodes=feasible,
+            local_cost=local_cost,
+            saved_yuan=local_cost - float(c.costs[0]) if local_cost is not None else 0.0,
+            saved_carbon_kg=breakdown(t, local, d.ask)["carbon_kg"] - parts["carbon_kg"] if local >= 0 else 0.0,
+            feasible_nodes=c.feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
         )
         record["start_at"] = record["event_time"]
@@ -265,6 +265,31 @@ class Dispatcher:
             nodes_total=self.nodes.size,
             filtered=removed,
         )
+
+
+def breakdown(t: NodeTable, row: int, ask: np.ndarray) -> dict[str, float]:
+    """The parts of a placement's cost on node `row`, for the explained event (they sum to its total)."""
+    ints, floats = t.ints, t.floats
+    node_share = stages.share(
+        ints[row, stages.N_ACC],
+        ints[row, stages.CPU_TOTAL],
+        ask[stages.CPU],
+        ask[stages.ACC_COUNT],
+        ask[stages.ACC_MILLI],
+    )
+    hours = node_share * ask[stages.HOURS]
+    kwh = floats[row, stages.POWER_KW] * floats[row, stages.PUE] * hours
+    province = ints[row, stages.PROVINCE]
+    transfer = t.transfer_price[int(ask[stages.DATA_HUB]), ints[row, stages.HUB]]
+    carbon_kg = kwh * (1.0 - t.green_now[province]) * t.emission_kg_per_kwh
+    return {
+        "compute_cost": float(floats[row, stages.UNIT_PRICE] * floats[row, stages.THROUGHPUT] * hours),
+        "energy_cost": float(kwh * t.price_now[province]),
+        "transfer_cost": float(ask[stages.INPUT_GB] * transfer),
+        "carbon_cost": float(carbon_kg * t.carbon_price),
+        "energy_kwh": float(kwh),
+        "carbon_kg": float(carbon_kg),
+    }
 
 
 def warm_up(network: Network) -> None:

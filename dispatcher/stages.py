@@ -1,9 +1,13 @@
-"""The placement pipeline's stages, each a pure numba function over the node arrays.
+"""The placement pipeline's stages, each a small numba function over the node table's arrays.
 
-Modelled on kube-scheduler's framework: filter (feasibility, with the first failing filter of each
-node recorded), score (expected cost in yuan), select (best, runner-up, best in the origin hub) and
-reserve (take the resources and choose accelerator indices). `decide` chains them; it is compiled once
-per process (and cached on disk), before the first task.
+Modelled on kube-scheduler's framework: filter (the first failing check of a node), score (expected cost
+in yuan plus a fragmentation term), select (best, runner-up, best in the origin hub) and reserve. `choose`
+chains filter, score and select in one pass over the nodes, compiled once per process (cached on disk);
+the stages are inlined into it, and each is also callable, and tested, alone.
+
+Node figures are the columns of two node-major matrices (`ints`, `floats`: one row per node, so a
+node's figures share a cache line and a decision hands numba a dozen arguments, not forty); the request
+is one float array `ask`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from numba import njit
 
 WHOLE = 1000  # an accelerator's capacity in thousandths
 
+# verdicts: FEASIBLE, or the first filter a node fails
 FEASIBLE = 0
 UNHEALTHY = 1
 ARCHITECTURE = 2
@@ -21,201 +26,190 @@ CAPACITY = 5
 BUDGET = 6
 FILTER_NAMES = ("unhealthy", "wrong architecture", "data residency", "latency tier", "capacity", "budget")
 
+# columns of the int matrix
+HEALTHY, ARCH, MODEL, HUB, PROVINCE, CPU_TOTAL, CPU_FREE, MEM_TOTAL, MEM_FREE, N_ACC, WHOLE_FREE, BEST_SHARE = range(12)
+INT_FIELDS = 12
+# columns of the float matrix: RATE is yuan per hour of the whole node now (compute + energy + carbon)
+THROUGHPUT, POWER_KW, PUE, UNIT_PRICE, RATE = range(5)
+FLOAT_FIELDS = 5
+# fields of `ask`, the request as numbers
+ANY_MODEL, ANY_PROVINCE, ORIGIN, DATA_HUB, TIER_MS, CPU, MEM, ACC_COUNT, ACC_MILLI, HOURS, INPUT_GB, BUDGET_YUAN = (
+    range(12)
+)
+FRAG_WEIGHT = 12
+ASK_FIELDS = 13
 
-@njit(cache=True, inline="always")
-def accelerators_fit(acc_free_row, n_acc, count, milli):
-    """Whether a node's accelerators can hold `count` whole ones, or one share of `milli`."""
+
+@njit(cache=True)
+def accelerators_fit(whole_free, best_share, count, milli):
+    """Whether a node can hold `count` whole accelerators, or one share of `milli` thousandths."""
     if count == 0:
         return True
     if count == 1 and milli < WHOLE:
-        for a in range(n_acc):
-            if acc_free_row[a] >= milli:
-                return True
-        return False
-    whole = 0
-    for a in range(n_acc):
-        if acc_free_row[a] == WHOLE:
-            whole += 1
-    return whole >= count
+        return best_share >= milli or whole_free > 0
+    return whole_free >= count
 
 
 @njit(cache=True)
-def filter_nodes(
+def verdict(
     healthy,
-    arch,
-    model,
-    hub,
-    province,
-    cpu_free,
-    mem_free,
-    acc_free,
-    n_acc,
     arch_ok,
     model_ok,
-    any_model,
     province_ok,
-    any_province,
     rtt,
-    origin_hub,
     tier_ms,
+    cpu_free,
+    mem_free,
+    whole_free,
+    best_share,
     cpu,
     mem,
-    acc_count,
-    acc_milli,
-    verdict,
+    count,
+    milli,
 ):
-    """Writes each node's first failing filter (or FEASIBLE) into `verdict`; returns feasible count."""
-    feasible = 0
-    for i in range(healthy.shape[0]):
-        if not healthy[i]:
-            verdict[i] = UNHEALTHY
-        elif not arch_ok[arch[i]] or not (any_model or model_ok[model[i]]):
-            verdict[i] = ARCHITECTURE
-        elif not (any_province or province_ok[province[i]]):
-            verdict[i] = RESIDENCY
-        elif tier_ms > 0 and rtt[origin_hub, hub[i]] > tier_ms:
-            verdict[i] = LATENCY
-        elif (
-            cpu_free[i] < cpu or mem_free[i] < mem or not accelerators_fit(acc_free[i], n_acc[i], acc_count, acc_milli)
-        ):
-            verdict[i] = CAPACITY
-        else:
-            verdict[i] = FEASIBLE
-            feasible += 1
-    return feasible
+    """Filter: the first check a node fails, or FEASIBLE."""
+    if healthy == 0:
+        return UNHEALTHY
+    if not arch_ok or not model_ok:
+        return ARCHITECTURE
+    if not province_ok:
+        return RESIDENCY
+    if tier_ms > 0 and rtt > tier_ms:
+        return LATENCY
+    if cpu_free < cpu or mem_free < mem or not accelerators_fit(whole_free, best_share, count, milli):
+        return CAPACITY
+    return FEASIBLE
 
 
 @njit(cache=True)
-def score_nodes(
-    verdict,
-    hub,
-    province,
-    cpu_total,
-    n_acc,
-    acc_free,
-    throughput,
-    power_kw,
-    pue,
-    unit_price,
-    price_now,
-    green_now,
-    emission_kg_per_kwh,
-    carbon_price,
-    transfer_price,
-    data_hub,
-    cpu,
-    acc_count,
-    acc_milli,
-    hours,
-    input_gb,
-    budget,
-    fragmentation_weight,
-    compute,
-    energy_kwh,
-    energy_cost,
-    transfer,
-    carbon_cost,
-    carbon_kg,
-    score,
-):
-    """Expected cost of running the task on each feasible node; nodes over budget get BUDGET."""
-    feasible = 0
-    for i in range(verdict.shape[0]):
-        if verdict[i] != FEASIBLE:
-            continue
-        share = acc_count * (acc_milli / WHOLE) / n_acc[i] if acc_count > 0 and n_acc[i] > 0 else cpu / cpu_total[i]
-        kwh = power_kw[i] * share * pue[i] * hours
-        energy_kwh[i] = kwh
-        p = province[i]
-        compute[i] = unit_price[i] * throughput[i] * share * hours
-        energy_cost[i] = kwh * price_now[p]
-        transfer[i] = input_gb * transfer_price[data_hub, hub[i]]
-        carbon_kg[i] = kwh * (1.0 - green_now[p]) * emission_kg_per_kwh
-        carbon_cost[i] = carbon_kg[i] * carbon_price
-        total = compute[i] + energy_cost[i] + transfer[i] + carbon_cost[i]
-        if budget > 0 and total > budget:
-            verdict[i] = BUDGET
-            continue
-        score[i] = total + fragmentation_weight * fragmentation(acc_free[i], n_acc[i], acc_count, acc_milli)
-        feasible += 1
-    return feasible
+def share(n_acc, cpu_total, cpu, count, milli):
+    """The fraction of a node the task holds: its accelerators' share, or its CPU share."""
+    if count > 0 and n_acc > 0:
+        return count * (milli / WHOLE) / n_acc
+    return cpu / cpu_total
 
 
-@njit(cache=True, inline="always")
-def fragmentation(acc_free_row, n_acc, count, milli):
+@njit(cache=True)
+def cost(node_share, hours, rate, input_gb, transfer_price):
+    """Score: expected yuan, compute + energy + carbon for the hours the task runs, plus moving its data."""
+    return node_share * hours * rate + input_gb * transfer_price
+
+
+@njit(cache=True)
+def fragmentation(n_acc, whole_free, best_share, count, milli):
     """Share of the node's still-whole accelerators this placement would break or take (0..1)."""
     if count == 0 or n_acc == 0:
         return 0.0
-    whole = 0
-    partial_fits = False
-    for a in range(n_acc):
-        if acc_free_row[a] == WHOLE:
-            whole += 1
-        elif acc_free_row[a] >= milli:
-            partial_fits = True
     if count == 1 and milli < WHOLE:
-        return 0.0 if partial_fits else 1.0 / max(whole, 1)
-    return count / max(whole, 1)
+        return 0.0 if best_share >= milli else 1.0 / max(whole_free, 1)
+    return count / max(whole_free, 1)
 
 
 @njit(cache=True)
-def select(verdict, score, hub, origin_hub, picks):
-    """Best and runner-up node by score, and the best node in the origin hub (-1 when none)."""
-    best = -1
-    second = -1
-    local = -1
-    for i in range(verdict.shape[0]):
-        if verdict[i] != FEASIBLE:
+def choose(ints, floats, transfer, rtt, arch_ok, model_ok, province_ok, ask, picks, costs, counts):
+    """Filter, score and select in one pass: `picks` gets best, runner-up and best local node (-1: none),
+    `costs` their costs, `counts` how many nodes each verdict got. Returns the number of feasible nodes.
+
+    The stages take scalars only: a numba function taking arrays pays reference counting on every call."""
+    any_model, any_province = ask[ANY_MODEL] > 0, ask[ANY_PROVINCE] > 0
+    origin, data_hub, tier = int(ask[ORIGIN]), int(ask[DATA_HUB]), ask[TIER_MS]
+    cpu, mem, count, milli = int(ask[CPU]), int(ask[MEM]), int(ask[ACC_COUNT]), int(ask[ACC_MILLI])
+    hours, input_gb, budget, weight = ask[HOURS], ask[INPUT_GB], ask[BUDGET_YUAN], ask[FRAG_WEIGHT]
+    best = second = local = -1
+    best_score = second_score = local_score = 0.0
+    for k in range(counts.shape[0]):
+        counts[k] = 0
+    for i in range(ints.shape[0]):
+        hub = ints[i, HUB]
+        v = verdict(
+            ints[i, HEALTHY],
+            arch_ok[ints[i, ARCH]] != 0,
+            any_model or model_ok[ints[i, MODEL]] != 0,
+            any_province or province_ok[ints[i, PROVINCE]] != 0,
+            rtt[origin, hub],
+            tier,
+            ints[i, CPU_FREE],
+            ints[i, MEM_FREE],
+            ints[i, WHOLE_FREE],
+            ints[i, BEST_SHARE],
+            cpu,
+            mem,
+            count,
+            milli,
+        )
+        c = 0.0
+        if v == FEASIBLE:
+            node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
+            c = cost(node_share, hours, floats[i, RATE], input_gb, transfer[data_hub, hub])
+            if budget > 0 and c > budget:
+                v = BUDGET
+        counts[v] += 1
+        if v != FEASIBLE:
             continue
-        if best < 0 or score[i] < score[best]:
-            second = best
-            best = i
-        elif second < 0 or score[i] < score[second]:
-            second = i
-        if hub[i] == origin_hub and (local < 0 or score[i] < score[local]):
-            local = i
-    picks[0] = best
-    picks[1] = second
-    picks[2] = local
+        score = c + weight * fragmentation(ints[i, N_ACC], ints[i, WHOLE_FREE], ints[i, BEST_SHARE], count, milli)
+        if best < 0 or score < best_score:
+            second, second_score = best, best_score
+            best, best_score = i, score
+        elif second < 0 or score < second_score:
+            second, second_score = i, score
+        if hub == origin and (local < 0 or score < local_score):
+            local, local_score = i, score
+    picks[0], picks[1], picks[2] = best, second, local
+    for k in range(3):
+        costs[k] = 0.0
+        i = picks[k]
+        if i >= 0:
+            node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
+            costs[k] = cost(node_share, hours, floats[i, RATE], input_gb, transfer[data_hub, ints[i, HUB]])
+    return counts[FEASIBLE]
 
 
 @njit(cache=True)
-def reserve(i, cpu_free, mem_free, acc_free, n_acc, cpu, mem, acc_count, acc_milli, chosen):
+def summarise_accelerators(i, ints, acc_free):
+    """Refreshes node i's count of whole free accelerators and its largest free share of a used one."""
+    whole = 0
+    share = 0
+    for a in range(ints[i, N_ACC]):
+        free = acc_free[i, a]
+        if free == WHOLE:
+            whole += 1
+        elif free > share:
+            share = free
+    ints[i, WHOLE_FREE] = whole
+    ints[i, BEST_SHARE] = share
+
+
+@njit(cache=True)
+def reserve(i, ints, acc_free, cpu, mem, count, milli, chosen):
     """Takes the task's resources on node i; writes the accelerator indices into `chosen`, returns their count."""
-    cpu_free[i] -= cpu
-    mem_free[i] -= mem
-    if acc_count == 0:
-        return 0
-    if acc_count == 1 and acc_milli < WHOLE:
-        pick = -1
-        for a in range(n_acc[i]):  # best fit: the fullest accelerator that still holds the share
-            if acc_free[i, a] >= acc_milli and (pick < 0 or acc_free[i, a] < acc_free[i, pick]):
-                pick = a
-        acc_free[i, pick] -= acc_milli
-        chosen[0] = pick
-        return 1
+    ints[i, CPU_FREE] -= cpu
+    ints[i, MEM_FREE] -= mem
     taken = 0
-    for a in range(n_acc[i]):
-        if taken == acc_count:
-            break
-        if acc_free[i, a] == WHOLE:
-            acc_free[i, a] = 0
-            chosen[taken] = a
-            taken += 1
+    if count == 1 and milli < WHOLE:
+        pick = -1
+        for a in range(ints[i, N_ACC]):  # best fit: the fullest accelerator that still holds the share
+            if acc_free[i, a] >= milli and (pick < 0 or acc_free[i, a] < acc_free[i, pick]):
+                pick = a
+        acc_free[i, pick] -= milli
+        chosen[0] = pick
+        taken = 1
+    elif count > 0:
+        for a in range(ints[i, N_ACC]):
+            if taken == count:
+                break
+            if acc_free[i, a] == WHOLE:
+                acc_free[i, a] = 0
+                chosen[taken] = a
+                taken += 1
+    summarise_accelerators(i, ints, acc_free)
     return taken
 
 
 @njit(cache=True)
-def release(i, cpu_free, mem_free, acc_free, cpu, mem, acc_milli, chosen, n_chosen):
+def release(i, ints, acc_free, cpu, mem, milli, chosen, n_chosen):
     """Gives back what `reserve` took."""
-    cpu_free[i] += cpu
-    mem_free[i] += mem
+    ints[i, CPU_FREE] += cpu
+    ints[i, MEM_FREE] += mem
     for k in range(n_chosen):
-        acc_free[i, chosen[k]] += acc_milli
-
-
-@njit(cache=True)
-def count_verdicts(verdict, counts):
-    counts[:] = 0
-    for i in range(verdict.shape[0]):
-        counts[verdict[i]] += 1
+        acc_free[i, chosen[k]] += milli
+    summarise_accelerators(i, ints, acc_free)

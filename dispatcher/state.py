@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from suanwang.dispatcher.stages import WHOLE
+from suanwang.dispatcher import stages as s
 from suanwang.topology import Network
 
 MAX_ACCELERATORS = 16
+HOUR_MS = 3_600_000
 
 
 class Vocabulary:
@@ -30,34 +31,36 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.names)
 
-    def mask(self, names: list[str], size: int | None = None) -> np.ndarray:
-        """A boolean array over ids, true for each known name given."""
-        out = np.zeros(max(size or len(self), 1), dtype=np.bool_)
+    def mask(self, names: list[str]) -> np.ndarray:
+        """An array over ids, 1 for each known name given (int8: numba compares these faster than bools)."""
+        out = np.zeros(max(len(self), 1), dtype=np.int8)
         for name in names:
             if name in self.ids:
-                out[self.ids[name]] = True
+                out[self.ids[name]] = 1
         return out
 
 
-class NodeTable:
-    """Per-node arrays, each indexed by the node's row; rows are never reused."""
+class Grid:
+    """Power price and green share per province and hour, from grid signals; flat figures until one comes."""
 
-    _FIELDS: dict[str, Any] = {
-        "healthy": np.bool_,
-        "arch": np.int32,
-        "model": np.int32,
-        "hub": np.int32,
-        "province": np.int32,
-        "cpu_total": np.int64,
-        "cpu_free": np.int64,
-        "mem_total": np.int64,
-        "mem_free": np.int64,
-        "n_acc": np.int32,
-        "throughput": np.float64,
-        "power_kw": np.float64,
-        "pue": np.float64,
-        "unit_price": np.float64,
-    }
+    def __init__(self, network: Network, provinces: Vocabulary) -> None:
+        self.provinces = provinces
+        self.flat = {name: (p.flat_price, p.green_share) for name, p in network.provinces.items()}
+        self.signals: dict[tuple[str, int], tuple[float, float]] = {}
+
+    def add(self, signal: dict[str, Any]) -> None:
+        hour = _epoch_ms(signal["hour_start"])
+        self.signals[(signal["province"], hour)] = (signal["price_yuan_kwh"], signal["green_share"])
+
+    def at(self, ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """Price (yuan/kWh) and green share of each province in the hour holding `ms`."""
+        hour = ms - ms % HOUR_MS
+        figures = [self.signals.get((name, hour), self.flat[name]) for name in self.provinces.names]
+        return np.array([f[0] for f in figures]), np.array([f[1] for f in figures])
+
+
+class NodeTable:
+    """Per-node figures in two node-major matrices, one row per node (a node's row is never reused)."""
 
     def __init__(self, network: Network, capacity: int = 1024) -> None:
         self.hubs = Vocabulary(network.hub_ids)
@@ -68,60 +71,93 @@ class NodeTable:
         self.row: dict[str, int] = {}
         self.clusters: list[str] = []
         self.size = 0
-        for name, dtype in self._FIELDS.items():
-            setattr(self, name, np.zeros(capacity, dtype=dtype))
-        self.acc_free = np.zeros((capacity, MAX_ACCELERATORS), dtype=np.int32)
+        self._ints = np.zeros((capacity, s.INT_FIELDS), dtype=np.int64)
+        self._floats = np.zeros((capacity, s.FLOAT_FIELDS))
+        self._acc = np.zeros((capacity, MAX_ACCELERATORS), dtype=np.int64)
         self.rtt = network.rtt_matrix()
         self.transfer_price = network.transfer_price_matrix()
-        self.price_now = np.array([p.flat_price for p in network.provinces.values()])
-        self.green_now = np.array([p.green_share for p in network.provinces.values()])
         self.emission_kg_per_kwh = network.grid.emission_kg_per_kwh
+        self.grid = Grid(network, self.provinces)
+        self.price_now, self.green_now = self.grid.at(0)
+        self.carbon_price = 0.0
+
+    @property
+    def ints(self) -> np.ndarray:
+        """Integer figures, one row per live node (see the column names in `stages`)."""
+        return self._ints[: self.size]
+
+    @property
+    def floats(self) -> np.ndarray:
+        return self._floats[: self.size]
+
+    @property
+    def acc_free(self) -> np.ndarray:
+        """Free thousandths of each accelerator, one row per node."""
+        return self._acc[: self.size]
+
+    def column(self, field: int) -> np.ndarray:
+        """One integer figure of every live node (a view), e.g. `column(stages.CPU_FREE)`."""
+        return self._ints[: self.size, field]
 
     def _grow(self) -> None:
-        for name in self._FIELDS:
+        for name in ("_ints", "_floats", "_acc"):
             old = getattr(self, name)
-            new = np.zeros(old.shape[0] * 2, dtype=old.dtype)
+            new = np.zeros((old.shape[0] * 2, old.shape[1]), dtype=old.dtype)
             new[: old.shape[0]] = old
             setattr(self, name, new)
-        acc = np.zeros((self.acc_free.shape[0] * 2, MAX_ACCELERATORS), dtype=np.int32)
-        acc[: self.acc_free.shape[0]] = self.acc_free
-        self.acc_free = acc
 
     def register(self, reg: dict[str, Any]) -> int | None:
         """Adds or updates a node from a NodeRegistration; None when its hub or province is unknown."""
         if reg["hub"] not in self.hubs.ids or reg["province"] not in self.provinces.ids:
             return None
+        ints, floats = self._ints, self._floats
         i = self.row.get(reg["node_id"])
         if i is None:
-            if self.size == self.healthy.shape[0]:
+            if self.size == ints.shape[0]:
                 self._grow()
+                ints, floats = self._ints, self._floats
             i = self.size
             self.size += 1
             self.row[reg["node_id"]] = i
             self.node_ids.append(reg["node_id"])
             self.clusters.append(reg["cluster"])
-            self.cpu_free[i] = reg["cpu_milli"]
-            self.mem_free[i] = reg["memory_mib"]
-            n_acc = min(reg["accelerators"], MAX_ACCELERATORS)
-            self.acc_free[i, :n_acc] = WHOLE
+            ints[i, s.CPU_FREE] = reg["cpu_milli"]
+            ints[i, s.MEM_FREE] = reg["memory_mib"]
+            ints[i, s.N_ACC] = min(reg["accelerators"], MAX_ACCELERATORS)
+            self._acc[i, : ints[i, s.N_ACC]] = s.WHOLE
         else:  # capacity changes keep what is reserved
-            self.cpu_free[i] += reg["cpu_milli"] - self.cpu_total[i]
-            self.mem_free[i] += reg["memory_mib"] - self.mem_total[i]
-            n_acc = self.n_acc[i]
-        self.healthy[i] = reg.get("active", True)
-        self.arch[i] = self.archs.add(reg["chip_arch"])
-        self.model[i] = self.models.add(reg["chip_model"])
-        self.hub[i] = self.hubs.ids[reg["hub"]]
-        self.province[i] = self.provinces.ids[reg["province"]]
-        self.cpu_total[i] = reg["cpu_milli"]
-        self.mem_total[i] = reg["memory_mib"]
-        self.n_acc[i] = n_acc
-        self.throughput[i] = reg["throughput"]
-        self.power_kw[i] = reg["power_kw"]
-        self.pue[i] = reg["pue"]
-        self.unit_price[i] = reg["unit_price"]
+            ints[i, s.CPU_FREE] += reg["cpu_milli"] - ints[i, s.CPU_TOTAL]
+            ints[i, s.MEM_FREE] += reg["memory_mib"] - ints[i, s.MEM_TOTAL]
+        ints[i, s.HEALTHY] = reg.get("active", True)
+        ints[i, s.ARCH] = self.archs.add(reg["chip_arch"])
+        ints[i, s.MODEL] = self.models.add(reg["chip_model"])
+        ints[i, s.HUB] = self.hubs.ids[reg["hub"]]
+        ints[i, s.PROVINCE] = self.provinces.ids[reg["province"]]
+        ints[i, s.CPU_TOTAL] = reg["cpu_milli"]
+        ints[i, s.MEM_TOTAL] = reg["memory_mib"]
+        floats[i, s.THROUGHPUT] = reg["throughput"]
+        floats[i, s.POWER_KW] = reg["power_kw"]
+        floats[i, s.PUE] = reg["pue"]
+        floats[i, s.UNIT_PRICE] = reg["unit_price"]
+        s.summarise_accelerators(i, ints, self._acc)
+        self._rate(slice(i, i + 1))
         return i
 
-    def view(self, name: str) -> np.ndarray:
-        """The live rows of one array (a view, not a copy)."""
-        return getattr(self, name)[: self.size]
+    def set_grid(self, price: np.ndarray, green: np.ndarray, carbon_price: float) -> None:
+        """New power prices and green shares per province: every node's hourly rate follows."""
+        self.price_now, self.green_now, self.carbon_price = price, green, carbon_price
+        self._rate(slice(0, self.size))
+
+    def _rate(self, rows: slice) -> None:
+        """Yuan per hour of a whole node: compute + energy + carbon at the current grid figures."""
+        f = self._floats[rows].T
+        province = self._ints[rows, s.PROVINCE]
+        per_kwh = self.price_now[province] + (1.0 - self.green_now[province]) * (
+            self.emission_kg_per_kwh * self.carbon_price
+        )
+        f[s.RATE] = f[s.UNIT_PRICE] * f[s.THROUGHPUT] + f[s.POWER_KW] * f[s.PUE] * per_kwh
+
+
+def _epoch_ms(value: Any) -> int:
+    """Milliseconds since the epoch from an Avro timestamp (datetime when decoded, int when built here)."""
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)

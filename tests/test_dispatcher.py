@@ -19,31 +19,85 @@ W = stages.WHOLE
 
 
 def test_accelerators_fit_shares_and_whole_ones() -> None:
-    row = np.array([W, 300, 0, 0], dtype=np.int32)
-    assert stages.accelerators_fit(row, 4, 1, 300)
-    assert not stages.accelerators_fit(np.array([200, 0], dtype=np.int32), 2, 1, 300)
-    assert stages.accelerators_fit(row, 4, 1, W)
-    assert not stages.accelerators_fit(row, 4, 2, W)
+    assert stages.accelerators_fit(1, 300, 1, 300)  # a share fits the used accelerator with 300 free
+    assert stages.accelerators_fit(1, 0, 1, 300)  # or breaks a whole one
+    assert not stages.accelerators_fit(0, 200, 1, 300)
+    assert stages.accelerators_fit(1, 300, 1, W) and not stages.accelerators_fit(1, 300, 2, W)
+    assert stages.accelerators_fit(0, 0, 0, W)
+
+
+def test_verdict_reports_the_first_failing_filter() -> None:
+    ok = dict(
+        healthy=1,
+        arch_ok=True,
+        model_ok=True,
+        province_ok=True,
+        rtt=4.0,
+        tier_ms=5.0,
+        cpu_free=8000,
+        mem_free=1024,
+        whole_free=2,
+        best_share=0,
+        cpu=4000,
+        mem=512,
+        count=1,
+        milli=W,
+    )
+    assert stages.verdict(**ok) == stages.FEASIBLE
+    for change, expected in [
+        (dict(healthy=0, arch_ok=False), stages.UNHEALTHY),
+        (dict(model_ok=False, province_ok=False), stages.ARCHITECTURE),
+        (dict(province_ok=False, rtt=9.0), stages.RESIDENCY),
+        (dict(rtt=9.0, cpu_free=0), stages.LATENCY),
+        (dict(tier_ms=0.0, rtt=99.0), stages.FEASIBLE),  # no tier: any distance
+        (dict(mem_free=100), stages.CAPACITY),
+        (dict(whole_free=0, best_share=900), stages.CAPACITY),  # a whole one is asked for
+    ]:
+        assert stages.verdict(**{**ok, **change}) == expected, change
+
+
+def test_cost_is_share_of_the_hourly_rate_plus_transfer() -> None:
+    assert stages.share(8, 128000, 8000, 2, W) == 0.25
+    assert stages.share(8, 128000, 8000, 1, 500) == 0.0625
+    assert stages.share(0, 128000, 32000, 0, W) == 0.25
+    assert stages.cost(0.25, 2.0, 10.0, 3.0, 0.5) == 0.25 * 2.0 * 10.0 + 1.5
+
+
+def test_fragmentation_prefers_filling_used_accelerators() -> None:
+    assert stages.fragmentation(8, 8, 0, 1, 500) == 1 / 8  # breaks one of 8 whole ones
+    assert stages.fragmentation(8, 7, 600, 1, 500) == 0.0  # fits in the used one
+    assert stages.fragmentation(8, 4, 0, 2, W) == 0.5
+    assert stages.fragmentation(0, 0, 0, 0, W) == 0.0
+
+
+def _table(rows: list[list[int]], n_acc: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    ints = np.zeros((len(rows), stages.INT_FIELDS), dtype=np.int64)
+    acc = np.zeros((len(rows), 16), dtype=np.int64)
+    for i, free in enumerate(rows):
+        ints[i, stages.N_ACC] = n_acc
+        ints[i, stages.CPU_FREE] = ints[i, stages.MEM_FREE] = 4000
+        acc[i, : len(free)] = free
+        stages.summarise_accelerators(i, ints, acc)
+    return ints, acc
 
 
 def test_reserve_best_fits_a_share_and_release_restores() -> None:
-    cpu, mem = np.array([4000], dtype=np.int64), np.array([100], dtype=np.int64)
-    acc = np.array([[W, 600, 400, 0]], dtype=np.int32)
-    chosen = np.zeros(1, dtype=np.int32)
-    n = stages.reserve(0, cpu, mem, acc, np.array([4], dtype=np.int32), 1000, 10, 1, 400, chosen)
+    ints, acc = _table([[W, 600, 400, 0]])
+    assert (ints[0, stages.WHOLE_FREE], ints[0, stages.BEST_SHARE]) == (1, 600)
+    chosen = np.zeros(1, dtype=np.int64)
+    n = stages.reserve(0, ints, acc, 1000, 10, 1, 400, chosen)
     assert n == 1 and chosen[0] == 2  # the fullest accelerator that still holds 400
-    assert acc[0].tolist() == [W, 600, 0, 0] and cpu[0] == 3000
-    stages.release(0, cpu, mem, acc, 1000, 10, 400, chosen, n)
-    assert acc[0].tolist() == [W, 600, 400, 0] and cpu[0] == 4000 and mem[0] == 100
+    assert acc[0, :4].tolist() == [W, 600, 0, 0] and ints[0, stages.CPU_FREE] == 3000
+    stages.release(0, ints, acc, 1000, 10, 400, chosen, n)
+    assert acc[0, :4].tolist() == [W, 600, 400, 0] and ints[0, stages.CPU_FREE] == 4000
+    assert ints[0, stages.MEM_FREE] == 4000
 
 
-def test_select_picks_best_runner_up_and_local() -> None:
-    verdict = np.array([0, 0, 5, 0], dtype=np.int8)
-    score = np.array([3.0, 1.0, 0.5, 2.0])
-    hub = np.array([0, 1, 0, 0], dtype=np.int32)
-    out = np.empty(3, dtype=np.int64)
-    stages.select(verdict, score, hub, 0, out)
-    assert out.tolist() == [1, 3, 3]
+def test_reserve_takes_whole_accelerators_in_order() -> None:
+    ints, acc = _table([[W, 300, W, W]])
+    chosen = np.zeros(2, dtype=np.int64)
+    assert stages.reserve(0, ints, acc, 0, 0, 2, W, chosen) == 2
+    assert chosen.tolist() == [0, 2] and ints[0, stages.WHOLE_FREE] == 1
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +194,7 @@ def test_redelivered_request_gets_the_same_decision_and_reserves_once(network) -
 
 def test_random_stream_never_overcommits_and_release_restores_everything(network) -> None:
     d = _dispatcher(network, 300)
-    before = (d.nodes.view("cpu_free").copy(), d.nodes.view("mem_free").copy(), d.nodes.acc_free.copy())
+    before = (d.nodes.ints.copy(), d.nodes.acc_free.copy())
     gen = TaskGenerator(network, random.Random(3))
     placed = []
     for _ in range(1500):
@@ -148,18 +202,20 @@ def test_random_stream_never_overcommits_and_release_restores_everything(network
         if spec is PLACEMENT:
             placed.append(out)
     assert placed
-    assert (d.nodes.view("cpu_free") >= 0).all() and (d.nodes.view("mem_free") >= 0).all()
+    assert (d.nodes.column(stages.CPU_FREE) >= 0).all() and (d.nodes.column(stages.MEM_FREE) >= 0).all()
     assert (d.nodes.acc_free >= 0).all() and (d.nodes.acc_free <= W).all()
     for p in placed:
         assert d.release(p["task_id"])
-    after = (d.nodes.view("cpu_free"), d.nodes.view("mem_free"), d.nodes.acc_free)
+    after = (d.nodes.ints, d.nodes.acc_free)
     for a, b in zip(before, after, strict=True):
         assert np.array_equal(a, b)
 
 
 def test_energy_is_reported_even_when_power_is_free(network) -> None:
     d = _dispatcher(network)
-    d.nodes.price_now[:] = 0.0
+    hour = now_ms() - now_ms() % 3_600_000
+    for province in network.provinces:
+        d.grid_signal(dict(province=province, hour_start=hour, price_yuan_kwh=0.0, green_share=0.5))
     _, out = d.decide(_request())
     assert out["energy_cost"] == 0 and out["energy_kwh"] > 0
 
@@ -170,3 +226,16 @@ def test_unhealthy_nodes_are_skipped(network) -> None:
         d.set_health(node_id, False)
     _, out = d.decide(_request())
     assert out["reason_code"] == "NO_FEASIBLE_NODE" and out["filtered"] == {"unhealthy": 100}
+
+
+def test_grid_signals_apply_in_their_hour_only(network) -> None:
+    d = _dispatcher(network)
+    hour = now_ms() - now_ms() % 3_600_000
+    for province in network.provinces:  # the next hour is dear; this one is not signalled
+        d.grid_signal(dict(province=province, hour_start=hour + 3_600_000, price_yuan_kwh=9.0, green_share=0.0))
+    _, now = d.decide(_request(task_id="now"))
+    assert now["energy_cost"] == pytest.approx(now["energy_kwh"] * network.provinces[now["province"]].flat_price)
+    for province in network.provinces:
+        d.grid_signal(dict(province=province, hour_start=hour, price_yuan_kwh=2.0, green_share=1.0))
+    _, later = d.decide(_request(task_id="later"))
+    assert later["energy_cost"] == pytest.approx(later["energy_kwh"] * 2.0) and later["carbon_kg"] == 0
