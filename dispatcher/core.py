@@ -63,20 +63,25 @@ class Demand:
 
 def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) -> Demand:
     """The request's masks over the table's vocabularies and its figures; open-ended tasks cost per hour."""
-    ask = np.zeros(stages.ASK_FIELDS)
-    ask[stages.ANY_MODEL] = not req["chip_models"]
-    ask[stages.ANY_PROVINCE] = not req["allowed_provinces"]
-    ask[stages.ORIGIN] = t.hubs.ids[req["origin_hub"]]
-    ask[stages.DATA_HUB] = t.hubs.ids[req["data_hub"]]
-    ask[stages.TIER_MS] = req["latency_tier_ms"] or 0
-    ask[stages.CPU] = req["cpu_milli"]
-    ask[stages.MEM] = req["memory_mib"]
-    ask[stages.ACC_COUNT] = req["accelerators"]
-    ask[stages.ACC_MILLI] = req["accelerator_milli"] if req["accelerators"] == 1 else stages.WHOLE
-    ask[stages.HOURS] = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
-    ask[stages.INPUT_GB] = req["input_gb"] or 0
-    ask[stages.BUDGET_YUAN] = req["budget_yuan"] or 0
-    ask[stages.FRAG_WEIGHT] = fragmentation_weight
+    count = req["accelerators"]
+    ask = np.array(
+        [
+            not req["chip_models"],
+            not req["allowed_provinces"],
+            t.hubs.ids[req["origin_hub"]],
+            t.hubs.ids[req["data_hub"]],
+            req["latency_tier_ms"] or 0,
+            req["cpu_milli"],
+            req["memory_mib"],
+            count,
+            req["accelerator_milli"] if count == 1 else stages.WHOLE,
+            req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED,
+            req["input_gb"] or 0,
+            req["budget_yuan"] or 0,
+            fragmentation_weight,
+        ],
+        dtype=np.float64,
+    )
     return Demand(
         t.archs.mask(req["chip_archs"]),
         t.models.mask(req["chip_models"]),
@@ -97,11 +102,14 @@ class Choice:
 
 def choose(t: NodeTable, d: Demand, out: Choice) -> Choice:
     """Filter, score and select over the whole table (the compiled pass)."""
+    rows, starts = t.by_arch()
     out.feasible = stages.choose(
         t.ints,
         t.floats,
         t.transfer_price,
         t.rtt,
+        rows,
+        starts,
         d.arch_ok,
         d.model_ok,
         d.province_ok,

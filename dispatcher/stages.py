@@ -106,11 +106,21 @@ def fragmentation(n_acc, whole_free, best_share, count, milli):
 
 
 @njit(cache=True)
-def choose(ints, floats, transfer, rtt, arch_ok, model_ok, province_ok, ask, picks, costs, counts):
+def before(score, row, other_score, other_row):
+    """Select's order: lower score first, then lower row."""
+    return score < other_score or (score == other_score and row < other_row)
+
+
+@njit(cache=True)
+def choose(
+    ints, floats, transfer, rtt, arch_rows, arch_starts, arch_ok, model_ok, province_ok, ask, picks, costs, counts
+):
     """Filter, score and select in one pass: `picks` gets best, runner-up and best local node (-1: none),
     `costs` their costs, `counts` how many nodes each verdict got. Returns the number of feasible nodes.
 
-    The stages take scalars only: a numba function taking arrays pays reference counting on every call."""
+    Only nodes of an allowed architecture are visited (`arch_rows[arch_starts[a]:arch_starts[a + 1]]` are
+    the rows of architecture a); ties go to the lowest row, whatever the order of the visit. The stages
+    take scalars only: a numba function taking arrays pays reference counting on every call."""
     any_model, any_province = ask[ANY_MODEL] > 0, ask[ANY_PROVINCE] > 0
     origin, data_hub, tier = int(ask[ORIGIN]), int(ask[DATA_HUB]), ask[TIER_MS]
     cpu, mem, count, milli = int(ask[CPU]), int(ask[MEM]), int(ask[ACC_COUNT]), int(ask[ACC_MILLI])
@@ -119,41 +129,54 @@ def choose(ints, floats, transfer, rtt, arch_ok, model_ok, province_ok, ask, pic
     best_score = second_score = local_score = 0.0
     for k in range(counts.shape[0]):
         counts[k] = 0
-    for i in range(ints.shape[0]):
-        hub = ints[i, HUB]
-        v = verdict(
-            ints[i, HEALTHY],
-            arch_ok[ints[i, ARCH]] != 0,
-            any_model or model_ok[ints[i, MODEL]] != 0,
-            any_province or province_ok[ints[i, PROVINCE]] != 0,
-            rtt[origin, hub],
-            tier,
-            ints[i, CPU_FREE],
-            ints[i, MEM_FREE],
-            ints[i, WHOLE_FREE],
-            ints[i, BEST_SHARE],
-            cpu,
-            mem,
-            count,
-            milli,
-        )
-        c = 0.0
-        if v == FEASIBLE:
-            node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-            c = cost(node_share, hours, floats[i, RATE], input_gb, transfer[data_hub, hub])
-            if budget > 0 and c > budget:
-                v = BUDGET
-        counts[v] += 1
-        if v != FEASIBLE:
+    visited = 0
+    for a in range(arch_ok.shape[0]):
+        if arch_ok[a] == 0:
             continue
-        score = c + weight * fragmentation(ints[i, N_ACC], ints[i, WHOLE_FREE], ints[i, BEST_SHARE], count, milli)
-        if best < 0 or score < best_score:
-            second, second_score = best, best_score
-            best, best_score = i, score
-        elif second < 0 or score < second_score:
-            second, second_score = i, score
-        if hub == origin and (local < 0 or score < local_score):
-            local, local_score = i, score
+        for k in range(arch_starts[a], arch_starts[a + 1]):
+            i = arch_rows[k]
+            visited += 1
+            hub = ints[i, HUB]
+            v = verdict(
+                ints[i, HEALTHY],
+                True,
+                any_model or model_ok[ints[i, MODEL]] != 0,
+                any_province or province_ok[ints[i, PROVINCE]] != 0,
+                rtt[origin, hub],
+                tier,
+                ints[i, CPU_FREE],
+                ints[i, MEM_FREE],
+                ints[i, WHOLE_FREE],
+                ints[i, BEST_SHARE],
+                cpu,
+                mem,
+                count,
+                milli,
+            )
+            c = 0.0
+            if v == FEASIBLE:
+                node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
+                c = cost(node_share, hours, floats[i, RATE], input_gb, transfer[data_hub, hub])
+                if budget > 0 and c > budget:
+                    v = BUDGET
+            counts[v] += 1
+            if v != FEASIBLE:
+                continue
+            score = c + weight * fragmentation(ints[i, N_ACC], ints[i, WHOLE_FREE], ints[i, BEST_SHARE], count, milli)
+            if best < 0 or before(score, i, best_score, best):
+                second, second_score = best, best_score
+                best, best_score = i, score
+            elif second < 0 or before(score, i, second_score, second):
+                second, second_score = i, score
+            if hub == origin and (local < 0 or before(score, i, local_score, local)):
+                local, local_score = i, score
+    unhealthy_elsewhere = 0
+    if best < 0:  # a rejection reports each node's first failing filter, and health comes before architecture
+        for i in range(ints.shape[0]):
+            if ints[i, HEALTHY] == 0 and arch_ok[ints[i, ARCH]] == 0:
+                unhealthy_elsewhere += 1
+    counts[UNHEALTHY] += unhealthy_elsewhere
+    counts[ARCHITECTURE] += ints.shape[0] - visited - unhealthy_elsewhere
     picks[0], picks[1], picks[2] = best, second, local
     for k in range(3):
         costs[k] = 0.0

@@ -19,6 +19,7 @@ class Vocabulary:
     def __init__(self, names: list[str] | tuple[str, ...] = ()) -> None:
         self.ids: dict[str, int] = {}
         self.names: list[str] = []
+        self._masks: dict[tuple[str, ...], np.ndarray] = {}
         for name in names:
             self.add(name)
 
@@ -26,17 +27,24 @@ class Vocabulary:
         if name not in self.ids:
             self.ids[name] = len(self.names)
             self.names.append(name)
+            self._masks.clear()
         return self.ids[name]
 
     def __len__(self) -> int:
         return len(self.names)
 
     def mask(self, names: list[str]) -> np.ndarray:
-        """An array over ids, 1 for each known name given (int8: numba compares these faster than bools)."""
-        out = np.zeros(max(len(self), 1), dtype=np.int8)
-        for name in names:
-            if name in self.ids:
-                out[self.ids[name]] = 1
+        """An array over ids, 1 for each known name given; shared between requests naming the same ones."""
+        key = tuple(names)
+        out = self._masks.get(key)
+        if out is None:
+            out = np.zeros(max(len(self), 1), dtype=np.int8)
+            for name in names:
+                if name in self.ids:
+                    out[self.ids[name]] = 1
+            out.flags.writeable = False
+            if len(self._masks) < 4096:
+                self._masks[key] = out
         return out
 
 
@@ -80,6 +88,7 @@ class NodeTable:
         self.grid = Grid(network, self.provinces)
         self.price_now, self.green_now = self.grid.at(0)
         self.carbon_price = 0.0
+        self._by_arch: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def ints(self) -> np.ndarray:
@@ -98,6 +107,15 @@ class NodeTable:
     def column(self, field: int) -> np.ndarray:
         """One integer figure of every live node (a view), e.g. `column(stages.CPU_FREE)`."""
         return self._ints[: self.size, field]
+
+    def by_arch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows grouped by architecture: `rows[starts[a]:starts[a + 1]]` are those of architecture a."""
+        if self._by_arch is None:
+            arch = self._ints[: self.size, s.ARCH]
+            rows = np.argsort(arch, kind="stable")
+            starts = np.searchsorted(arch[rows], np.arange(len(self.archs) + 1))
+            self._by_arch = rows.astype(np.int64), starts.astype(np.int64)
+        return self._by_arch
 
     def _grow(self) -> None:
         for name in ("_ints", "_floats", "_acc"):
@@ -129,7 +147,10 @@ class NodeTable:
             ints[i, s.CPU_FREE] += reg["cpu_milli"] - ints[i, s.CPU_TOTAL]
             ints[i, s.MEM_FREE] += reg["memory_mib"] - ints[i, s.MEM_TOTAL]
         ints[i, s.HEALTHY] = reg.get("active", True)
-        ints[i, s.ARCH] = self.archs.add(reg["chip_arch"])
+        arch = self.archs.add(reg["chip_arch"])
+        if ints[i, s.ARCH] != arch or i == self.size - 1:
+            self._by_arch = None
+        ints[i, s.ARCH] = arch
         ints[i, s.MODEL] = self.models.add(reg["chip_model"])
         ints[i, s.HUB] = self.hubs.ids[reg["hub"]]
         ints[i, s.PROVINCE] = self.provinces.ids[reg["province"]]

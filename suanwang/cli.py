@@ -175,6 +175,40 @@ def _load_replay(nodes_csv: Path | None, tasks_csv: Path | None) -> Any:
     return Replay(nodes.rows, tasks.rows, hubs[0])
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios measured in one run.")
+app.add_typer(bench_app, name="bench")
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _report(figures: dict[str, Any], json_out: bool, title: str) -> None:
+    if json_out:
+        print(json.dumps(figures))
+        return
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in figures.items():
+        table.add_row(name, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@bench_app.command("dispatch")
+def bench_dispatch(
+    nodes: Annotated[int, typer.Option(min=10, help="Nodes in the table.")] = 10_000,
+    tasks: Annotated[int, typer.Option(min=1, help="Requests decided by numba and NumPy.")] = 2_000,
+    python_tasks: Annotated[int, typer.Option(min=1, help="The first requests also decided in pure Python.")] = 100,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 7,
+    json_out: JsonOut = False,
+) -> None:
+    """Decision time of the numba core against NumPy and pure Python, after checking they agree."""
+    from suanwang.bench import bench_dispatch as run
+
+    figures = run(nodes, tasks, min(python_tasks, tasks), seed, err)
+    _report(figures, json_out, f"dispatch: {nodes:,} nodes, {tasks:,} tasks")
+    if not figures["identical"]:
+        raise SuanwangError("the numba, NumPy and Python implementations decided differently")
+
+
 class Format(StrEnum):
     table = "table"
     csv = "csv"
