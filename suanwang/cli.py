@@ -175,6 +175,22 @@ def _load_replay(nodes_csv: Path | None, tasks_csv: Path | None) -> Any:
     return Replay(nodes.rows, tasks.rows, hubs[0])
 
 
+@app.command()
+def replay(
+    nodes: Annotated[Path, typer.Option("--nodes", help="The trace's nodes.csv.")],
+    tasks: Annotated[Path, typer.Option("--tasks", help="The trace's tasks.csv.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write task_id,node_id,gpu_indices.")] = Path(
+        "placements.csv"
+    ),
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary object.")] = False,
+) -> None:
+    """Place a recorded cluster's tasks offline through the dispatcher core, in arrival order."""
+    from suanwang.replay import replay as run
+
+    summary = run(nodes, tasks, out, err)
+    _report(summary, json_out, f"replay of {tasks}")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios measured in one run.")
 app.add_typer(bench_app, name="bench")
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
