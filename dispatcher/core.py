@@ -166,7 +166,8 @@ class Dispatcher:
         self.nodes.grid.add(signal)
         self._grid_hour = -1
 
-    def _follow_grid(self, now: int) -> None:
+    def follow_grid(self, now: int) -> None:
+        """Applies the grid figures of the hour holding `now` (once per hour, or after a new signal)."""
         hour = now - now % HOUR_MS
         if hour != self._grid_hour:
             self.nodes.set_grid(*self.nodes.grid.at(now), self.carbon_price)
@@ -203,16 +204,18 @@ class Dispatcher:
         if deadline is not None and deadline < now:
             raise Invalid("DEADLINE_PASSED", f"deadline {req['deadline']} is in the past")
 
-    def decide(self, req: dict[str, Any]) -> tuple[TopicSpec, dict[str, Any]]:
-        """A Placement or Rejection record for the request; a redelivered request gets the same one."""
+    def decide(self, req: dict[str, Any], now: int | None = None) -> tuple[TopicSpec, dict[str, Any]]:
+        """A Placement or Rejection record for the request; a redelivered request gets the same one.
+
+        `now` (ms) sets the clock for simulated time: the grid hour and the deadline check."""
         done = self.decisions.get(req["task_id"])
         if done is not None:
             return done
         started = time.perf_counter()
-        now = now_ms()
+        now = now_ms() if now is None else now
         try:
             self._validate(req, now)
-            self._follow_grid(now)
+            self.follow_grid(now)
             out = self._place(req, started)
         except Invalid as bad:
             out = REJECTION, self._rejection(req, bad.code, str(bad), {})

@@ -26,6 +26,22 @@ def choose_numpy(
     ask: np.ndarray,
 ) -> int:
     """The best row for the request, or -1, by whole-array operations."""
+    ok, _cost, score = evaluate_numpy(ints, floats, transfer, rtt, arch_ok, model_ok, province_ok, ask)
+    best = int(np.argmin(score)) if len(score) else -1
+    return best if best >= 0 and ok[best] else -1
+
+
+def evaluate_numpy(
+    ints: np.ndarray,
+    floats: np.ndarray,
+    transfer: np.ndarray,
+    rtt: np.ndarray,
+    arch_ok: np.ndarray,
+    model_ok: np.ndarray,
+    province_ok: np.ndarray,
+    ask: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per node: feasible or not, expected cost, and score (infinite where infeasible)."""
     origin, data_hub, tier = int(ask[s.ORIGIN]), int(ask[s.DATA_HUB]), ask[s.TIER_MS]
     cpu, mem, count, milli = int(ask[s.CPU]), int(ask[s.MEM]), int(ask[s.ACC_COUNT]), int(ask[s.ACC_MILLI])
     hub, n_acc, whole, best_share = ints[:, s.HUB], ints[:, s.N_ACC], ints[:, s.WHOLE_FREE], ints[:, s.BEST_SHARE]
@@ -58,9 +74,7 @@ def choose_numpy(
     else:
         frag = count / np.maximum(whole, 1)
     frag = np.where(n_acc == 0, 0.0, frag)
-    score = np.where(ok, cost + ask[s.FRAG_WEIGHT] * frag, np.inf)
-    best = int(np.argmin(score)) if len(score) else -1
-    return best if best >= 0 and ok[best] else -1
+    return ok, cost, np.where(ok, cost + ask[s.FRAG_WEIGHT] * frag, np.inf)
 
 
 def choose_python(

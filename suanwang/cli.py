@@ -225,6 +225,38 @@ def bench_dispatch(
         raise SuanwangError("the numba, NumPy and Python implementations decided differently")
 
 
+@bench_app.command("quality")
+def bench_quality(
+    nodes: Annotated[int, typer.Option(min=10, help="Nodes in the network.")] = 2_000,
+    tasks: Annotated[int, typer.Option(min=1, help="Requests over the simulated day.")] = 20_000,
+    batch: Annotated[int, typer.Option(min=1, help="Tasks in the batch compared with the LP bound.")] = 600,
+    batch_nodes: Annotated[int, typer.Option(min=10, help="Nodes the batch must fit on (few: capacity binds).")] = 300,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 7,
+    json_out: JsonOut = False,
+) -> None:
+    """The default policy against baselines over a simulated day, and its gap to an LP lower bound."""
+    from suanwang.quality import bench_quality as run
+
+    figures = run(nodes, tasks, batch, batch_nodes, seed, err)
+    if json_out:
+        print(json.dumps(figures))
+        return
+    table = Table(title=f"quality: {nodes:,} nodes, {tasks:,} tasks over a day")
+    columns = list(next(iter(figures["policies"].values())))
+    table.add_column("policy")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in figures["policies"].items():
+        table.add_row(name, *(f"{row[c]:,.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    Console().print(table)
+    gap = figures["lower_bound_gap"]
+    Console().print(
+        f"batch of {batch} on {batch_nodes} nodes: {figures.get('batch_placed')} placed, cost "
+        f"{figures.get('batch_cost', 0):,.2f} yuan; LP lower bound {figures.get('batch_lower_bound', 0):,.2f}; "
+        + (f"gap {gap:.2%}" if gap is not None else f"no bound: {figures.get('lower_bound_note')}")
+    )
+
+
 class Format(StrEnum):
     table = "table"
     csv = "csv"

@@ -1,0 +1,259 @@
+"""`suanwang bench quality`: the default policy against baselines over a simulated day, and an LP bound.
+
+Every policy sees the same nodes, grid and requests, places only where the filters allow and frees a
+node when a task's duration has passed. Costs are the dispatcher's cost model (compute + energy +
+transfer + carbon); violations are counted by an independent check of each placement against the
+request and the node's capacity. The bound is the LP relaxation of placing one batch on the empty
+table (HiGHS through SciPy): no assignment of that batch can cost less.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import track
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix, vstack
+
+from suanwang.dispatcher import stages as s
+from suanwang.dispatcher.core import Demand, Dispatcher, Reservation, breakdown, demand_of, reserve
+from suanwang.dispatcher.reference import evaluate_numpy
+from suanwang.dispatcher.state import HOUR_MS, NodeTable
+from suanwang.topology import Network, load_network, scaled_nodes
+from suanwang.workload import TaskGenerator, grid_signal, registration
+
+DAY_START_MS = 1_795_017_600_000  # 2026-11-18 00:00 China Standard Time
+Picker = Callable[[NodeTable, Demand, np.ndarray, np.ndarray], int]
+
+
+def _local_first(t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+    """The nearest feasible node to the task's origin (its own hub first), lowest row on ties."""
+    rtt = t.rtt[int(d.ask[s.ORIGIN]), t.column(s.HUB)]
+    return int(np.argmin(np.where(ok, rtt, np.inf)))
+
+
+def _cheapest_power(t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+    """The feasible node in the province with the lowest power price now."""
+    return int(np.argmin(np.where(ok, t.price_now[t.column(s.PROVINCE)], np.inf)))
+
+
+class _Random:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def __call__(self, t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+        return int(self.rng.choice(np.flatnonzero(ok)))
+
+
+class _RoundRobin:
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+        rows = np.flatnonzero(ok)
+        after = rows[rows > self.last]
+        self.last = int(after[0] if len(after) else rows[0])
+        return self.last
+
+
+@dataclass
+class Tally:
+    """What a policy did over the day."""
+
+    tasks: int = 0
+    placed: int = 0
+    total_cost: float = 0.0
+    transfer_cost: float = 0.0
+    energy_kwh: float = 0.0
+    carbon_kg: float = 0.0
+    violations: int = 0
+    used: dict[str, list[int]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total_cost": self.total_cost,
+            "cost_per_task": self.total_cost / max(self.placed, 1),
+            "transfer_cost": self.transfer_cost,
+            "energy_kwh": self.energy_kwh,
+            "carbon_kg": self.carbon_kg,
+            "acceptance": self.placed / max(self.tasks, 1),
+            "violations": self.violations,
+        }
+
+
+def _violations(t: NodeTable, row: int, req: dict[str, Any], capacity: np.ndarray) -> int:
+    """1 if placing `req` on `row` breaks a constraint, checked from the request and the node's facts."""
+    hub, province = t.hubs.names[t.column(s.HUB)[row]], t.provinces.names[t.column(s.PROVINCE)[row]]
+    arch, model = t.archs.names[t.column(s.ARCH)[row]], t.models.names[t.column(s.MODEL)[row]]
+    tier, origin = req["latency_tier_ms"], t.hubs.ids[req["origin_hub"]]
+    broken = [
+        arch not in req["chip_archs"],
+        bool(req["chip_models"]) and model not in req["chip_models"],
+        bool(req["allowed_provinces"]) and province not in req["allowed_provinces"],
+        bool(tier) and t.rtt[origin, t.hubs.ids[hub]] > tier,
+        bool((capacity < 0).any()),
+    ]
+    return int(any(broken))
+
+
+def _run_day(
+    network: Network,
+    nodes: int,
+    requests: list[tuple[int, dict[str, Any]]],
+    grid: list[dict[str, Any]],
+    picker: Picker | None,
+    console: Console,
+    label: str,
+) -> Tally:
+    """One policy through the day; `picker` None is the dispatcher's own decision."""
+    dispatcher = Dispatcher(network)
+    t = dispatcher.nodes
+    for spec in scaled_nodes(network, nodes):
+        t.register(registration(spec, network))
+    for signal in grid:
+        dispatcher.grid_signal(signal)
+    tally = Tally(tasks=len(requests))
+    running: list[tuple[int, str]] = []
+    free = np.stack([t.column(s.CPU_FREE).copy(), t.column(s.MEM_FREE).copy(), t.column(s.N_ACC) * s.WHOLE], axis=1)
+    steps = track(requests, description=label, console=console, transient=True, disable=not console.is_terminal)
+    for now, req in steps:
+        while running and running[0][0] <= now:
+            task_id = heapq.heappop(running)[1]
+            free[dispatcher.reservations[task_id].row] += tally.used.pop(task_id)
+            dispatcher.release(task_id)
+        if picker is None:
+            spec, record = dispatcher.decide(req, now)
+            row = t.row[record["node_id"]] if "node_id" in record else -1
+            d = demand_of(t, req, dispatcher.fragmentation_weight) if row >= 0 else None
+        else:
+            dispatcher.follow_grid(now)
+            d = demand_of(t, req, dispatcher.fragmentation_weight)
+            ok, _, score = evaluate_numpy(
+                t.ints, t.floats, t.transfer_price, t.rtt, d.arch_ok, d.model_ok, d.province_ok, d.ask
+            )
+            row = picker(t, d, ok, score) if ok.any() else -1
+            if row >= 0:
+                chosen = reserve(t, row, d)
+                dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
+        if row < 0 or d is None:
+            continue
+        parts = breakdown(t, row, d.ask)
+        taken = [d.cpu, d.mem, d.acc_count * d.acc_milli]
+        free[row] -= taken
+        tally.used[req["task_id"]] = taken
+        tally.violations += _violations(t, row, req, free[row])
+        tally.placed += 1
+        tally.total_cost += parts["compute_cost"] + parts["energy_cost"] + parts["transfer_cost"] + parts["carbon_cost"]
+        tally.transfer_cost += parts["transfer_cost"]
+        tally.energy_kwh += parts["energy_kwh"]
+        tally.carbon_kg += parts["carbon_kg"]
+        heapq.heappush(running, (now + int(1000 * (req["duration_s"] or 3600)), req["task_id"]))
+    return tally
+
+
+def _day(network: Network, tasks: int, seed: int) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
+    """Requests spread over one day, and every province's grid signal for each of its hours."""
+    rng = random.Random(seed)
+    gen = TaskGenerator(network, random.Random(rng.random()))
+    requests = []
+    for k in range(tasks):
+        now = DAY_START_MS + k * (24 * HOUR_MS) // tasks
+        requests.append((now, gen.next(now)))
+    sites = {(c.province, hub_id) for hub_id, h in network.hubs.items() for c in h.clusters.values()}
+    sites |= {(h.city.province, hub_id) for hub_id, h in network.hubs.items()}
+    grid = [
+        grid_signal(network, p, hub, DAY_START_MS + h * HOUR_MS, rng) for h in range(25) for p, hub in sorted(sites)
+    ]
+    return requests, grid
+
+
+def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int) -> dict[str, Any]:
+    """The default policy's cost for one batch on the empty table against the LP relaxation's optimum
+    for placing the same tasks (those the policy placed) on the same capacity."""
+    dispatcher = Dispatcher(network)
+    t = dispatcher.nodes
+    for spec in scaled_nodes(network, nodes):
+        t.register(registration(spec, network))
+    gen = TaskGenerator(network, random.Random(seed))
+    now = DAY_START_MS + 3 * HOUR_MS
+    requests = [gen.next(now) for _ in range(batch)]
+    dispatcher.follow_grid(now)
+    empty, demands = t.ints.copy(), [demand_of(t, req, 0.0) for req in requests]
+    greedy, placed = 0.0, []
+    for j, req in enumerate(requests):
+        _, record = dispatcher.decide(req, now)
+        if "total_cost" in record:
+            greedy += record["total_cost"]
+            placed.append(j)
+    var_task, var_node, costs = [], [], []
+    for k, j in enumerate(placed):
+        d = demands[j]
+        ok, cost, _ = evaluate_numpy(
+            empty, t.floats, t.transfer_price, t.rtt, d.arch_ok, d.model_ok, d.province_ok, d.ask
+        )
+        feasible = np.flatnonzero(ok)
+        var_task += [k] * len(feasible)
+        var_node += feasible.tolist()
+        costs += cost[feasible].tolist()
+    tasks, nodes_of = np.array(var_task), np.array(var_node)
+    n_vars, columns = len(costs), np.arange(len(costs))
+    one_each = coo_matrix((np.ones(n_vars), (tasks, columns)), shape=(len(placed), n_vars))
+    needs = [
+        ([demands[j].cpu for j in placed], empty[:, s.CPU_FREE]),
+        ([demands[j].mem for j in placed], empty[:, s.MEM_FREE]),
+        ([demands[j].acc_count * demands[j].acc_milli for j in placed], empty[:, s.N_ACC] * s.WHOLE),
+    ]
+    capacity = vstack(
+        [
+            coo_matrix((np.array(need, dtype=float)[tasks], (nodes_of, columns)), shape=(t.size, n_vars))
+            for need, _ in needs
+        ]
+    )
+    result = linprog(
+        np.array(costs),
+        A_ub=capacity.tocsr(),
+        b_ub=np.concatenate([h for _, h in needs]).astype(float),
+        A_eq=one_each.tocsr(),
+        b_eq=np.ones(len(placed)),
+        bounds=(0, 1),
+        method="highs",
+    )
+    if result.status != 0:
+        return {"lower_bound_gap": None, "lower_bound_note": result.message}
+    return {
+        "lower_bound_gap": (greedy - result.fun) / result.fun,
+        "batch_tasks": batch,
+        "batch_placed": len(placed),
+        "batch_cost": greedy,
+        "batch_lower_bound": float(result.fun),
+    }
+
+
+def bench_quality(nodes: int, tasks: int, batch: int, batch_nodes: int, seed: int, console: Console) -> dict[str, Any]:
+    """Every policy over the same day, then the default policy's gap to the bound on a saturating batch."""
+    network = load_network()
+    requests, grid = _day(network, tasks, seed)
+    pickers: dict[str, Picker | None] = {
+        "default": None,
+        "local_first": _local_first,
+        "cheapest_power": _cheapest_power,
+        "random": _Random(seed),
+        "round_robin": _RoundRobin(),
+    }
+    policies = {
+        name: _run_day(network, nodes, requests, grid, picker, console, name).summary()
+        for name, picker in pickers.items()
+    }
+    return {
+        "nodes": nodes,
+        "tasks": tasks,
+        "default_policy": "default",
+        "policies": policies,
+        **lower_bound_gap(network, batch_nodes, batch, seed),
+    }

@@ -1,0 +1,46 @@
+"""`suanwang bench quality`: no policy breaks a constraint, the default is the cheapest, and the LP bound holds."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from suanwang.quality import bench_quality
+from tests.conftest import run_cli
+
+BASELINES = ("local_first", "cheapest_power", "random", "round_robin")
+
+
+def test_the_default_policy_beats_every_baseline_without_violations() -> None:
+    figures = bench_quality(nodes=300, tasks=1500, batch=200, batch_nodes=80, seed=3, console=Console(quiet=True))
+    policies = figures["policies"]
+    assert set(policies) == {"default", *BASELINES} and figures["default_policy"] == "default"
+    for name, row in policies.items():
+        assert row["violations"] == 0, name
+        assert 0.5 < row["acceptance"] <= 1.0, name
+        assert row["total_cost"] > row["transfer_cost"] > 0 and row["carbon_kg"] < row["energy_kwh"], name
+    for name in BASELINES:
+        assert policies["default"]["cost_per_task"] < policies[name]["cost_per_task"], name
+    assert figures["batch_placed"] <= 200
+    assert figures["lower_bound_gap"] >= -1e-9  # no placement of the batch costs less than the LP optimum
+    assert figures["batch_cost"] >= figures["batch_lower_bound"] - 1e-6
+
+
+def test_bench_quality_command_prints_the_json_keys() -> None:
+    result = run_cli(
+        "bench", "quality", "--nodes", "100", "--tasks", "200", "--batch", "50", "--batch-nodes", "30", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"policies", "default_policy", "lower_bound_gap"} <= set(figures)
+    for row in figures["policies"].values():
+        assert {"total_cost", "acceptance", "violations", "carbon_kg", "transfer_cost"} <= set(row)
+
+
+def test_bench_dispatch_command_prints_the_json_keys() -> None:
+    result = run_cli("bench", "dispatch", "--nodes", "200", "--tasks", "100", "--python-tasks", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    keys = {"numba_p50_us", "numba_p99_us", "numba_decisions_per_s", "numpy_p99_us", "python_p99_us", "identical"}
+    assert keys <= set(figures) and figures["identical"] is True
