@@ -21,7 +21,7 @@ from rich.table import Table
 from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
 from suanwang.errors import SuanwangError
-from suanwang.schemas.topics import ALERT, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.schemas.topics import ALERT, GRID_SIGNAL, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics, TopicSpec
 from suanwang.service import READY_MARK, stop_on_signals
 from suanwang.settings import Settings
 from suanwang.store import Store, describe_url
@@ -117,22 +117,58 @@ class Child:
             await asyncio.wait({self._reader}, timeout=2)
 
 
+class HubView:
+    """Each hub as it is now, for the live panel: load, power, the hour's power price and green share, demand."""
+
+    def __init__(self) -> None:
+        self.load: dict[str, float] = {}  # moving average of max(CPU, accelerator) utilisation
+        self.power: dict[str, tuple[str, float]] = {}  # node id -> (hub, kW)
+        self.grid: dict[tuple[str, str], tuple[int, float, float]] = {}  # (hub, province) -> (hour, price, green)
+        self.demand: Counter[str] = Counter()
+
+    def telemetry(self, t: dict[str, Any]) -> None:
+        util = max(t["cpu_util"], t["accelerator_util"])
+        self.load[t["hub"]] = 0.98 * self.load.get(t["hub"], util) + 0.02 * util
+        self.power[t["node_id"]] = (t["hub"], t["power_kw"])
+
+    def grid_signal(self, g: dict[str, Any], now_ms: int) -> None:
+        hour = int(g["hour_start"].timestamp() * 1000)
+        if hour <= now_ms < hour + 3_600_000:
+            self.grid[(g["hub"], g["province"])] = (hour, g["price_yuan_kwh"], g["green_share"])
+
+    def table(self) -> Table:
+        table = Table(title="hubs now", title_justify="left")
+        for column in ("hub", "load", "power kW", "¥/kWh", "green", "requests"):
+            table.add_column(column, justify="left" if column == "hub" else "right")
+        kw: Counter[str] = Counter()
+        for hub, power in self.power.values():
+            kw[hub] += power
+        for hub in sorted(set(self.load) | set(self.demand)):
+            grid = [(price, green) for (h, _), (_, price, green) in self.grid.items() if h == hub]
+            price = f"{np.mean([p for p, _ in grid]):.3f}" if grid else "-"
+            green = f"{np.mean([g for _, g in grid]):.0%}" if grid else "-"
+            table.add_row(hub, f"{self.load.get(hub, 0):.0%}", f"{kw[hub]:,.0f}", price, green, str(self.demand[hub]))
+        return table
+
+
 class Monitor:
     """Counts this run's events and measures dispatch latency, request produced -> placement consumed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, watch_hubs: bool) -> None:
         self.settings = settings
+        self.watch_hubs = watch_hubs  # decoding all telemetry costs CPU the services could use: only when shown
         self.topics = Topics(settings.topic_prefix)
         self.codec = make_codec(settings)
         self.counts: Counter[str] = Counter()
         self.latency_ms: list[float] = []
+        self.hubs = HubView()
         self.consumer: AIOKafkaConsumer
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         await self.consumer.start()
         await self.consumer.topics()
-        names = [self.topics.name(spec) for spec in COUNTED]
+        names = [self.topics.name(spec) for spec in (*COUNTED, GRID_SIGNAL)]
         parts = [TopicPartition(t, p) for t in names for p in self.consumer.partitions_for_topic(t) or ()]
         self.consumer.assign(parts)
         await self.consumer.seek_to_end(*parts)  # only this run's events
@@ -140,17 +176,27 @@ class Monitor:
             await self.consumer.position(tp)
 
     async def run(self, stop: asyncio.Event) -> None:
-        placement_topic = self.topics.name(PLACEMENT)
         while not stop.is_set():
             for tp, messages in (await self.consumer.getmany(timeout_ms=100)).items():
                 now = time.time() * 1000
-                self.counts[COUNTED[self.topics.spec(tp.topic)]] += len(messages)
-                if tp.topic == placement_topic:
+                spec = self.topics.spec(tp.topic)
+                if spec in COUNTED:
+                    self.counts[COUNTED[spec]] += len(messages)
+                if spec is PLACEMENT or (self.watch_hubs and spec in (TELEMETRY, TASK_REQUEST, GRID_SIGNAL)):
                     for msg in messages:
                         with contextlib.suppress(ValueError):
-                            _, placement = self.codec.decode(msg.value)
-                            self.latency_ms.append(now - placement["request_time"].timestamp() * 1000)
+                            self._observe(spec, self.codec.decode_as(spec.schema, msg.value), now)
         await self.consumer.stop()
+
+    def _observe(self, spec: TopicSpec, record: dict[str, Any], now: float) -> None:
+        if spec is PLACEMENT:
+            self.latency_ms.append(now - record["request_time"].timestamp() * 1000)
+        elif spec is TELEMETRY:
+            self.hubs.telemetry(record)
+        elif spec is TASK_REQUEST:
+            self.hubs.demand[record["origin_hub"]] += 1
+        else:
+            self.hubs.grid_signal(record, int(now))
 
     def percentile(self, q: float) -> float | None:
         return round(float(np.percentile(self.latency_ms, q)), 3) if self.latency_ms else None
@@ -192,7 +238,7 @@ class Platform:
         dispatcher = Child("dispatcher", ["dispatcher"], self.log_dir)
         simulator = Child("simulator", ["simulate"], self.log_dir)
         self.children = [worker, dispatcher, simulator]
-        monitor = Monitor(s)
+        monitor = Monitor(s, watch_hubs=self.live)
         monitor_task = None
         try:
             self._say("starting worker and dispatcher …")
@@ -260,7 +306,7 @@ class Platform:
         for name in COUNTED.values():
             flow.add_row(name, str(monitor.counts[name]))
         flow.add_row("dispatch p50 / p99 ms", f"{monitor.percentile(50)} / {monitor.percentile(99)}")
-        return Group(comps, flow)
+        return Group(comps, flow, monitor.hubs.table())
 
     def _summary(self, monitor: Monitor) -> dict[str, Any]:
         summary: dict[str, Any] = {name: monitor.counts[name] for name in COUNTED.values()}
