@@ -156,6 +156,23 @@ class Dispatcher:
         )
         return True
 
+    def restore(self, spec: TopicSpec, record: dict[str, Any], holds: bool) -> None:
+        """Takes back an earlier decision (after a restart): the same answer to a redelivered request, and,
+        while the task `holds` its placement, the very resources it was given."""
+        self.decisions[record["task_id"]] = (spec, record)
+        row = self.nodes.row.get(record.get("node_id") or "")
+        if spec is not PLACEMENT or not holds or row is None or record["task_id"] in self.reservations:
+            return
+        t = self.nodes
+        chosen = np.array(record["accelerator_indices"], dtype=np.int64)
+        milli = record["accelerator_milli"]
+        stages.release(
+            row, t.ints, t.acc_free, -record["cpu_milli"], -record["memory_mib"], -milli, chosen, len(chosen)
+        )
+        self.reservations[record["task_id"]] = Reservation(
+            row, record["cpu_milli"], record["memory_mib"], milli, chosen
+        )
+
     def set_health(self, node_id: str, healthy: bool) -> None:
         row = self.nodes.row.get(node_id)
         if row is not None:

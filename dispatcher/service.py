@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics
 from suanwang.dispatcher.core import Dispatcher, warm_up
-from suanwang.schemas.topics import ALERT, GRID_SIGNAL, REGISTRY, TASK_LIFECYCLE, TASK_REQUEST, Topics
+from suanwang.schemas.topics import (
+    ALERT,
+    GRID_SIGNAL,
+    PLACEMENT,
+    REGISTRY,
+    REJECTION,
+    TASK_LIFECYCLE,
+    TASK_REQUEST,
+    Topics,
+    TopicSpec,
+)
 from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network
@@ -28,9 +39,11 @@ class DispatcherService:
         )
         self.producer = EventProducer(settings)
 
-    async def _catch_up(self, consumer: AIOKafkaConsumer) -> None:
-        """Reads the registry and grid topics from the start up to their current end."""
-        names = [self.topics.name(REGISTRY), self.topics.name(GRID_SIGNAL)]
+    async def _read_to_end(
+        self, consumer: AIOKafkaConsumer, specs: list[TopicSpec], handle: Callable[[str, Any], Awaitable[None]]
+    ) -> None:
+        """Hands every message of the topics, from the start up to their current end, to `handle`."""
+        names = [self.topics.name(spec) for spec in specs]
         await consumer.topics()  # loads partition metadata
         parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or ())]
         consumer.assign(parts)
@@ -39,7 +52,36 @@ class DispatcherService:
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
                 for msg in messages:
-                    await self._on_state(tp.topic, msg)
+                    await handle(tp.topic, msg)
+
+    async def _rebuild(self) -> None:
+        """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
+
+        Decisions are read whole before any release, so a task that finished keeps nothing whatever the
+        order in which the two topics are read."""
+        ended: set[str] = set()
+        decided: list[tuple[TopicSpec, dict[str, Any]]] = []
+
+        async def collect(topic: str, msg: Any) -> None:
+            spec = self.topics.spec(topic)
+            try:
+                record = self.producer.codec.decode_as(spec.schema, msg.value)
+            except ValueError:
+                return  # reported when it was first consumed
+            if spec is TASK_LIFECYCLE:
+                if record["state"] in RELEASING_STATES:
+                    ended.add(record["task_id"])
+            elif record["scope"] == self.settings.dispatcher_scope:
+                decided.append((spec, record))
+
+        history = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        await history.start()
+        try:
+            await self._read_to_end(history, [PLACEMENT, REJECTION, TASK_LIFECYCLE], collect)
+        finally:
+            await history.stop()
+        for spec, record in decided:
+            self.core.restore(spec, record, holds=record["task_id"] not in ended)
 
     async def _on_state(self, topic: str, msg: Any) -> None:
         try:
@@ -71,7 +113,8 @@ class DispatcherService:
         events = contract_consumer(self.settings, [TASK_REQUEST, TASK_LIFECYCLE, ALERT], group)
         try:
             await state.start()
-            await self._catch_up(state)
+            await self._read_to_end(state, [REGISTRY, GRID_SIGNAL], self._on_state)
+            await self._rebuild()
             await events.start()
             announce_ready("dispatcher")
             await asyncio.gather(

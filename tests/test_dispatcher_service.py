@@ -95,3 +95,71 @@ def test_service_decides_and_dead_letters_garbage(settings: Settings) -> None:
     assert dead[0]["source_topic"].endswith("tasks.request") and dead[0]["offset"] >= 0
     assert "magic byte" in dead[0]["error"] and dead[0]["component"] == "dispatcher"
     assert now_ms() - int(placements[0]["request_time"].timestamp() * 1000) < 120_000
+
+
+def test_a_restarted_dispatcher_keeps_its_decisions_and_the_capacity_still_held(settings: Settings) -> None:
+    """One node with one accelerator: what `a` holds across a restart is not promised again until `a` ends."""
+    from suanwang.schemas.topics import TASK_LIFECYCLE
+
+    node = dict(
+        node_id="solo",
+        hub="gba",
+        cluster="gba-shaoguan",
+        province="Guangdong",
+        data_center="dc",
+        compute_class="GPU",
+        chip_arch="cuda",
+        chip_model="H20",
+        cpu_milli=64000,
+        memory_mib=65536,
+        accelerators=1,
+        accelerator_memory_mib=98304,
+        throughput=4.0,
+        power_kw=1.0,
+        idle_power_kw=0.2,
+        pue=1.3,
+        unit_price=0.6,
+        active=True,
+    )
+    whole = dict(accelerators=1, accelerator_milli=1000, cpu_milli=1000, memory_mib=1024)
+
+    async def run_service(requests: list[dict], lifecycle: list[dict], want: int) -> list[tuple[str, dict]]:
+        producer = EventProducer(settings)
+        await producer.start()
+        stop = asyncio.Event()
+        service = asyncio.create_task(DispatcherService(settings).run(stop))
+        for record in lifecycle:
+            await producer.send(TASK_LIFECYCLE, event(**record))
+        for req in requests:
+            await producer.send(TASK_REQUEST, req)
+        await producer.flush()
+        got = await _collect(settings, [PLACEMENT, REJECTION], want=want)
+        stop.set()
+        await service
+        await producer.stop()
+        return got
+
+    async def scenario() -> tuple[list, list, list]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await producer.send(REGISTRY, event(**node))
+        await producer.flush()
+        await producer.stop()
+        first = await run_service([_request("a", **whole)], [], want=1)
+        # restarted: `a` is redelivered (same answer) and `b` finds the accelerator taken
+        second = await run_service([_request("a", **whole), _request("b", **whole)], [], want=3)
+        # restarted again after `a` finished: `c` gets the accelerator
+        third = await run_service(
+            [_request("c", **whole)], [dict(task_id="a", node_id="solo", state="FINISHED")], want=4
+        )
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    [(_, a)] = first
+    assert [r["event_id"] for t, r in second if r["task_id"] == "a"] == [a["event_id"]] * 2  # answered again
+    decided = {(r["task_id"], t): r for t, r in second}
+    assert decided[("a", PLACEMENT.name)]["event_id"] == a["event_id"]  # the same decision, not a new one
+    assert decided[("b", REJECTION.name)]["filtered"] == {"capacity": 1}
+    c = next(r for t, r in third if r["task_id"] == "c")
+    assert c["node_id"] == "solo" and c["accelerator_indices"] == [0]
