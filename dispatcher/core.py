@@ -132,9 +132,16 @@ class Dispatcher:
     """Owns the node table and the reservations; every decision goes through `decide`."""
 
     def __init__(
-        self, network: Network, scope: str = "national", carbon_price: float = 0.1, fragmentation_weight: float = 0.05
+        self,
+        network: Network,
+        scope: str = "national",
+        carbon_price: float = 0.1,
+        fragmentation_weight: float = 0.05,
+        start_timeout_s: float = 300.0,
     ) -> None:
         self.scope = scope
+        self.start_timeout_ms = int(start_timeout_s * 1000)
+        self.unstarted: dict[str, int] = {}  # task id -> when its placement lapses unless the task starts
         self.nodes = NodeTable(network)
         self.carbon_price = carbon_price
         self.fragmentation_weight = fragmentation_weight
@@ -147,6 +154,7 @@ class Dispatcher:
 
     def release(self, task_id: str) -> bool:
         """Frees a task's reservation (finished, failed, cancelled); False if it held none."""
+        self.unstarted.pop(task_id, None)
         res = self.reservations.pop(task_id, None)
         if res is None:
             return False
@@ -156,7 +164,20 @@ class Dispatcher:
         )
         return True
 
-    def restore(self, spec: TopicSpec, record: dict[str, Any], holds: bool) -> None:
+    def started(self, task_id: str) -> None:
+        """The task runs: its placement no longer lapses."""
+        self.unstarted.pop(task_id, None)
+
+    def lapse(self, now: int) -> list[tuple[str, str]]:
+        """Frees every placement whose task has not started in time; (task id, node id) of each."""
+        lapsed = [task for task, deadline in self.unstarted.items() if deadline < now]
+        out = []
+        for task in lapsed:
+            out.append((task, self.nodes.node_ids[self.reservations[task].row]))
+            self.release(task)
+        return out
+
+    def restore(self, spec: TopicSpec, record: dict[str, Any], holds: bool, started: bool) -> None:
         """Takes back an earlier decision (after a restart): the same answer to a redelivered request, and,
         while the task `holds` its placement, the very resources it was given."""
         self.decisions[record["task_id"]] = (spec, record)
@@ -233,13 +254,13 @@ class Dispatcher:
         try:
             self._validate(req, now)
             self.follow_grid(now)
-            out = self._place(req, started)
+            out = self._place(req, started, now)
         except Invalid as bad:
             out = REJECTION, self._rejection(req, bad.code, str(bad), {})
         self.decisions[req["task_id"]] = out
         return out
 
-    def _place(self, req: dict[str, Any], started: float) -> tuple[TopicSpec, dict[str, Any]]:
+    def _place(self, req: dict[str, Any], started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
         c = choose(t, d, self._choice)
@@ -250,6 +271,7 @@ class Dispatcher:
             return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{t.size} nodes: {summary}", removed)
         chosen = reserve(t, best, d)
         self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
+        self.unstarted[req["task_id"]] = now + self.start_timeout_ms
         parts = breakdown(t, best, d.ask)
         local_cost = float(c.costs[2]) if local >= 0 else None
         record = event(
@@ -279,7 +301,7 @@ class Dispatcher:
             feasible_nodes=c.feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
         )
-        record["start_at"] = record["event_time"]
+        record["start_at"] = now
         return PLACEMENT, record
 
     def _rejection(self, req: dict[str, Any], code: str, reason: str, removed: dict[str, int]) -> dict[str, Any]:

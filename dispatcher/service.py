@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics
+from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics, event, now_ms
 from suanwang.dispatcher.core import Dispatcher, warm_up
 from suanwang.schemas.topics import (
     ALERT,
@@ -35,7 +36,10 @@ class DispatcherService:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.core = Dispatcher(
-            load_network(), scope=settings.dispatcher_scope, carbon_price=settings.carbon_price_yuan_per_kg
+            load_network(),
+            scope=settings.dispatcher_scope,
+            carbon_price=settings.carbon_price_yuan_per_kg,
+            start_timeout_s=settings.dispatch_start_timeout_s,
         )
         self.producer = EventProducer(settings)
 
@@ -60,6 +64,7 @@ class DispatcherService:
         Decisions are read whole before any release, so a task that finished keeps nothing whatever the
         order in which the two topics are read."""
         ended: set[str] = set()
+        started: set[str] = set()
         decided: list[tuple[TopicSpec, dict[str, Any]]] = []
 
         async def collect(topic: str, msg: Any) -> None:
@@ -71,6 +76,8 @@ class DispatcherService:
             if spec is TASK_LIFECYCLE:
                 if record["state"] in RELEASING_STATES:
                     ended.add(record["task_id"])
+                elif record["state"] == "STARTED":
+                    started.add(record["task_id"])
             elif record["scope"] == self.settings.dispatcher_scope:
                 decided.append((spec, record))
 
@@ -81,7 +88,7 @@ class DispatcherService:
         finally:
             await history.stop()
         for spec, record in decided:
-            self.core.restore(spec, record, holds=record["task_id"] not in ended)
+            self.core.restore(spec, record, holds=record["task_id"] not in ended, started=record["task_id"] in started)
 
     async def _on_state(self, topic: str, msg: Any) -> None:
         try:
@@ -101,6 +108,8 @@ class DispatcherService:
             await self.producer.send(out_spec, out)
         elif spec is TASK_LIFECYCLE and record["state"] in RELEASING_STATES:
             self.core.release(record["task_id"])
+        elif spec is TASK_LIFECYCLE and record["state"] == "STARTED":
+            self.core.started(record["task_id"])
         elif spec is ALERT and record["kind"] == "node_offline":
             self.core.set_health(record["scope_key"], healthy=record["resolved"])
 
@@ -119,12 +128,24 @@ class DispatcherService:
             announce_ready("dispatcher")
             await asyncio.gather(
                 self._follow_state(state, stop),
+                self._lapse_unstarted(stop),
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
             )
         finally:
             await events.stop()
             await state.stop()
             await self.producer.stop()
+
+    async def _lapse_unstarted(self, stop: asyncio.Event) -> None:
+        """Once a second, frees placements whose task never started and says so on `tasks.lifecycle`."""
+        while not stop.is_set():
+            for task_id, node_id in self.core.lapse(now_ms()):
+                detail = f"not started within {self.settings.dispatch_start_timeout_s:g} s of its start time"
+                await self.producer.send(
+                    TASK_LIFECYCLE, event(task_id=task_id, node_id=node_id, state="CANCELLED", detail=detail)
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _follow_state(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():

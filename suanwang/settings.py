@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     dispatcher_scope: Literal["national"] = Field(
         "national", description="Scope of decisions; provincial and industry tiers are not built yet."
     )
+    dispatch_start_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a placement may wait for its task to start before its capacity is freed."
+    )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     # Monitoring
     rollup_window_s: float = Field(10.0, gt=0, description="Tumbling window of the hub rollups.")

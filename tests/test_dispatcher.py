@@ -268,3 +268,18 @@ def test_references_break_ties_to_the_lowest_row(network) -> None:
     assert choose_numpy(t.ints, t.floats, *args) == 0
     py = [x.tolist() for x in args]
     assert choose_python(t.ints.tolist(), t.floats[:, stages.RATE].tolist(), *py) == 0
+
+
+def test_a_placement_never_started_lapses_and_frees_its_capacity(network) -> None:
+    d = Dispatcher(network, start_timeout_s=60)
+    for spec in scaled_nodes(network, 100):
+        d.nodes.register(registration(spec, network))
+    free = d.nodes.ints.copy()
+    now = now_ms()
+    _, idle = d.decide(_request(task_id="idle"), now)
+    _, busy = d.decide(_request(task_id="busy"), now)
+    d.started("busy")
+    assert d.lapse(now + 59_000) == []
+    assert d.lapse(now + 61_000) == [("idle", idle["node_id"])]
+    assert "idle" not in d.reservations and "busy" in d.reservations
+    assert d.release("busy") and np.array_equal(d.nodes.ints, free)
