@@ -10,12 +10,13 @@ import numpy as np
 
 from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
-from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, NodeTable
+from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
 from suanwang.topology import Network
 
 MAX_TASK_HOURS = 24 * 365
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
+MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
 
 
 @dataclass
@@ -100,7 +101,38 @@ class Choice:
     feasible: int = 0
 
 
-def choose(t: NodeTable, d: Demand, out: Choice) -> Choice:
+@dataclass
+class Window:
+    """When the task would run, per province: its start, and the average grid figures of those hours."""
+
+    start_ms: np.ndarray
+    price: np.ndarray
+    green: np.ndarray
+    per_kwh: np.ndarray  # yuan per kWh drawn: price plus the carbon price of its non-green share
+
+
+def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) -> Window:
+    """The cheapest start per province: now, or for work with a deadline any later hour that still meets it.
+
+    Energy and carbon are linear in the price of the hours run, so the best start in a province is the
+    same for every node there: one pass of the stages then scores every node at its province's best."""
+    hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
+    horizon = t.grid.horizon(now)
+    latest = 0
+    deadline = epoch_ms(req["deadline"])
+    if deadline is not None and req["duration_s"]:
+        latest = int((deadline - horizon.hour) / HOUR_MS - hours)  # last whole start hour that meets it
+        latest = max(0, min(latest, MAX_SHIFT_HOURS))
+    starts = np.arange(latest + 1)
+    price, green = horizon.mean(starts, hours)
+    per_kwh = price + (1.0 - green) * (t.emission_kg_per_kwh * carbon_price)
+    best = np.argmin(per_kwh, axis=0)
+    cols = np.arange(per_kwh.shape[1])
+    start_ms = np.where(best == 0, now, horizon.hour + best * HOUR_MS)
+    return Window(start_ms, price[best, cols], green[best, cols], per_kwh[best, cols])
+
+
+def choose(t: NodeTable, d: Demand, out: Choice, w: Window) -> Choice:
     """Filter, score and select over the whole table (the compiled pass)."""
     rows, starts = t.by_arch()
     out.feasible = stages.choose(
@@ -108,6 +140,7 @@ def choose(t: NodeTable, d: Demand, out: Choice) -> Choice:
         t.floats,
         t.transfer_price,
         t.rtt,
+        w.per_kwh,
         rows,
         starts,
         d.arch_ok,
@@ -148,7 +181,6 @@ class Dispatcher:
         self.reservations: dict[str, Reservation] = {}
         self.decisions: dict[str, tuple[TopicSpec, dict[str, Any]]] = {}
         self._choice = Choice()
-        self._grid_hour = -1
 
     # ---- inputs other than requests
 
@@ -202,14 +234,6 @@ class Dispatcher:
     def grid_signal(self, signal: dict[str, Any]) -> None:
         """Keeps the signal for its hour; the current hour's figures apply from the next decision."""
         self.nodes.grid.add(signal)
-        self._grid_hour = -1
-
-    def follow_grid(self, now: int) -> None:
-        """Applies the grid figures of the hour holding `now` (once per hour, or after a new signal)."""
-        hour = now - now % HOUR_MS
-        if hour != self._grid_hour:
-            self.nodes.set_grid(*self.nodes.grid.at(now), self.carbon_price)
-            self._grid_hour = hour
 
     # ---- the decision
 
@@ -238,7 +262,7 @@ class Dispatcher:
             raise Invalid("INVALID_RESOURCES", f"latency_tier_ms={req['latency_tier_ms']} must be positive")
         if (req["input_gb"] or 0) < 0:
             raise Invalid("INVALID_RESOURCES", f"input_gb={req['input_gb']} is negative")
-        deadline = _ms(req["deadline"])
+        deadline = epoch_ms(req["deadline"])
         if deadline is not None and deadline < now:
             raise Invalid("DEADLINE_PASSED", f"deadline {req['deadline']} is in the past")
 
@@ -253,7 +277,6 @@ class Dispatcher:
         now = now_ms() if now is None else now
         try:
             self._validate(req, now)
-            self.follow_grid(now)
             out = self._place(req, started, now)
         except Invalid as bad:
             out = REJECTION, self._rejection(req, bad.code, str(bad), {})
@@ -263,7 +286,8 @@ class Dispatcher:
     def _place(self, req: dict[str, Any], started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
-        c = choose(t, d, self._choice)
+        w = window_of(t, req, now, self.carbon_price)
+        c = choose(t, d, self._choice, w)
         best, second, local = (int(x) for x in c.picks)
         if best < 0:
             removed = {name: int(c.counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if c.counts[k + 1]}
@@ -271,14 +295,16 @@ class Dispatcher:
             return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{t.size} nodes: {summary}", removed)
         chosen = reserve(t, best, d)
         self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
-        self.unstarted[req["task_id"]] = now + self.start_timeout_ms
-        parts = breakdown(t, best, d.ask)
+        start_at = int(w.start_ms[t.column(stages.PROVINCE)[best]])
+        self.unstarted[req["task_id"]] = start_at + self.start_timeout_ms
+        parts = breakdown(t, best, d.ask, w, self.carbon_price)
         local_cost = float(c.costs[2]) if local >= 0 else None
+        local_carbon = breakdown(t, local, d.ask, w, self.carbon_price)["carbon_kg"] if local >= 0 else 0.0
         record = event(
             task_id=req["task_id"],
             tenant=req["tenant"],
             kind=req["kind"],
-            request_time=_ms(req["event_time"]),
+            request_time=epoch_ms(req["event_time"]),
             scope=self.scope,
             node_id=t.node_ids[best],
             hub=t.hubs.names[t.column(stages.HUB)[best]],
@@ -297,18 +323,18 @@ class Dispatcher:
             local_node_id=t.node_ids[local] if local >= 0 else None,
             local_cost=local_cost,
             saved_yuan=local_cost - float(c.costs[0]) if local_cost is not None else 0.0,
-            saved_carbon_kg=breakdown(t, local, d.ask)["carbon_kg"] - parts["carbon_kg"] if local >= 0 else 0.0,
+            saved_carbon_kg=local_carbon - parts["carbon_kg"] if local >= 0 else 0.0,
             feasible_nodes=c.feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
         )
-        record["start_at"] = now
+        record["start_at"] = start_at
         return PLACEMENT, record
 
     def _rejection(self, req: dict[str, Any], code: str, reason: str, removed: dict[str, int]) -> dict[str, Any]:
         return event(
             task_id=req["task_id"],
             tenant=req["tenant"],
-            request_time=_ms(req["event_time"]),
+            request_time=epoch_ms(req["event_time"]),
             scope=self.scope,
             reason_code=code,
             reason=reason,
@@ -317,7 +343,7 @@ class Dispatcher:
         )
 
 
-def breakdown(t: NodeTable, row: int, ask: np.ndarray) -> dict[str, float]:
+def breakdown(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> dict[str, float]:
     """The parts of a placement's cost on node `row`, for the explained event (they sum to its total)."""
     ints, floats = t.ints, t.floats
     node_share = stages.share(
@@ -331,12 +357,12 @@ def breakdown(t: NodeTable, row: int, ask: np.ndarray) -> dict[str, float]:
     kwh = floats[row, stages.POWER_KW] * floats[row, stages.PUE] * hours
     province = ints[row, stages.PROVINCE]
     transfer = t.transfer_price[int(ask[stages.DATA_HUB]), ints[row, stages.HUB]]
-    carbon_kg = kwh * (1.0 - t.green_now[province]) * t.emission_kg_per_kwh
+    carbon_kg = kwh * (1.0 - w.green[province]) * t.emission_kg_per_kwh
     return {
         "compute_cost": float(floats[row, stages.UNIT_PRICE] * floats[row, stages.THROUGHPUT] * hours),
-        "energy_cost": float(kwh * t.price_now[province]),
+        "energy_cost": float(kwh * w.price[province]),
         "transfer_cost": float(ask[stages.INPUT_GB] * transfer),
-        "carbon_cost": float(carbon_kg * t.carbon_price),
+        "carbon_cost": float(carbon_kg * carbon_price),
         "energy_kwh": float(kwh),
         "carbon_kg": float(carbon_kg),
     }
@@ -387,10 +413,3 @@ def warm_up(network: Network) -> None:
         )
         scratch.decide(task)
         scratch.release(task["task_id"])
-
-
-def _ms(value: Any) -> int | None:
-    """Milliseconds since the epoch from an Avro timestamp (datetime when decoded, int when built here)."""
-    if value is None or isinstance(value, int):
-        return value
-    return int(value.timestamp() * 1000)

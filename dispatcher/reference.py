@@ -20,13 +20,14 @@ def choose_numpy(
     floats: np.ndarray,
     transfer: np.ndarray,
     rtt: np.ndarray,
+    per_kwh: np.ndarray,
     arch_ok: np.ndarray,
     model_ok: np.ndarray,
     province_ok: np.ndarray,
     ask: np.ndarray,
 ) -> int:
     """The best row for the request, or -1, by whole-array operations."""
-    ok, _cost, score = evaluate_numpy(ints, floats, transfer, rtt, arch_ok, model_ok, province_ok, ask)
+    ok, _cost, score = evaluate_numpy(ints, floats, transfer, rtt, per_kwh, arch_ok, model_ok, province_ok, ask)
     best = int(np.argmin(score)) if len(score) else -1
     return best if best >= 0 and ok[best] else -1
 
@@ -36,6 +37,7 @@ def evaluate_numpy(
     floats: np.ndarray,
     transfer: np.ndarray,
     rtt: np.ndarray,
+    per_kwh: np.ndarray,
     arch_ok: np.ndarray,
     model_ok: np.ndarray,
     province_ok: np.ndarray,
@@ -64,7 +66,8 @@ def evaluate_numpy(
         share = np.where(n_acc > 0, count * (milli / s.WHOLE) / np.maximum(n_acc, 1), cpu / ints[:, s.CPU_TOTAL])
     else:
         share = cpu / ints[:, s.CPU_TOTAL]
-    cost = share * ask[s.HOURS] * floats[:, s.RATE] + ask[s.INPUT_GB] * transfer[data_hub, hub]
+    rate = floats[:, s.COMPUTE_RATE] + floats[:, s.METER_KW] * per_kwh[ints[:, s.PROVINCE]]
+    cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub, hub]
     if ask[s.BUDGET_YUAN] > 0:
         ok &= ~(cost > ask[s.BUDGET_YUAN])
     if count == 0:
@@ -79,9 +82,10 @@ def evaluate_numpy(
 
 def choose_python(
     rows: list[list[int]],
-    rates: list[float],
+    figures: list[list[float]],
     transfer: list[list[float]],
     rtt: list[list[float]],
+    per_kwh: list[float],
     arch_ok: list[int],
     model_ok: list[int],
     province_ok: list[int],
@@ -109,7 +113,8 @@ def choose_python(
         if row[s.CPU_FREE] < cpu or row[s.MEM_FREE] < mem or not fits:
             continue
         share = count * (milli / s.WHOLE) / n_acc if count > 0 and n_acc > 0 else cpu / row[s.CPU_TOTAL]
-        cost = share * ask[s.HOURS] * rates[i] + ask[s.INPUT_GB] * transfer[data_hub][row[s.HUB]]
+        rate = figures[i][s.COMPUTE_RATE] + figures[i][s.METER_KW] * per_kwh[row[s.PROVINCE]]
+        cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub][row[s.HUB]]
         if ask[s.BUDGET_YUAN] > 0 and cost > ask[s.BUDGET_YUAN]:
             continue
         if count == 0 or n_acc == 0:

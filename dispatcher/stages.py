@@ -29,9 +29,10 @@ FILTER_NAMES = ("unhealthy", "wrong architecture", "data residency", "latency ti
 # columns of the int matrix
 HEALTHY, ARCH, MODEL, HUB, PROVINCE, CPU_TOTAL, CPU_FREE, MEM_TOTAL, MEM_FREE, N_ACC, WHOLE_FREE, BEST_SHARE = range(12)
 INT_FIELDS = 12
-# columns of the float matrix: RATE is yuan per hour of the whole node now (compute + energy + carbon)
-THROUGHPUT, POWER_KW, PUE, UNIT_PRICE, RATE = range(5)
-FLOAT_FIELDS = 5
+# columns of the float matrix: COMPUTE_RATE is yuan per hour of the whole node's compute, METER_KW the
+# power the whole node draws at the meter (power x PUE); energy and carbon follow the grid of the hours run
+THROUGHPUT, POWER_KW, PUE, UNIT_PRICE, COMPUTE_RATE, METER_KW = range(6)
+FLOAT_FIELDS = 6
 # fields of `ask`, the request as numbers
 ANY_MODEL, ANY_PROVINCE, ORIGIN, DATA_HUB, TIER_MS, CPU, MEM, ACC_COUNT, ACC_MILLI, HOURS, INPUT_GB, BUDGET_YUAN = (
     range(12)
@@ -113,10 +114,24 @@ def before(score, row, other_score, other_row):
 
 @njit(cache=True)
 def choose(
-    ints, floats, transfer, rtt, arch_rows, arch_starts, arch_ok, model_ok, province_ok, ask, picks, costs, counts
+    ints,
+    floats,
+    transfer,
+    rtt,
+    per_kwh,
+    arch_rows,
+    arch_starts,
+    arch_ok,
+    model_ok,
+    province_ok,
+    ask,
+    picks,
+    costs,
+    counts,
 ):
     """Filter, score and select in one pass: `picks` gets best, runner-up and best local node (-1: none),
     `costs` their costs, `counts` how many nodes each verdict got. Returns the number of feasible nodes.
+    `per_kwh` is the yuan per kWh (energy and carbon) of each province over the hours the task would run.
 
     Only nodes of an allowed architecture are visited (`arch_rows[arch_starts[a]:arch_starts[a + 1]]` are
     the rows of architecture a); ties go to the lowest row, whatever the order of the visit. The stages
@@ -156,7 +171,8 @@ def choose(
             c = 0.0
             if v == FEASIBLE:
                 node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-                c = cost(node_share, hours, floats[i, RATE], input_gb, transfer[data_hub, hub])
+                rate = floats[i, COMPUTE_RATE] + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
+                c = cost(node_share, hours, rate, input_gb, transfer[data_hub, hub])
                 if budget > 0 and c > budget:
                     v = BUDGET
             counts[v] += 1
@@ -183,7 +199,8 @@ def choose(
         i = picks[k]
         if i >= 0:
             node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-            costs[k] = cost(node_share, hours, floats[i, RATE], input_gb, transfer[data_hub, ints[i, HUB]])
+            rate = floats[i, COMPUTE_RATE] + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
+            costs[k] = cost(node_share, hours, rate, input_gb, transfer[data_hub, ints[i, HUB]])
     return counts[FEASIBLE]
 
 

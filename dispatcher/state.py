@@ -49,22 +49,59 @@ class Vocabulary:
 
 
 class Grid:
-    """Power price and green share per province and hour, from grid signals; flat figures until one comes."""
+    """Power price and green share per province and hour, from grid signals; flat figures until one comes.
+
+    `horizon` gives the figures of the hours ahead as matrices (hour x province) with running sums, so
+    the average over any run of hours costs a few array operations; it is rebuilt once per hour and
+    after each new signal.
+    """
 
     def __init__(self, network: Network, provinces: Vocabulary) -> None:
         self.provinces = provinces
         self.flat = {name: (p.flat_price, p.green_share) for name, p in network.provinces.items()}
         self.signals: dict[tuple[str, int], tuple[float, float]] = {}
+        self._horizon: tuple[int, Horizon] | None = None
 
     def add(self, signal: dict[str, Any]) -> None:
-        hour = _epoch_ms(signal["hour_start"])
+        hour = epoch_ms(signal["hour_start"])
         self.signals[(signal["province"], hour)] = (signal["price_yuan_kwh"], signal["green_share"])
+        self._horizon = None
 
     def at(self, ms: int) -> tuple[np.ndarray, np.ndarray]:
         """Price (yuan/kWh) and green share of each province in the hour holding `ms`."""
         hour = ms - ms % HOUR_MS
         figures = [self.signals.get((name, hour), self.flat[name]) for name in self.provinces.names]
         return np.array([f[0] for f in figures]), np.array([f[1] for f in figures])
+
+    def horizon(self, now: int) -> Horizon:
+        hour = now - now % HOUR_MS
+        if self._horizon is None or self._horizon[0] != hour:
+            figures = [self.at(hour + k * HOUR_MS) for k in range(HORIZON_HOURS)]
+            self._horizon = hour, Horizon(hour, np.array([f[0] for f in figures]), np.array([f[1] for f in figures]))
+        return self._horizon[1]
+
+
+HORIZON_HOURS = 48  # start hours up to a day ahead, each with up to a day of running
+
+
+class Horizon:
+    """Hourly price and green share per province from the current hour on, with running sums."""
+
+    def __init__(self, hour: int, price: np.ndarray, green: np.ndarray) -> None:
+        self.hour = hour
+        self.price, self.green = price, green
+        zero = np.zeros((1, price.shape[1]))
+        self._price_sum = np.vstack([zero, np.cumsum(price, axis=0)])
+        self._green_sum = np.vstack([zero, np.cumsum(green, axis=0)])
+
+    def mean(self, starts: np.ndarray, hours: float) -> tuple[np.ndarray, np.ndarray]:
+        """Average price and green share (start x province) over `hours` from each start hour index."""
+        span = min(max(hours, 1e-9), HORIZON_HOURS - int(starts.max()))  # beyond the horizon: what is known
+        whole, part = int(span), span - int(span)
+        last = np.minimum(starts + whole, HORIZON_HOURS - 1)
+        price = (self._price_sum[starts + whole] - self._price_sum[starts] + part * self.price[last]) / span
+        green = (self._green_sum[starts + whole] - self._green_sum[starts] + part * self.green[last]) / span
+        return price, green
 
 
 class NodeTable:
@@ -86,8 +123,6 @@ class NodeTable:
         self.transfer_price = network.transfer_price_matrix()
         self.emission_kg_per_kwh = network.grid.emission_kg_per_kwh
         self.grid = Grid(network, self.provinces)
-        self.price_now, self.green_now = self.grid.at(0)
-        self.carbon_price = 0.0
         self._by_arch: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -160,25 +195,14 @@ class NodeTable:
         floats[i, s.POWER_KW] = reg["power_kw"]
         floats[i, s.PUE] = reg["pue"]
         floats[i, s.UNIT_PRICE] = reg["unit_price"]
+        floats[i, s.COMPUTE_RATE] = reg["unit_price"] * reg["throughput"]
+        floats[i, s.METER_KW] = reg["power_kw"] * reg["pue"]
         s.summarise_accelerators(i, ints, self._acc)
-        self._rate(slice(i, i + 1))
         return i
 
-    def set_grid(self, price: np.ndarray, green: np.ndarray, carbon_price: float) -> None:
-        """New power prices and green shares per province: every node's hourly rate follows."""
-        self.price_now, self.green_now, self.carbon_price = price, green, carbon_price
-        self._rate(slice(0, self.size))
 
-    def _rate(self, rows: slice) -> None:
-        """Yuan per hour of a whole node: compute + energy + carbon at the current grid figures."""
-        f = self._floats[rows].T
-        province = self._ints[rows, s.PROVINCE]
-        per_kwh = self.price_now[province] + (1.0 - self.green_now[province]) * (
-            self.emission_kg_per_kwh * self.carbon_price
-        )
-        f[s.RATE] = f[s.UNIT_PRICE] * f[s.THROUGHPUT] + f[s.POWER_KW] * f[s.PUE] * per_kwh
-
-
-def _epoch_ms(value: Any) -> int:
+def epoch_ms(value: Any) -> Any:
     """Milliseconds since the epoch from an Avro timestamp (datetime when decoded, int when built here)."""
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+    if value is None or isinstance(value, int):
+        return value
+    return int(value.timestamp() * 1000)

@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.progress import track
 
 from suanwang.bus import now_ms
-from suanwang.dispatcher import stages
-from suanwang.dispatcher.core import Choice, Demand, Dispatcher, choose, demand_of, reserve, warm_up
+from suanwang.dispatcher.core import Choice, Demand, Dispatcher, choose, demand_of, reserve, warm_up, window_of
 from suanwang.dispatcher.reference import choose_numpy, choose_python, reserve_python
 from suanwang.dispatcher.state import NodeTable
 from suanwang.topology import load_network, scaled_nodes
@@ -61,7 +60,6 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
     table = NodeTable(network)
     for spec in scaled_nodes(network, nodes):
         table.register(registration(spec, network))
-    table.set_grid(table.price_now, table.green_now, 0.1)
     gen = TaskGenerator(network, random.Random(seed))
     now = now_ms()
     requests = [gen.next(now) for _ in range(tasks)]
@@ -69,27 +67,43 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
     ints0, acc0 = table.ints.copy(), table.acc_free.copy()
 
     choice = Choice()
+    carbon_price = 0.1
 
     def numba_decide(req: dict[str, Any]) -> Decision:
-        d = demand_of(table, req, weight)
-        best = int(choose(table, d, choice).picks[0])
+        d, w = demand_of(table, req, weight), window_of(table, req, now, carbon_price)
+        best = int(choose(table, d, choice, w).picks[0])
         return (best, tuple(int(a) for a in reserve(table, best, d))) if best >= 0 else (-1, ())
 
     def numpy_decide(req: dict[str, Any]) -> Decision:
-        d = demand_of(table, req, weight)
+        d, w = demand_of(table, req, weight), window_of(table, req, now, carbon_price)
         best = choose_numpy(
-            np_ints, table.floats, table.transfer_price, table.rtt, d.arch_ok, d.model_ok, d.province_ok, d.ask
+            np_ints,
+            table.floats,
+            table.transfer_price,
+            table.rtt,
+            w.per_kwh,
+            d.arch_ok,
+            d.model_ok,
+            d.province_ok,
+            d.ask,
         )
         return (best, tuple(_reserve_python(np_ints, np_acc, best, d))) if best >= 0 else (-1, ())
 
-    rows, acc_rows = ints0.tolist(), acc0.tolist()
-    rates = table.floats[:, stages.RATE].tolist()
+    rows, acc_rows, figures = ints0.tolist(), acc0.tolist(), table.floats.tolist()
     transfer, rtt = table.transfer_price.tolist(), table.rtt.tolist()
 
     def python_decide(req: dict[str, Any]) -> Decision:
-        d = demand_of(table, req, weight)
+        d, w = demand_of(table, req, weight), window_of(table, req, now, carbon_price)
         best = choose_python(
-            rows, rates, transfer, rtt, d.arch_ok.tolist(), d.model_ok.tolist(), d.province_ok.tolist(), d.ask.tolist()
+            rows,
+            figures,
+            transfer,
+            rtt,
+            w.per_kwh.tolist(),
+            d.arch_ok.tolist(),
+            d.model_ok.tolist(),
+            d.province_ok.tolist(),
+            d.ask.tolist(),
         )
         return (best, tuple(_reserve_python(rows, acc_rows, best, d))) if best >= 0 else (-1, ())
 

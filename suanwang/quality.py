@@ -22,32 +22,42 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
 from suanwang.dispatcher import stages as s
-from suanwang.dispatcher.core import Demand, Dispatcher, Reservation, breakdown, demand_of, reserve
+from suanwang.dispatcher.core import (
+    Demand,
+    Dispatcher,
+    Reservation,
+    Window,
+    breakdown,
+    demand_of,
+    reserve,
+    window_of,
+)
 from suanwang.dispatcher.reference import evaluate_numpy
-from suanwang.dispatcher.state import HOUR_MS, NodeTable
+from suanwang.dispatcher.state import HOUR_MS, NodeTable, epoch_ms
 from suanwang.topology import Network, load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, grid_signal, registration
 
 DAY_START_MS = 1_795_017_600_000  # 2026-11-18 00:00 China Standard Time
-Picker = Callable[[NodeTable, Demand, np.ndarray, np.ndarray], int]
+PARTS = ("compute_cost", "energy_cost", "transfer_cost", "carbon_cost", "energy_kwh", "carbon_kg")
+Picker = Callable[[NodeTable, Demand, Window, np.ndarray], int]
 
 
-def _local_first(t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+def _local_first(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
     """The nearest feasible node to the task's origin (its own hub first), lowest row on ties."""
     rtt = t.rtt[int(d.ask[s.ORIGIN]), t.column(s.HUB)]
     return int(np.argmin(np.where(ok, rtt, np.inf)))
 
 
-def _cheapest_power(t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
-    """The feasible node in the province with the lowest power price now."""
-    return int(np.argmin(np.where(ok, t.price_now[t.column(s.PROVINCE)], np.inf)))
+def _cheapest_power(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
+    """The feasible node in the province with the lowest power price over the hours the task runs."""
+    return int(np.argmin(np.where(ok, w.price[t.column(s.PROVINCE)], np.inf)))
 
 
 class _Random:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
 
-    def __call__(self, t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+    def __call__(self, t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
         return int(self.rng.choice(np.flatnonzero(ok)))
 
 
@@ -55,7 +65,7 @@ class _RoundRobin:
     def __init__(self) -> None:
         self.last = -1
 
-    def __call__(self, t: NodeTable, d: Demand, ok: np.ndarray, score: np.ndarray) -> int:
+    def __call__(self, t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
         rows = np.flatnonzero(ok)
         after = rows[rows > self.last]
         self.last = int(after[0] if len(after) else rows[0])
@@ -127,23 +137,26 @@ def _run_day(
             task_id = heapq.heappop(running)[1]
             free[dispatcher.reservations[task_id].row] += tally.used.pop(task_id)
             dispatcher.release(task_id)
+        d = demand_of(t, req, dispatcher.fragmentation_weight)
+        end = now + int(1000 * (req["duration_s"] or 3600))
         if picker is None:
-            spec, record = dispatcher.decide(req, now)
-            row = t.row[record["node_id"]] if "node_id" in record else -1
-            d = demand_of(t, req, dispatcher.fragmentation_weight) if row >= 0 else None
-        else:
-            dispatcher.follow_grid(now)
-            d = demand_of(t, req, dispatcher.fragmentation_weight)
-            ok, _, score = evaluate_numpy(
-                t.ints, t.floats, t.transfer_price, t.rtt, d.arch_ok, d.model_ok, d.province_ok, d.ask
+            _, record = dispatcher.decide(req, now)
+            if "node_id" not in record:
+                continue
+            row = t.row[record["node_id"]]
+            parts = {k: record[k] for k in PARTS}
+            end += epoch_ms(record["start_at"]) - now  # deferred: capacity is held from now until it ends
+        else:  # baselines do not shift work in time
+            w = window_of(t, {**req, "deadline": None}, now, dispatcher.carbon_price)
+            ok, _, _ = evaluate_numpy(
+                t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask
             )
-            row = picker(t, d, ok, score) if ok.any() else -1
-            if row >= 0:
-                chosen = reserve(t, row, d)
-                dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
-        if row < 0 or d is None:
-            continue
-        parts = breakdown(t, row, d.ask)
+            if not ok.any():
+                continue
+            row = picker(t, d, w, ok)
+            chosen = reserve(t, row, d)
+            dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
+            parts = breakdown(t, row, d.ask, w, dispatcher.carbon_price)
         taken = [d.cpu, d.mem, d.acc_count * d.acc_milli]
         free[row] -= taken
         tally.used[req["task_id"]] = taken
@@ -153,7 +166,7 @@ def _run_day(
         tally.transfer_cost += parts["transfer_cost"]
         tally.energy_kwh += parts["energy_kwh"]
         tally.carbon_kg += parts["carbon_kg"]
-        heapq.heappush(running, (now + int(1000 * (req["duration_s"] or 3600)), req["task_id"]))
+        heapq.heappush(running, (end, req["task_id"]))
     return tally
 
 
@@ -183,7 +196,6 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int) -> dict
     gen = TaskGenerator(network, random.Random(seed))
     now = DAY_START_MS + 3 * HOUR_MS
     requests = [gen.next(now) for _ in range(batch)]
-    dispatcher.follow_grid(now)
     empty, demands = t.ints.copy(), [demand_of(t, req, 0.0) for req in requests]
     greedy, placed = 0.0, []
     for j, req in enumerate(requests):
@@ -193,9 +205,9 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int) -> dict
             placed.append(j)
     var_task, var_node, costs = [], [], []
     for k, j in enumerate(placed):
-        d = demands[j]
+        d, w = demands[j], window_of(t, requests[j], now, dispatcher.carbon_price)
         ok, cost, _ = evaluate_numpy(
-            empty, t.floats, t.transfer_price, t.rtt, d.arch_ok, d.model_ok, d.province_ok, d.ask
+            empty, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask
         )
         feasible = np.flatnonzero(ok)
         var_task += [k] * len(feasible)

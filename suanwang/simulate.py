@@ -81,6 +81,7 @@ class Simulator:
         self.sent: Counter[str] = Counter()
         self._finishes: list[tuple[int, str, str, Usage]] = []  # (due ms, task id, node id, usage)
         self._durations: dict[str, float | None] = {}  # task id -> duration_s, until placed
+        self._starts: list[tuple[int, str, dict[str, Any]]] = []  # (due ms, task id, placement) of deferred ones
         self._next_node = 0
         self._next_task = 0
 
@@ -105,8 +106,20 @@ class Simulator:
                 await self._send(NETWORK_PROBE, network_probe(self.network, a, b, float(self.rtt[i, j]), self.rng))
 
     async def _on_placement(self, topic: str, placement: dict[str, Any]) -> None:
-        """A placed task starts now and finishes after its (time-scaled) duration; open-ended ones never do."""
+        """A placed task starts at its start time (deferred ones later, time-scaled), or now."""
         now = now_ms()
+        wait_ms = (placement["start_at"].timestamp() * 1000 - now) / self.settings.sim_time_scale
+        if wait_ms > 0:
+            heapq.heappush(self._starts, (now + int(wait_ms), placement["task_id"], placement))
+        else:
+            await self._start(placement, now)
+
+    async def _start_due(self, now: int) -> None:
+        while self._starts and self._starts[0][0] <= now:
+            await self._start(heapq.heappop(self._starts)[2], now)
+
+    async def _start(self, placement: dict[str, Any], now: int) -> None:
+        """The task runs from now and finishes after its (time-scaled) duration; open-ended ones never do."""
         node = placement["node_id"]
         await self._send(TASK_LIFECYCLE, event(task_id=placement["task_id"], node_id=node, state="STARTED"))
         self.running[node] += 1
@@ -210,6 +223,7 @@ class Simulator:
             for req in self._due_requests(now_mono - start, now):
                 self._durations[req["task_id"]] = req["duration_s"]
                 await self._send(TASK_REQUEST, req)
+            await self._start_due(now)
             await self._finish_due(now)
             await asyncio.sleep(TICK_S)
 

@@ -253,7 +253,7 @@ def test_numpy_and_python_references_decide_exactly_as_the_compiled_pass(network
 
 
 def test_references_break_ties_to_the_lowest_row(network) -> None:
-    from suanwang.dispatcher.core import Choice, choose, demand_of
+    from suanwang.dispatcher.core import Choice, choose, demand_of, window_of
     from suanwang.dispatcher.reference import choose_numpy, choose_python
 
     d = Dispatcher(network)
@@ -263,11 +263,12 @@ def test_references_break_ties_to_the_lowest_row(network) -> None:
     t = d.nodes
     req = _request(chip_archs=[twin["chip_arch"]], accelerators=0, cpu_milli=1000)
     dem = demand_of(t, req, 0.05)
-    assert int(choose(t, dem, Choice()).picks[0]) == 0
-    args = (t.transfer_price, t.rtt, dem.arch_ok, dem.model_ok, dem.province_ok, dem.ask)
+    w = window_of(t, req, now_ms(), 0.1)
+    assert int(choose(t, dem, Choice(), w).picks[0]) == 0
+    args = (t.transfer_price, t.rtt, w.per_kwh, dem.arch_ok, dem.model_ok, dem.province_ok, dem.ask)
     assert choose_numpy(t.ints, t.floats, *args) == 0
     py = [x.tolist() for x in args]
-    assert choose_python(t.ints.tolist(), t.floats[:, stages.RATE].tolist(), *py) == 0
+    assert choose_python(t.ints.tolist(), t.floats.tolist(), *py) == 0
 
 
 def test_a_placement_never_started_lapses_and_frees_its_capacity(network) -> None:
@@ -283,3 +284,29 @@ def test_a_placement_never_started_lapses_and_frees_its_capacity(network) -> Non
     assert d.lapse(now + 61_000) == [("idle", idle["node_id"])]
     assert "idle" not in d.reservations and "busy" in d.reservations
     assert d.release("busy") and np.array_equal(d.nodes.ints, free)
+
+
+def test_work_with_a_deadline_is_deferred_to_the_cheapest_hours_that_meet_it(network) -> None:
+    d = _dispatcher(network)
+    hour = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000
+    now = hour + 600_000
+    for province in network.provinces:
+        for k in range(30):
+            cheap = k == 6
+            d.grid_signal(
+                dict(
+                    province=province,
+                    hour_start=hour + k * 3_600_000,
+                    price_yuan_kwh=0.1 if cheap else 1.0,
+                    green_share=0.9 if cheap else 0.2,
+                )
+            )
+    shiftable = _request(task_id="night", duration_s=3600.0, deadline=now + 10 * 3_600_000)
+    _, late = d.decide(shiftable, now)
+    assert late["start_at"] == hour + 6 * 3_600_000
+    assert late["energy_cost"] == pytest.approx(late["energy_kwh"] * 0.1)
+    assert d.unstarted["night"] == late["start_at"] + d.start_timeout_ms
+    _, urgent = d.decide(_request(task_id="soon", duration_s=3600.0, deadline=now + 3 * 3_600_000), now)
+    assert urgent["start_at"] == now and urgent["energy_cost"] == pytest.approx(urgent["energy_kwh"] * 1.0)
+    _, plain = d.decide(_request(task_id="plain", duration_s=2 * 3600.0), now)
+    assert plain["start_at"] == now
