@@ -228,6 +228,9 @@ KINDS: dict[str, TaskKind] = {
 }
 
 
+BUDGETED = 0.2  # share of requests that carry a budget
+
+
 class TaskGenerator:
     """Task requests from the mix, mostly from the eastern hubs, in proportion to each hub's demand."""
 
@@ -264,6 +267,7 @@ class TaskGenerator:
         if kind.shiftable and rng.random() < 0.5:
             deadline = now + int((hours + rng.uniform(2, 12)) * 3_600_000)
         tenant = f"tenant-{rng.randint(1, 40):02d}"
+        cores = rng.randint(*kind.cores)
         return event(
             task_id=f"t{now:x}-{self.seq}",
             tenant=tenant,
@@ -273,7 +277,7 @@ class TaskGenerator:
             origin_province=province,
             chip_archs=list(archs),
             chip_models=list(models),
-            cpu_milli=rng.randint(*kind.cores) * 1000,
+            cpu_milli=cores * 1000,
             memory_mib=rng.choice((8, 16, 32, 64, 128)) * GIB,
             accelerators=acc,
             accelerator_milli=milli,
@@ -283,8 +287,13 @@ class TaskGenerator:
             data_hub=origin,
             allowed_provinces=[province] if rng.random() < kind.residency else [],
             deadline=deadline,
-            budget_yuan=None,
+            budget_yuan=self._budget(rng, hours, acc * milli / 1000, cores) if rng.random() < BUDGETED else None,
         )
+
+    @staticmethod
+    def _budget(rng: random.Random, hours: float, accelerators: float, cores: int) -> float:
+        """A tenant's ceiling: a rough market price of the resources for the hours, times 0.5 to 3."""
+        return round(rng.uniform(0.5, 3.0) * hours * (6.0 * accelerators + 0.04 * cores), 2)
 
 
 def utc_hour_start(ms: int) -> int:
