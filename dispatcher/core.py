@@ -10,13 +10,15 @@ import numpy as np
 
 from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
-from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, NodeTable, epoch_ms
+from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
 from suanwang.topology import Network
 
 MAX_TASK_HOURS = 24 * 365
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
 MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
+_NOW = np.zeros(256, dtype=np.int64)  # start hour index 0 for every province: start now
+_NOW.flags.writeable = False
 
 
 @dataclass
@@ -103,12 +105,20 @@ class Choice:
 
 @dataclass
 class Window:
-    """When the task would run, per province: its start, and the average grid figures of those hours."""
+    """When the task would run, per province: the start hour index and time, and the yuan per kWh drawn
+    (price plus the carbon price of the non-green share) averaged over the hours it runs."""
 
+    horizon: Horizon
+    hours: float
+    start: np.ndarray  # start hour index per province (0: now)
     start_ms: np.ndarray
-    price: np.ndarray
-    green: np.ndarray
-    per_kwh: np.ndarray  # yuan per kWh drawn: price plus the carbon price of its non-green share
+    per_kwh: np.ndarray
+
+    def grid(self, province: int) -> tuple[float, float]:
+        """Average price and green share of the hours the task would run in `province`."""
+        start = int(self.start[province])
+        price = self.horizon.mean("price", start, self.hours)[province]
+        return float(price), float(self.horizon.mean("green", start, self.hours)[province])
 
 
 def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) -> Window:
@@ -117,19 +127,19 @@ def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) 
     Energy and carbon are linear in the price of the hours run, so the best start in a province is the
     same for every node there: one pass of the stages then scores every node at its province's best."""
     hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
-    horizon = t.grid.horizon(now)
+    horizon = t.grid.horizon(now, t.emission_kg_per_kwh * carbon_price)
     latest = 0
     deadline = epoch_ms(req["deadline"])
     if deadline is not None and req["duration_s"]:
         latest = int((deadline - horizon.hour) / HOUR_MS - hours)  # last whole start hour that meets it
         latest = max(0, min(latest, MAX_SHIFT_HOURS))
-    starts = np.arange(latest + 1)
-    price, green = horizon.mean(starts, hours)
-    per_kwh = price + (1.0 - green) * (t.emission_kg_per_kwh * carbon_price)
+    provinces = len(t.provinces)
+    if latest == 0:
+        return Window(horizon, hours, _NOW[:provinces], np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
+    per_kwh = horizon.mean("per_kwh", np.arange(latest + 1), hours)
     best = np.argmin(per_kwh, axis=0)
-    cols = np.arange(per_kwh.shape[1])
     start_ms = np.where(best == 0, now, horizon.hour + best * HOUR_MS)
-    return Window(start_ms, price[best, cols], green[best, cols], per_kwh[best, cols])
+    return Window(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
 
 
 def choose(t: NodeTable, d: Demand, out: Choice, w: Window) -> Choice:
@@ -357,10 +367,11 @@ def breakdown(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: 
     kwh = floats[row, stages.POWER_KW] * floats[row, stages.PUE] * hours
     province = ints[row, stages.PROVINCE]
     transfer = t.transfer_price[int(ask[stages.DATA_HUB]), ints[row, stages.HUB]]
-    carbon_kg = kwh * (1.0 - w.green[province]) * t.emission_kg_per_kwh
+    price, green = w.grid(province)
+    carbon_kg = kwh * (1.0 - green) * t.emission_kg_per_kwh
     return {
         "compute_cost": float(floats[row, stages.UNIT_PRICE] * floats[row, stages.THROUGHPUT] * hours),
-        "energy_cost": float(kwh * w.price[province]),
+        "energy_cost": float(kwh * price),
         "transfer_cost": float(ask[stages.INPUT_GB] * transfer),
         "carbon_cost": float(carbon_kg * carbon_price),
         "energy_kwh": float(kwh),

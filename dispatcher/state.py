@@ -73,11 +73,14 @@ class Grid:
         figures = [self.signals.get((name, hour), self.flat[name]) for name in self.provinces.names]
         return np.array([f[0] for f in figures]), np.array([f[1] for f in figures])
 
-    def horizon(self, now: int) -> Horizon:
+    def horizon(self, now: int, carbon_yuan_per_kwh: float) -> Horizon:
+        """The figures from the current hour on; `carbon_yuan_per_kwh` prices a kWh of non-green power."""
         hour = now - now % HOUR_MS
-        if self._horizon is None or self._horizon[0] != hour:
+        key = (hour, carbon_yuan_per_kwh)
+        if self._horizon is None or self._horizon[0] != key:
             figures = [self.at(hour + k * HOUR_MS) for k in range(HORIZON_HOURS)]
-            self._horizon = hour, Horizon(hour, np.array([f[0] for f in figures]), np.array([f[1] for f in figures]))
+            price, green = np.array([f[0] for f in figures]), np.array([f[1] for f in figures])
+            self._horizon = key, Horizon(hour, price, green, carbon_yuan_per_kwh)
         return self._horizon[1]
 
 
@@ -85,23 +88,27 @@ HORIZON_HOURS = 48  # start hours up to a day ahead, each with up to a day of ru
 
 
 class Horizon:
-    """Hourly price and green share per province from the current hour on, with running sums."""
+    """Hourly figures per province from the current hour on (hour x province), with running sums, so the
+    average over any run of hours costs a few array operations."""
 
-    def __init__(self, hour: int, price: np.ndarray, green: np.ndarray) -> None:
+    def __init__(self, hour: int, price: np.ndarray, green: np.ndarray, carbon_yuan_per_kwh: float) -> None:
         self.hour = hour
         self.price, self.green = price, green
+        self.per_kwh = price + (1.0 - green) * carbon_yuan_per_kwh  # yuan per kWh drawn, carbon included
         zero = np.zeros((1, price.shape[1]))
-        self._price_sum = np.vstack([zero, np.cumsum(price, axis=0)])
-        self._green_sum = np.vstack([zero, np.cumsum(green, axis=0)])
+        self._sums = {
+            name: np.vstack([zero, np.cumsum(getattr(self, name), axis=0)]) for name in ("price", "green", "per_kwh")
+        }
 
-    def mean(self, starts: np.ndarray, hours: float) -> tuple[np.ndarray, np.ndarray]:
-        """Average price and green share (start x province) over `hours` from each start hour index."""
-        span = min(max(hours, 1e-9), HORIZON_HOURS - int(starts.max()))  # beyond the horizon: what is known
+    def mean(self, name: str, starts: np.ndarray | int, hours: float) -> np.ndarray:
+        """Average of figure `name` over `hours` from each start hour index (start x province, or province)."""
+        scalar = isinstance(starts, int)
+        top = starts if scalar else int(starts.max())
+        span = min(max(hours, 1e-9), HORIZON_HOURS - top)  # beyond the horizon: what is known
         whole, part = int(span), span - int(span)
-        last = np.minimum(starts + whole, HORIZON_HOURS - 1)
-        price = (self._price_sum[starts + whole] - self._price_sum[starts] + part * self.price[last]) / span
-        green = (self._green_sum[starts + whole] - self._green_sum[starts] + part * self.green[last]) / span
-        return price, green
+        sums, hourly = self._sums[name], getattr(self, name)
+        last = min(starts + whole, HORIZON_HOURS - 1) if scalar else np.minimum(starts + whole, HORIZON_HOURS - 1)
+        return (sums[starts + whole] - sums[starts] + part * hourly[last]) / span
 
 
 class NodeTable:

@@ -50,7 +50,8 @@ def _local_first(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
 
 def _cheapest_power(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
     """The feasible node in the province with the lowest power price over the hours the task runs."""
-    return int(np.argmin(np.where(ok, w.price[t.column(s.PROVINCE)], np.inf)))
+    price = np.array([w.grid(p)[0] for p in range(len(t.provinces))])
+    return int(np.argmin(np.where(ok, price[t.column(s.PROVINCE)], np.inf)))
 
 
 class _Random:
