@@ -228,13 +228,12 @@ class Dispatcher:
             return
         t = self.nodes
         chosen = np.array(record["accelerator_indices"], dtype=np.int64)
-        milli = record["accelerator_milli"]
-        stages.release(
-            row, t.ints, t.acc_free, -record["cpu_milli"], -record["memory_mib"], -milli, chosen, len(chosen)
-        )
-        self.reservations[record["task_id"]] = Reservation(
-            row, record["cpu_milli"], record["memory_mib"], milli, chosen
-        )
+        held = Reservation(row, record["cpu_milli"], record["memory_mib"], record["accelerator_milli"], chosen)
+        # `release` of negative amounts takes exactly what the placement was given
+        stages.release(row, t.ints, t.acc_free, -held.cpu, -held.mem, -held.acc_milli, chosen, len(chosen))
+        self.reservations[record["task_id"]] = held
+        if not started:
+            self.unstarted[record["task_id"]] = epoch_ms(record["start_at"]) + self.start_timeout_ms
 
     def set_health(self, node_id: str, healthy: bool) -> None:
         row = self.nodes.row.get(node_id)

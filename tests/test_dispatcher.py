@@ -310,3 +310,20 @@ def test_work_with_a_deadline_is_deferred_to_the_cheapest_hours_that_meet_it(net
     assert urgent["start_at"] == now and urgent["energy_cost"] == pytest.approx(urgent["energy_kwh"] * 1.0)
     _, plain = d.decide(_request(task_id="plain", duration_s=2 * 3600.0), now)
     assert plain["start_at"] == now
+
+
+def test_a_restored_placement_holds_its_resources_and_lapses_unless_started(network) -> None:
+    d = _dispatcher(network)
+    free = d.nodes.ints.copy()
+    _, placed = d.decide(_request(task_id="p"), now_ms())
+    after = Dispatcher(network, start_timeout_s=60)  # a restarted dispatcher
+    for spec in scaled_nodes(network, 400):
+        after.nodes.register(registration(spec, network))
+    after.restore(PLACEMENT, placed, holds=True, started=False)
+    assert np.array_equal(after.nodes.ints, d.nodes.ints) and np.array_equal(after.nodes.acc_free, d.nodes.acc_free)
+    assert after.decide(_request(task_id="p")) == (PLACEMENT, placed)
+    assert after.lapse(placed["start_at"] + 61_000) == [("p", placed["node_id"])]
+    assert np.array_equal(after.nodes.ints, free)
+    later = _dispatcher(network)
+    later.restore(PLACEMENT, placed, holds=True, started=True)
+    assert "p" in later.reservations and later.unstarted == {}
