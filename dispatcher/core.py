@@ -17,8 +17,6 @@ from suanwang.topology import Network
 MAX_TASK_HOURS = 24 * 365
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
 MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
-_NOW = np.zeros(256, dtype=np.int64)  # start hour index 0 for every province: start now
-_NOW.flags.writeable = False
 
 
 @dataclass
@@ -135,7 +133,8 @@ def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) 
         latest = max(0, min(latest, MAX_SHIFT_HOURS))
     provinces = len(t.provinces)
     if latest == 0:
-        return Window(horizon, hours, _NOW[:provinces], np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
+        now_everywhere = np.zeros(provinces, dtype=np.int64)
+        return Window(horizon, hours, now_everywhere, np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
     per_kwh = horizon.mean("per_kwh", np.arange(latest + 1), hours)
     best = np.argmin(per_kwh, axis=0)
     start_ms = np.where(best == 0, now, horizon.hour + best * HOUR_MS)

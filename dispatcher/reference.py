@@ -15,19 +15,9 @@ import numpy as np
 from suanwang.dispatcher import stages as s
 
 
-def choose_numpy(
-    ints: np.ndarray,
-    floats: np.ndarray,
-    transfer: np.ndarray,
-    rtt: np.ndarray,
-    per_kwh: np.ndarray,
-    arch_ok: np.ndarray,
-    model_ok: np.ndarray,
-    province_ok: np.ndarray,
-    ask: np.ndarray,
-) -> int:
-    """The best row for the request, or -1, by whole-array operations."""
-    ok, _cost, score = evaluate_numpy(ints, floats, transfer, rtt, per_kwh, arch_ok, model_ok, province_ok, ask)
+def choose_numpy(*args: np.ndarray) -> int:
+    """The best row for the request, or -1, by whole-array operations (arguments of `evaluate_numpy`)."""
+    ok, _cost, score = evaluate_numpy(*args)
     best = int(np.argmin(score)) if len(score) else -1
     return best if best >= 0 and ok[best] else -1
 

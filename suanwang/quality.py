@@ -50,7 +50,7 @@ def _local_first(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
 
 def _cheapest_power(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
     """The feasible node in the province with the lowest power price over the hours the task runs."""
-    price = np.array([w.grid(p)[0] for p in range(len(t.provinces))])
+    price = w.horizon.mean("price", 0, w.hours)  # baselines start at once
     return int(np.argmin(np.where(ok, price[t.column(s.PROVINCE)], np.inf)))
 
 
