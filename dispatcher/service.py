@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, ensure_topics, event, now_ms
+from suanwang.bus import (
+    EventProducer,
+    consumer_kwargs,
+    contract_consumer,
+    ensure_topics,
+    event,
+    follow,
+    now_ms,
+    read_to_end,
+)
 from suanwang.dispatcher.core import Dispatcher, warm_up
 from suanwang.schemas.topics import (
     ALERT,
@@ -43,21 +51,6 @@ class DispatcherService:
         )
         self.producer = EventProducer(settings)
 
-    async def _read_to_end(
-        self, consumer: AIOKafkaConsumer, specs: list[TopicSpec], handle: Callable[[str, Any], Awaitable[None]]
-    ) -> None:
-        """Hands every message of the topics, from the start up to their current end, to `handle`."""
-        names = [self.topics.name(spec) for spec in specs]
-        await consumer.topics()  # loads partition metadata
-        parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or ())]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
-                for msg in messages:
-                    await handle(tp.topic, msg)
-
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
 
@@ -84,7 +77,7 @@ class DispatcherService:
         history = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         await history.start()
         try:
-            await self._read_to_end(history, [PLACEMENT, REJECTION, TASK_LIFECYCLE], collect)
+            await read_to_end(history, [self.topics.name(s) for s in (PLACEMENT, REJECTION, TASK_LIFECYCLE)], collect)
         finally:
             await history.stop()
         for spec, record in decided:
@@ -122,12 +115,12 @@ class DispatcherService:
         events = contract_consumer(self.settings, [TASK_REQUEST, TASK_LIFECYCLE, ALERT], group)
         try:
             await state.start()
-            await self._read_to_end(state, [REGISTRY, GRID_SIGNAL], self._on_state)
+            await read_to_end(state, [self.topics.name(s) for s in (REGISTRY, GRID_SIGNAL)], self._on_state)
             await self._rebuild()
             await events.start()
             announce_ready("dispatcher")
             await asyncio.gather(
-                self._follow_state(state, stop),
+                follow(state, self._on_state, stop),
                 self._lapse_unstarted(stop),
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
             )
@@ -146,9 +139,3 @@ class DispatcherService:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-
-    async def _follow_state(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            for tp, messages in (await consumer.getmany(timeout_ms=100)).items():
-                for msg in messages:
-                    await self._on_state(tp.topic, msg)

@@ -29,6 +29,8 @@ PLACEMENT = TopicSpec("dispatch.placement", "Placement", "task_id", "placements"
 REJECTION = TopicSpec("dispatch.rejection", "Rejection", "task_id", "rejections")
 ROLLUP = TopicSpec("monitor.rollup", "Rollup", "scope_key", "rollups")
 ALERT = TopicSpec("monitor.alert", "Alert", "alert_key", "alerts")
+PANE = TopicSpec("monitor.pane", "Pane", "shard", None)
+LATENCY = TopicSpec("monitor.latency", "LatencyRollup", "scope_key", "latency_rollups")
 GRID_SIGNAL = TopicSpec("grid.signal", "GridSignal", "province", "grid_signals")
 NETWORK_PROBE = TopicSpec("network.probe", "NetworkProbe", "from_hub", "hub_latency")
 DEADLETTER = TopicSpec("deadletter", "DeadLetter", None, "dead_letters")
@@ -42,6 +44,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     REJECTION,
     ROLLUP,
     ALERT,
+    PANE,
+    LATENCY,
     GRID_SIGNAL,
     NETWORK_PROBE,
     DEADLETTER,

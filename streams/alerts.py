@@ -1,71 +1,85 @@
-"""Node alerts from telemetry: overheating and overload, raised once and resolved once.
+"""Alerts raised once and resolved once per key, by the worker that owns the key's scope.
 
-An alert clears only below its threshold minus a margin, so a value hovering at the threshold does
-not flap.
+Callers pass a threshold and a margin: an alert clears only past its threshold by the margin, so a value
+hovering at the threshold does not flap. State is the worker's own: after a rebalance the new owner
+starts clean, and at worst raises an alert that was already up once more.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from suanwang.bus import event
-from suanwang.schemas.topics import ALERT, TELEMETRY
-from suanwang.streams.app import Context
+from suanwang.schemas.topics import ALERT
 
-TEMP_MARGIN_C = 3.0
-UTIL_MARGIN = 0.1
+if TYPE_CHECKING:
+    from suanwang.streams.app import Context
+
+SEVERITY = {
+    "node_offline": "CRITICAL",
+    "overheating": "CRITICAL",
+    "overload": "WARNING",
+    "imbalance": "WARNING",
+    "latency_tier": "WARNING",
+    "pue": "WARNING",
+    "green_share": "INFO",
+}
 
 
-def register(ctx: Context) -> None:
-    settings = ctx.settings
-    # alert_key -> raised; keyed by node, so each key lives on its node's partition
-    active_alerts = ctx.app.Table("active_node_alerts", default=bool, partitions=settings.topic_partitions)
+class Alerts:
+    """De-duplicated alert state of one worker."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.raised: set[str] = set()
 
     async def judge(
-        kind: str, node: dict[str, Any], value: float, threshold: float, margin: float, message: str
+        self,
+        kind: str,
+        scope_kind: str,
+        scope_key: str,
+        value: float,
+        threshold: float,
+        margin: float,
+        message: str,
+        above: bool = True,
     ) -> None:
-        key = f"{kind}:{node['node_id']}"
-        raised = active_alerts[key]
-        firing = value > threshold if not raised else value >= threshold - margin
-        if firing == raised:
+        """Raises when the value crosses the threshold (above or below it), resolves once it is back by `margin`."""
+        key = f"{kind}:{scope_kind}:{scope_key}"
+        up = key in self.raised
+        over = value - threshold if above else threshold - value
+        firing = over > 0 if not up else over > -margin
+        await self.set(key, kind, scope_kind, scope_key, firing, value, threshold, message)
+
+    async def set(
+        self,
+        key: str,
+        kind: str,
+        scope_kind: str,
+        scope_key: str,
+        firing: bool,
+        value: float,
+        threshold: float,
+        message: str,
+    ) -> None:
+        """Publishes the change when `firing` differs from what was last said for this key."""
+        if firing == (key in self.raised):
             return
-        active_alerts[key] = firing
-        await ctx.send(
+        if firing:
+            self.raised.add(key)
+        else:
+            self.raised.discard(key)
+        await self.ctx.send(
             ALERT,
             event(
                 alert_key=key,
                 kind=kind,
-                severity="CRITICAL" if kind == "overheating" else "WARNING",
-                scope_kind="node",
-                scope_key=node["node_id"],
+                severity=SEVERITY[kind],
+                scope_kind=scope_kind,
+                scope_key=scope_key,
                 message=message if firing else f"resolved: {message}",
                 value=value,
                 threshold=threshold,
                 resolved=not firing,
             ),
         )
-
-    @ctx.app.agent(ctx.topic(TELEMETRY), name="node_alerts")
-    async def node_alerts(stream: Any) -> None:
-        async for ev in stream.events():
-            node = ctx.decode(ev)
-            if node is None:
-                continue
-            temp = node["inlet_temp_c"]
-            await judge(
-                "overheating",
-                node,
-                temp,
-                settings.alert_inlet_temp_c,
-                TEMP_MARGIN_C,
-                f"{node['node_id']} inlet {temp:.1f} °C in {node['cluster']}",
-            )
-            load = max(node["cpu_util"], node["accelerator_util"])
-            await judge(
-                "overload",
-                node,
-                load,
-                settings.alert_overload_util,
-                UTIL_MARGIN,
-                f"{node['node_id']} at {load:.0%} in {node['cluster']}",
-            )

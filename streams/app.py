@@ -7,15 +7,20 @@ from typing import Any
 
 import faust
 
-from suanwang.bus import dead_letter, make_codec
+from suanwang.bus import make_codec, now_ms
 from suanwang.schemas.codec import Codec, DecodeError
-from suanwang.schemas.topics import DEADLETTER, Topics, TopicSpec
+from suanwang.schemas.topics import NETWORK_PROBE, TELEMETRY, Topics, TopicSpec
 from suanwang.settings import Settings
 from suanwang.store import Store
+from suanwang.streams.alerts import Alerts
+from suanwang.streams.checks import probe_problem, telemetry_problem
+from suanwang.streams.facts import Facts
+from suanwang.streams.windows import EventClock
+from suanwang.topology import load_network
 
 
 class Context:
-    """What the agents share: settings, codec, topic names, the store, and the dead-letter topic."""
+    """What the agents of one worker share: settings, codec, topics, store, facts, alert state, clock."""
 
     def __init__(self, app: faust.App, settings: Settings, store: Store) -> None:
         self.app = app
@@ -23,6 +28,10 @@ class Context:
         self.store = store
         self.codec: Codec = make_codec(settings)
         self.topics = Topics(settings.topic_prefix)
+        self.facts = Facts(self.codec, self.topics)
+        self.alerts = Alerts(self)
+        self.telemetry_clock = EventClock()
+        self.hubs = set(load_network().hubs)
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")
@@ -30,31 +39,41 @@ class Context:
     async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
         await self.topic(spec).send(key=spec.key_of(record), value=self.codec.encode(spec.schema, record))
 
-    def _record(self, ev: faust.EventT) -> dict[str, Any]:
-        return self.codec.decode_as(self.topics.spec(ev.message.topic).schema, ev.value)
-
     def decode(self, ev: faust.EventT) -> dict[str, Any] | None:
         """The event's record, or None when it does not decode (the sink reports it: it reads every topic)."""
         try:
-            return self._record(ev)
+            return self.codec.decode_as(self.topics.spec(ev.message.topic).schema, ev.value)
         except DecodeError:
             return None
 
-    async def decode_or_dead_letter(self, ev: faust.EventT, component: str) -> dict[str, Any] | None:
-        """The event's record; None after sending it to the dead letters when it cannot be decoded."""
-        try:
-            return self._record(ev)
-        except DecodeError as exc:
-            await self.send(DEADLETTER, dead_letter(component, ev.message, str(exc)))
+    def problem(self, spec: TopicSpec, record: dict[str, Any]) -> str | None:
+        """Why a decoded record cannot be counted (a value out of range, an unknown node), or None."""
+        s = self.settings
+        if spec is TELEMETRY:
+            return telemetry_problem(record, self.facts, now_ms(), s.max_clock_skew_s)
+        if spec is NETWORK_PROBE:
+            return probe_problem(record, self.hubs, now_ms(), s.max_clock_skew_s)
+        return None
+
+    def valid(self, ev: faust.EventT) -> dict[str, Any] | None:
+        """The event's record when it decodes and every value is sound; the sink dead-letters the rest."""
+        record = self.decode(ev)
+        if record is None or self.problem(self.topics.spec(ev.message.topic), record) is not None:
             return None
+        return record
+
+
+def worker_group(settings: Settings) -> str:
+    """The workers' consumer group (Faust's app id): one per deployment, named by its topic prefix."""
+    return settings.worker_group or f"{settings.topic_prefix}worker"
 
 
 def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
-    """The worker's app with every agent registered."""
-    from suanwang.streams import alerts, rollups, sink
+    """The worker's app with every agent registered; agents wait until the worker knows every node."""
+    from suanwang.streams import health, latency, rollups, sink
 
     app = faust.App(
-        "suanwang-worker",
+        worker_group(settings),
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         topic_partitions=settings.topic_partitions,
@@ -67,7 +86,13 @@ def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
     )
     logging.getLogger("faust").setLevel(logging.WARNING)
     ctx = Context(app, settings, store)
+
+    @app.task
+    async def follow_facts() -> None:
+        await ctx.facts.run(settings)
+
     sink.register(ctx)
-    alerts.register(ctx)
     rollups.register(ctx)
+    health.register(ctx)
+    latency.register(ctx)
     return app, ctx

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
@@ -126,3 +128,27 @@ class EventProducer:
 def contract_consumer(settings: Settings, specs: list[TopicSpec], group_id: str | None) -> AIOKafkaConsumer:
     topics = Topics(settings.topic_prefix)
     return AIOKafkaConsumer(*(topics.name(s) for s in specs), **consumer_kwargs(settings, group_id))
+
+
+MessageHandler = Callable[[str, Any], Awaitable[None]]
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, topic_names: list[str], handle: MessageHandler) -> None:
+    """Hands every message of the topics (all partitions, no group), from the start up to their current end."""
+    await consumer.topics()  # loads partition metadata
+    parts = [TopicPartition(t, p) for t in topic_names for p in (consumer.partitions_for_topic(t) or ())]
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+    ends = await consumer.end_offsets(parts)
+    while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+        for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+            for msg in messages:
+                await handle(tp.topic, msg)
+
+
+async def follow(consumer: AIOKafkaConsumer, handle: MessageHandler, stop: asyncio.Event) -> None:
+    """Keeps handing new messages of an assigned consumer until stopped."""
+    while not stop.is_set():
+        for tp, messages in (await consumer.getmany(timeout_ms=100)).items():
+            for msg in messages:
+                await handle(tp.topic, msg)

@@ -149,7 +149,7 @@ def simulate(
     settings = load_settings(
         sim_nodes=nodes,
         sim_rate=rate,
-        sim_telemetry_interval_s=telemetry_interval,
+        telemetry_interval_s=telemetry_interval,
         sim_seed=seed,
         sim_time_scale=time_scale,
     )

@@ -45,13 +45,22 @@ class Settings(BaseSettings):
     )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     # Monitoring
-    rollup_window_s: float = Field(10.0, gt=0, description="Tumbling window of the hub rollups.")
-    alert_overload_util: float = Field(0.9, gt=0, le=1, description="CPU or accelerator utilisation that alerts.")
+    worker_group: str | None = Field(None, description="Consumer group of the workers; unset: <prefix>worker.")
+    telemetry_interval_s: float = Field(5.0, gt=0, description="Seconds between two samples of one node.")
+    offline_after_intervals: int = Field(
+        3, ge=1, description="Telemetry intervals of silence before a node is offline."
+    )
+    window_lateness_s: float = Field(5.0, ge=0, description="Event-time lateness a window waits for before closing.")
+    max_clock_skew_s: float = Field(300.0, gt=0, description="Telemetry stamped further in the future is refused.")
+    alert_overload_util: float = Field(0.9, gt=0, le=1, description="Load above this for 5 min alerts as overload.")
     alert_inlet_temp_c: float = Field(35.0, description="Inlet temperature that alerts as overheating.")
+    alert_pue_max: float = Field(1.25, ge=1, description="Policy PUE of hub data centres; a cluster above it alerts.")
+    alert_green_share_min: float = Field(0.8, ge=0, le=1, description="Green share a hub data centre must keep.")
+    alert_idle_util: float = Field(0.2, ge=0, le=1, description="A hub or province below this load is idle...")
+    alert_saturated_util: float = Field(0.8, ge=0, le=1, description="...while another above this is saturated.")
     # Simulator
     sim_nodes: int = Field(1000, ge=10, description="Nodes in the simulated network.")
     sim_rate: float = Field(50.0, ge=0, description="Task requests per second.")
-    sim_telemetry_interval_s: float = Field(5.0, gt=0, description="Seconds between samples of one node.")
     sim_seed: int = Field(7, description="Seed of the simulator's random streams.")
     sim_time_scale: float = Field(360.0, gt=0, description="Simulated seconds of task runtime per real second.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of services.")

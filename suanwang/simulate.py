@@ -196,7 +196,7 @@ class Simulator:
         start = time.monotonic()
         next_probe = next_progress = start
         node_cursor = 0.0
-        telemetry_per_s = len(self.registrations) / s.sim_telemetry_interval_s
+        telemetry_per_s = len(self.registrations) / s.telemetry_interval_s
         last = start
         while not stop.is_set():
             now_mono = time.monotonic()

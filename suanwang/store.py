@@ -20,6 +20,7 @@ DATABASE = "suanwang"
 _opened_here: set[Path] = set()  # chdb data paths this process holds
 _READ = re.compile(r"(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
 _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+SOURCE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
 
 
 def ddl_files() -> list[tuple[str, str]]:
@@ -138,12 +139,27 @@ class Store:
             self._columns[table] = [r[0] for r in rows]
         return self._columns[table]
 
-    def insert_records(self, table: str, records: list[dict[str, Any]]) -> int:
+    def insert_records(
+        self, table: str, records: list[dict[str, Any]], sources: list[tuple[str, int, int]] | None = None
+    ) -> int:
+        """Inserts contract records; `sources` gives each one's (topic, partition, offset) when read from Kafka."""
         columns = self.columns(table)
         rows = [[rec.get(c) for c in columns] for rec in records]
+        if sources is not None:
+            columns = [*columns, *SOURCE_COLUMNS]
+            rows = [row + list(source) for row, source in zip(rows, sources, strict=True)]
         if rows:
             self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
         return len(rows)
+
+    def stored_upto(self, table: str, topic: str, partition: int) -> int:
+        """The highest offset of a topic partition stored in the table; -1 for none."""
+        rows = self.client.query(
+            f"SELECT if(count() = 0, -1, max(kafka_offset)) FROM {DATABASE}.{table} "
+            "WHERE kafka_topic = {t:String} AND kafka_partition = {p:Int32}",
+            parameters={"t": topic, "p": partition},
+        ).result_rows
+        return int(rows[0][0])
 
     def query(
         self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = False

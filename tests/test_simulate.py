@@ -57,7 +57,7 @@ def test_a_replayed_trace_is_dispatched_onto_its_own_nodes(tmp_path: Path, setti
     nodes_csv, tasks_csv = _trace(tmp_path)
     hubs = load_network().hub_ids
     replay = Replay(read_nodes(nodes_csv, hubs, hubs[0]).rows, read_tasks(tasks_csv).rows, hubs[0])
-    fast = settings.model_copy(update={"sim_time_scale": 20.0, "sim_telemetry_interval_s": 1.0})
+    fast = settings.model_copy(update={"sim_time_scale": 20.0, "telemetry_interval_s": 1.0})
 
     async def scenario() -> dict[str, list[dict]]:
         stop = asyncio.Event()

@@ -1,93 +1,123 @@
-"""The Faust worker on the real broker and chdb: bad records go to the dead letters once, good ones land."""
+"""The Faust worker on the real broker and chdb: bad records go to the dead letters once with their reason,
+every good one is stored and counted once in the rolling windows, and a redelivered stream doubles nothing."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
-from suanwang.bus import EventProducer, ensure_topics, event
+from suanwang.bus import EventProducer, ensure_topics, now_ms
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import TELEMETRY, Topics
+from suanwang.schemas.topics import ROLLUP, TELEMETRY, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
+from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_telemetry, telemetry
 from tests.samples import sample_record
 
 
-def _telemetry(node_id: str) -> dict:
-    return event(
-        node_id=node_id,
-        hub="gansu",
-        cluster="qingyang",
-        province="Gansu",
-        cpu_util=0.4,
-        memory_util=0.3,
-        accelerator_util=0.2,
-        power_kw=0.6,
-        inlet_temp_c=22.0,
-        running_tasks=1,
-    )
-
-
-async def _wait_for(predicate, timeout_s: float = 60.0) -> bool:
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 90.0) -> bool:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
         if predicate():
             return True
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
     return False
 
 
-def test_worker_dead_letters_each_bad_record_once_and_keeps_the_stream(settings: Settings, store: Store) -> None:
-    prefix = settings.topic_prefix
-    garbage = [
-        b"nope",  # shorter than the header
-        b"\x00\x00\x00\x00\x07abc",  # unknown schema id
-        Codec().encode("Alert", sample_record("Alert")),  # a record of another topic's schema
-        Codec().encode("NodeTelemetry", _telemetry("cut"))[:12],  # truncated body
-    ]
+def test_worker_stores_counts_and_dead_letters_exactly_once(settings: Settings, store: Store) -> None:
+    topics = Topics(settings.topic_prefix)
+    telemetry_topic, rollup_topic = topics.name(TELEMETRY), topics.name(ROLLUP)
+    regs = fleet(24)
+    end = closed_minute()
+    good = [telemetry(reg, end - 120_000 + i * 10_000 + 1_000) for reg in regs for i in range(12)]
+    clock_movers = [telemetry(regs[0], end + 290_000), telemetry(regs[0], end + 306_000)]
+    bad_values = {
+        "cpu_util: 1.5 is outside 0-1": telemetry(regs[1], end - 5_000, cpu_util=1.5),
+        "power_kw: -1.0 is not a power": telemetry(regs[2], end - 5_000, power_kw=-1.0),
+        "node_id: 'ghost' is not a registered node": telemetry({**regs[3], "node_id": "ghost"}, end - 5_000),
+        "s in the future": telemetry(regs[4], now_ms() + 3_600_000),
+        "hub: 'nowhere' but": telemetry(regs[5], end - 5_000, hub="nowhere"),
+    }
+    garbage = {
+        "shorter than the 5-byte header": b"nope",
+        "unknown schema id 7": b"\x00\x00\x00\x00\x07abc",
+        "a Alert record where NodeTelemetry was expected": Codec().encode("Alert", sample_record("Alert")),
+        "does not match schema NodeTelemetry": Codec().encode("NodeTelemetry", good[0])[:12],
+    }
+    expected_errors = [*bad_values, *garbage]
 
-    def count(sql: str) -> int:
-        return store.query(sql, {"p": prefix})[1][0][0]
+    def scalar(sql: str) -> int:
+        return store.query(sql, {"t": telemetry_topic, "r": rollup_topic})[1][0][0]
 
-    async def scenario() -> tuple[int, list[tuple]]:
-        await ensure_topics(settings)
-        app, _ctx = create_app(settings, store)
+    stored = "SELECT count() FROM suanwang.telemetry WHERE kafka_topic = {t:String}"
+    dead = "SELECT count() FROM suanwang.dead_letters FINAL WHERE source_topic = {t:String}"
+    hourly = (
+        "SELECT sum(samples) FROM suanwang.telemetry_hourly WHERE hour >= toStartOfHour(now() - INTERVAL 3 HOUR)"
+        " AND cluster IN (SELECT cluster FROM suanwang.telemetry WHERE kafka_topic = {t:String})"
+    )
+
+    def windowed(kind: str) -> str:
+        # the two 1-minute windows ending at `end` and a minute earlier hold every good sample exactly once
+        return (
+            "SELECT sum(samples), max(nodes_total), count() FROM suanwang.rollups FINAL "
+            f"WHERE kafka_topic = {{r:String}} AND scope_kind = '{kind}' AND window_s = 60 "
+            f"AND toUnixTimestamp64Milli(window_end) IN ({end}, {end - MINUTE_MS})"
+        )
+
+    async def run_worker_until(done: Callable[[], bool], seconds_after: float = 0.0, group: str | None = None) -> bool:
+        app, _ctx = create_app(settings.model_copy(update={"worker_group": group}), store)
         await app.start()
         try:
-            producer = EventProducer(settings)
-            await producer.start()
-            raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-            await raw.start()
-            telemetry_topic = Topics(prefix).name(TELEMETRY)
-            for i in range(30):
-                await producer.send(TELEMETRY, _telemetry(f"{prefix}n{i}"))
-                if i % 8 == 0:
-                    await raw.send_and_wait(telemetry_topic, garbage[i // 8], key=f"bad{i}".encode())
-            await producer.flush()
-            await raw.stop()
-            await producer.stop()
-            good = "SELECT count() FROM suanwang.telemetry WHERE startsWith(node_id, {p:String})"
-            dead = "SELECT count() FROM suanwang.dead_letters WHERE source_topic = concat({p:String}, 'telemetry.node')"
-            await _wait_for(lambda: count(good) >= 30 and count(dead) >= len(garbage))
-            await asyncio.sleep(1.0)  # a second dead letter per record, if any agent sent one, would land now
+            ok = await wait_for(done)
+            await asyncio.sleep(seconds_after)
+            return ok
         finally:
             await app.stop()
-        rows = store.query(
-            "SELECT component, key, partition, offset, error FROM suanwang.dead_letters "
-            "WHERE startsWith(source_topic, {p:String})",
-            {"p": prefix},
-        )[1]
-        return count(good), rows
 
-    good, dead = asyncio.run(scenario())
-    assert good == 30
-    by_key = {key: error for _c, key, _p, _o, error in dead}  # keys spread over partitions: no order
-    assert len(dead) == 4 and sorted(by_key) == ["bad0", "bad16", "bad24", "bad8"]
-    assert {component for component, *_ in dead} == {"sink"}
-    assert "shorter than the 5-byte header" in by_key["bad0"]
-    assert "unknown schema id 7" in by_key["bad8"]
-    assert "a Alert record where NodeTelemetry was expected" in by_key["bad16"]
-    assert "does not match schema NodeTelemetry" in by_key["bad24"]
-    assert len({(partition, offset) for _c, _k, partition, offset, _e in dead}) == 4
+    windows: dict[str, tuple] = {}
+
+    async def scenario() -> None:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await raw.start()
+        await send_telemetry(producer, good[:100])
+        for i, payload in enumerate(garbage.values()):
+            await raw.send_and_wait(telemetry_topic, payload, key=f"bad{i}".encode())
+        await send_telemetry(producer, [*bad_values.values(), *good[100:], *clock_movers])
+        await raw.stop()
+        await producer.stop()
+
+        def all_in() -> bool:
+            return (
+                scalar(stored) == len(good) + 2
+                and scalar(dead) == len(expected_errors)
+                and store.query(windowed("hub"), {"r": rollup_topic})[1][0][0] == len(good)
+            )
+
+        assert await run_worker_until(all_in), (scalar(stored), scalar(dead))
+        for kind in ("node", "cluster", "hub", "province"):
+            windows[kind] = store.query(windowed(kind), {"r": rollup_topic})[1][0]
+        # a worker in a new consumer group reads every message again, as after a crash before any commit
+        await run_worker_until(lambda: True, seconds_after=12.0, group="suanwang-replay")
+
+    asyncio.run(scenario())
+    assert scalar(stored) == len(good) + 2  # not one row doubled by the redelivery
+    assert scalar(hourly) >= len(good) + 2
+    errors = [e for (e,) in store.query(
+        "SELECT error FROM suanwang.dead_letters FINAL WHERE source_topic = {t:String}", {"t": telemetry_topic}
+    )[1]]  # fmt: skip
+    assert {c for (c,) in store.query("SELECT component FROM suanwang.dead_letters WHERE source_topic = {t:String}",
+                                      {"t": telemetry_topic})[1]} == {"sink"}  # fmt: skip
+    for expected in expected_errors:
+        assert sum(expected in e for e in errors) == 1, (expected, errors)
+    assert windows["node"] == (len(good), 1, 2 * len(regs))  # (samples, nodes_total, windows)
+    for kind in ("cluster", "hub", "province"):
+        samples, nodes_total, _windows = windows[kind]
+        assert samples == len(good), kind  # every sample counted once per scope kind
+        assert 1 <= nodes_total < len(regs)

@@ -1,0 +1,77 @@
+"""What every worker knows about all nodes and all grid hours: read whole from the compacted topics.
+
+Registrations and grid signals are small and every agent needs them for any node, so each worker reads
+both topics in full (no consumer group) and keeps following them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from suanwang.bus import consumer_kwargs, follow, read_to_end
+from suanwang.schemas.codec import Codec, DecodeError
+from suanwang.schemas.topics import GRID_SIGNAL, REGISTRY, Topics
+from suanwang.settings import Settings
+from suanwang.streams.windows import SCOPE_KINDS
+from suanwang.topology import load_network
+
+HOUR_MS = 3_600_000
+
+
+class Facts:
+    """Registered nodes, how many each scope holds, and each province's green share per hour."""
+
+    def __init__(self, codec: Codec, topics: Topics) -> None:
+        self.codec = codec
+        self.topics = topics
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.scope_totals: Counter[tuple[str, str]] = Counter()
+        self.green: dict[tuple[str, int], float] = {}
+        self.default_green = {name: p.green_share for name, p in load_network().provinces.items()}
+        self.ready = asyncio.Event()
+
+    def register(self, reg: dict[str, Any]) -> None:
+        old = self.nodes.pop(reg["node_id"], None)
+        if old is not None:
+            self.scope_totals.subtract(_scopes(old))
+        if reg["active"]:
+            self.nodes[reg["node_id"]] = reg
+            self.scope_totals.update(_scopes(reg))
+
+    def green_share(self, province: str, event_ms: int) -> float:
+        """The province's green share in that hour; its model average when no signal covers the hour."""
+        share = self.green.get((province, event_ms - event_ms % HOUR_MS))
+        return share if share is not None else self.default_green.get(province, 0.0)
+
+    async def _on_message(self, topic: str, msg: Any) -> None:
+        spec = self.topics.spec(topic)
+        try:
+            record = self.codec.decode_as(spec.schema, msg.value)
+        except DecodeError:
+            return  # the sink reports it
+        if spec is REGISTRY:
+            self.register(record)
+        else:
+            hour = int(record["hour_start"].timestamp() * 1000)
+            self.green[(record["province"], hour)] = record["green_share"]
+
+    async def run(self, settings: Settings) -> None:
+        """Reads both topics to their end (then `ready` is set) and follows them until cancelled."""
+        consumer = AIOKafkaConsumer(**consumer_kwargs(settings, None))
+        await consumer.start()
+        try:
+            await read_to_end(consumer, [self.topics.name(REGISTRY), self.topics.name(GRID_SIGNAL)], self._on_message)
+            self.ready.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow(consumer, self._on_message, asyncio.Event())
+        finally:
+            await consumer.stop()
+
+
+def _scopes(reg: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(kind, reg["node_id"] if kind == "node" else reg[kind]) for kind in SCOPE_KINDS]

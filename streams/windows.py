@@ -1,0 +1,308 @@
+"""Event-time windows without Faust: 10-s panes summed with NumPy, merged into hopping windows.
+
+Telemetry is first summed into tumbling 10-s panes per scope (node, cluster, hub, province). Panes are
+additive, so partial panes from several workers, or from one worker at several times, merge exactly;
+the hopping windows (1 min every 10 s, 5 min every minute) are sums of the panes they cover.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+PANE_MS = 10_000
+HOPPING_MS: tuple[tuple[int, int], ...] = ((60_000, 10_000), (300_000, 60_000))  # (length, hop)
+SCOPE_KINDS = ("node", "cluster", "hub", "province")
+COMPUTE_CLASSES = ("CPU", "GPU", "NPU", "HPC")
+_SUMS = ("samples", "cpu_sum", "mem_sum", "acc_sum", "power_sum", "facility_sum", "green_sum")
+_MAXES = ("cpu_max", "mem_max", "acc_max")
+
+
+class EventClock:
+    """Event time that keeps moving with the wall clock while no event arrives.
+
+    A quiet stream would otherwise never close its last windows, and a silent node never be missed."""
+
+    def __init__(self) -> None:
+        self.max_event_ms = 0
+        self._wall_at_max = 0.0
+
+    def saw(self, event_ms: int) -> None:
+        if event_ms > self.max_event_ms:
+            self.max_event_ms = event_ms
+            self._wall_at_max = time.monotonic()
+
+    def now_ms(self) -> int:
+        if not self.max_event_ms:
+            return 0
+        return self.max_event_ms + int((time.monotonic() - self._wall_at_max) * 1000)
+
+
+@dataclass
+class Pane:
+    """Sums over the samples of one scope in one 10-s pane; `nodes` are the distinct nodes seen."""
+
+    samples: int = 0
+    nodes: int = 0
+    cpu_sum: float = 0.0
+    cpu_max: float = 0.0
+    mem_sum: float = 0.0
+    mem_max: float = 0.0
+    acc_sum: float = 0.0
+    acc_max: float = 0.0
+    load_min: float = 1.0
+    power_sum: float = 0.0
+    facility_sum: float = 0.0
+    green_sum: float = 0.0
+    free_cpu: dict[str, float] = field(default_factory=dict)
+    free_acc: dict[str, float] = field(default_factory=dict)
+
+    def merge(self, other: Pane) -> None:
+        """Adds a partial pane of the same scope and time (from another worker, or arriving later)."""
+        for name in _SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in _MAXES:
+            setattr(self, name, max(getattr(self, name), getattr(other, name)))
+        self.nodes += other.nodes  # workers own disjoint nodes; one worker sends a node's pane once
+        self.load_min = min(self.load_min, other.load_min)
+        for mine, theirs in ((self.free_cpu, other.free_cpu), (self.free_acc, other.free_acc)):
+            for cls, value in theirs.items():
+                mine[cls] = mine.get(cls, 0.0) + value
+
+    def to_record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Pane:
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
+@dataclass
+class Samples:
+    """A batch of valid telemetry as columns, joined with each node's registration and its grid hour."""
+
+    event_ms: np.ndarray
+    scope_keys: dict[str, list[str]]  # scope kind -> key of each sample
+    cpu: np.ndarray
+    mem: np.ndarray
+    acc: np.ndarray
+    power_kw: np.ndarray
+    pue: np.ndarray
+    green: np.ndarray
+    compute_class: list[str]
+    cpu_milli: np.ndarray
+    accelerators: np.ndarray
+
+
+def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane]]:
+    """(scope kind, scope key, pane start, partial pane) for every scope and pane the batch touches."""
+    pane_start = batch.event_ms - batch.event_ms % PANE_MS
+    load = np.maximum(batch.cpu, batch.acc)
+    facility = batch.power_kw * batch.pue
+    free_cpu = batch.cpu_milli * (1.0 - batch.cpu)
+    free_acc = batch.accelerators * (1.0 - batch.acc)
+    classes = np.asarray(batch.compute_class)
+    node_ids = np.asarray(batch.scope_keys["node"])
+    for kind in SCOPE_KINDS:
+        keys = np.asarray(batch.scope_keys[kind])
+        key_values, key_index = np.unique(keys, return_inverse=True)
+        group_id = key_index.astype(np.int64) * (1 << 40) + pane_start // PANE_MS
+        groups, inverse = np.unique(group_id, return_inverse=True)
+        n = len(groups)
+        counts = np.bincount(inverse, minlength=n)
+        sums = {
+            "cpu_sum": _total(inverse, n, batch.cpu),
+            "mem_sum": _total(inverse, n, batch.mem),
+            "acc_sum": _total(inverse, n, batch.acc),
+            "power_sum": _total(inverse, n, batch.power_kw),
+            "facility_sum": _total(inverse, n, facility),
+            "green_sum": _total(inverse, n, facility * batch.green),
+        }
+        maxes = {
+            "cpu_max": _extreme(inverse, n, batch.cpu, np.maximum, 0.0),
+            "mem_max": _extreme(inverse, n, batch.mem, np.maximum, 0.0),
+            "acc_max": _extreme(inverse, n, batch.acc, np.maximum, 0.0),
+        }
+        load_min = _extreme(inverse, n, load, np.minimum, 1.0)
+        free_by_class = {
+            str(cls): (
+                _total(inverse, n, np.where(classes == cls, free_cpu, 0.0)),
+                _total(inverse, n, np.where(classes == cls, free_acc, 0.0)),
+            )
+            for cls in np.unique(classes)
+        }
+        present = {cls: _total(inverse, n, (classes == cls).astype(np.float64)) > 0 for cls in free_by_class}
+        nodes = _distinct_nodes(inverse, node_ids, n)
+        sample_of = np.empty(n, dtype=np.int64)
+        sample_of[inverse] = np.arange(len(inverse))  # any sample of each group: it names the key and pane
+        for g in range(n):
+            i = sample_of[g]
+            pane = Pane(
+                samples=int(counts[g]),
+                nodes=int(nodes[g]),
+                load_min=float(load_min[g]),
+                **{k: float(v[g]) for k, v in sums.items()},
+                **{k: float(v[g]) for k, v in maxes.items()},
+                free_cpu={c: float(cpu[g]) for c, (cpu, _) in free_by_class.items() if present[c][g]},
+                free_acc={c: float(acc[g]) for c, (_, acc) in free_by_class.items() if present[c][g]},
+            )
+            yield kind, str(key_values[key_index[i]]), int(pane_start[i]), pane
+
+
+def _total(inverse: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    return np.bincount(inverse, weights=values, minlength=n)
+
+
+def _extreme(inverse: np.ndarray, n: int, values: np.ndarray, ufunc: np.ufunc, start: float) -> np.ndarray:
+    out = np.full(n, start)
+    ufunc.at(out, inverse, values)
+    return out
+
+
+def _distinct_nodes(inverse: np.ndarray, node_ids: np.ndarray, n: int) -> np.ndarray:
+    """How many distinct nodes each group holds."""
+    _, node_index = np.unique(node_ids, return_inverse=True)
+    pairs = np.unique(inverse.astype(np.int64) * (len(node_ids) + 1) + node_index)
+    return np.bincount(pairs // (len(node_ids) + 1), minlength=n)
+
+
+def windows_of(pane_start: int) -> Iterator[tuple[int, int]]:
+    """(length, end) of every hopping window that holds the pane starting at `pane_start`."""
+    for length, hop in HOPPING_MS:
+        end = pane_start - pane_start % hop + hop
+        while end - length <= pane_start:
+            yield length, end
+            end += hop
+
+
+class OpenPanes:
+    """Panes a worker is still filling; each is handed on once the event clock passes its end plus lateness."""
+
+    def __init__(self, lateness_ms: int) -> None:
+        self.lateness_ms = lateness_ms
+        self.panes: dict[tuple[str, str, int], Pane] = {}
+
+    def add(self, kind: str, key: str, start: int, pane: Pane) -> None:
+        """A late sample opens its pane again: handed on as one more partial, merged downstream."""
+        slot = self.panes.get((kind, key, start))
+        if slot is None:
+            self.panes[(kind, key, start)] = pane
+        else:
+            slot.merge(pane)
+
+    def close(self, now_ms: int) -> list[tuple[str, str, int, Pane]]:
+        """Panes whose end plus the allowed lateness the clock has passed, removed from the open set."""
+        due = [k for k in self.panes if k[2] + PANE_MS + self.lateness_ms <= now_ms]
+        return [(kind, key, start, self.panes.pop((kind, key, start))) for kind, key, start in due]
+
+
+@dataclass
+class Window:
+    """A closed hopping window of one scope: the merge of its panes."""
+
+    scope_kind: str
+    scope_key: str
+    length_ms: int
+    end_ms: int
+    panes: int
+    total: Pane
+
+
+class HoppingWindows:
+    """Merges partial panes per scope and publishes each hopping window once its end is safely past.
+
+    A partial arriving after its windows went out reopens them: they are published again, corrected,
+    and the newer version replaces the older (the rollups table keeps the latest per window)."""
+
+    def __init__(self, grace_ms: int) -> None:
+        self.grace_ms = grace_ms
+        self.panes: dict[tuple[str, str], dict[int, Pane]] = defaultdict(dict)
+        self.pending: set[tuple[str, str, int, int]] = set()
+        self.too_late_samples = 0
+
+    def oldest_kept_ms(self, now_ms: int) -> int:
+        """The lateness bound: panes before this start are dropped, so a late one never half-rewrites a window.
+
+        Twice the longest window: a partial reaching this worker a window behind the others still counts."""
+        return now_ms - self.grace_ms - 2 * max(length for length, _hop in HOPPING_MS) - PANE_MS
+
+    def add(self, kind: str, key: str, start: int, pane: Pane, now_ms: int) -> bool:
+        """Merges a partial pane; False (and nothing changes) when it is later than the lateness bound."""
+        if start < self.oldest_kept_ms(now_ms):
+            self.too_late_samples += pane.samples if kind == "node" else 0
+            return False
+        scope = self.panes[(kind, key)]
+        if start in scope:
+            scope[start].merge(pane)
+        else:
+            scope[start] = pane
+        for length, end in windows_of(start):
+            self.pending.add((kind, key, length, end))
+        return True
+
+    def close(self, now_ms: int) -> list[Window]:
+        """Windows due for publication, oldest first; panes no window can need any more are dropped."""
+        due = sorted((w for w in self.pending if w[3] + self.grace_ms <= now_ms), key=lambda w: (w[3], w[2]))
+        out = []
+        for kind, key, length, end in due:
+            self.pending.discard((kind, key, length, end))
+            scope = self.panes[(kind, key)]
+            starts = [s for s in scope if end - length <= s < end]
+            total = Pane(load_min=1.0)
+            for s in starts:
+                total.merge(scope[s])
+            out.append(Window(kind, key, length, end, len(starts), total))
+        self._evict(now_ms)
+        return out
+
+    def _evict(self, now_ms: int) -> None:
+        oldest_needed = self.oldest_kept_ms(now_ms)
+        for scope_key in list(self.panes):
+            scope = self.panes[scope_key]
+            for start in [s for s in scope if s < oldest_needed]:
+                del scope[start]
+            if not scope:
+                del self.panes[scope_key]
+
+
+def rollup_fields(window: Window, nodes_total: int) -> dict[str, Any]:
+    """The Rollup record fields of a window: means per sample, scope power as the sum over its nodes."""
+    t = window.total
+    n = max(t.samples, 1)
+    nodes_online = max(1, round(t.nodes / max(window.panes, 1)))  # nodes seen per pane, on average
+    power_kw = t.power_sum / n * nodes_online
+    return {
+        "scope_kind": window.scope_kind,
+        "scope_key": window.scope_key,
+        "window_s": window.length_ms // 1000,
+        "window_start": window.end_ms - window.length_ms,
+        "window_end": window.end_ms,
+        "samples": t.samples,
+        "nodes_online": nodes_online,
+        "nodes_total": max(nodes_total, nodes_online),
+        "cpu_util_mean": t.cpu_sum / n,
+        "cpu_util_max": t.cpu_max,
+        "memory_util_mean": t.mem_sum / n,
+        "memory_util_max": t.mem_max,
+        "accelerator_util_mean": t.acc_sum / n,
+        "accelerator_util_max": t.acc_max,
+        "load_min": t.load_min,
+        "power_kw_mean": power_kw,
+        "energy_kwh": power_kw * window.length_ms / 3_600_000,
+        "pue": t.facility_sum / t.power_sum if t.power_sum else 0.0,
+        "green_share": t.green_sum / t.facility_sum if t.facility_sum else 0.0,
+        "free_cpu_milli": {c: v / n * nodes_online for c, v in t.free_cpu.items()},
+        "free_accelerators": {c: v / n * nodes_online for c, v in t.free_acc.items()},
+    }
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of a window's values."""
+    arr = np.fromiter(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "max_ms": float(arr.max())}

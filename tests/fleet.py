@@ -1,0 +1,53 @@
+"""A small registered fleet on the real broker, and telemetry from it at chosen times and values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suanwang.bus import EventProducer, event, now_ms
+from suanwang.schemas.topics import REGISTRY, TELEMETRY
+from suanwang.topology import load_network, scaled_nodes
+from suanwang.workload import registration
+
+MINUTE_MS = 60_000
+
+
+def fleet(size: int) -> list[dict[str, Any]]:
+    """Registrations of `size` nodes spread over the hubs like the network model."""
+    network = load_network()
+    return [registration(spec, network) for spec in scaled_nodes(network, size)]
+
+
+def telemetry(reg: dict[str, Any], at_ms: int, load: float = 0.5, **overrides: Any) -> dict[str, Any]:
+    record = event(
+        node_id=reg["node_id"],
+        hub=reg["hub"],
+        cluster=reg["cluster"],
+        province=reg["province"],
+        cpu_util=load,
+        memory_util=load / 2,
+        accelerator_util=load if reg["accelerators"] else 0.0,
+        power_kw=reg["idle_power_kw"] + (reg["power_kw"] - reg["idle_power_kw"]) * load,
+        inlet_temp_c=22.0,
+        running_tasks=1,
+    )
+    record["event_time"] = at_ms
+    return {**record, **overrides}
+
+
+def closed_minute(behind_s: float = 300) -> int:
+    """A minute boundary at least `behind_s` ago: windows ending there close once the clock passes it."""
+    t = now_ms() - int(behind_s * 1000)
+    return t - t % MINUTE_MS
+
+
+async def register(producer: EventProducer, regs: list[dict[str, Any]]) -> None:
+    for reg in regs:
+        await producer.send(REGISTRY, reg)
+    await producer.flush()
+
+
+async def send_telemetry(producer: EventProducer, records: list[dict[str, Any]]) -> None:
+    for record in records:
+        await producer.send(TELEMETRY, record)
+    await producer.flush()
