@@ -15,12 +15,11 @@ from suanwang.store import Store
 from suanwang.streams.alerts import Alerts
 from suanwang.streams.checks import probe_problem, telemetry_problem
 from suanwang.streams.facts import Facts
-from suanwang.streams.windows import EventClock
 from suanwang.topology import load_network
 
 
 class Context:
-    """What the agents of one worker share: settings, codec, topics, store, facts, alert state, clock."""
+    """What the agents of one worker share: settings, codec, topics, store, facts and alert state."""
 
     def __init__(self, app: faust.App, settings: Settings, store: Store) -> None:
         self.app = app
@@ -30,7 +29,6 @@ class Context:
         self.topics = Topics(settings.topic_prefix)
         self.facts = Facts(self.codec, self.topics)
         self.alerts = Alerts(self)
-        self.telemetry_clock = EventClock()
         self.hubs = set(load_network().hubs)
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:

@@ -11,6 +11,7 @@ from typing import Any
 
 from suanwang.schemas.topics import TELEMETRY
 from suanwang.streams.app import Context
+from suanwang.streams.windows import EventClock
 
 TEMP_MARGIN_C = 3.0
 CHECK_EVERY_S = 1.0
@@ -21,6 +22,7 @@ def register(ctx: Context) -> None:
     silence_ms = int(settings.offline_after_intervals * settings.telemetry_interval_s * 1000)
     last_seen: dict[str, tuple[int, int]] = {}  # node -> (event ms, partition)
     offline: set[str] = set()
+    clock = EventClock()  # its own: the clock of an agent further ahead would find nodes silent
 
     @ctx.app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: set[Any], **_: Any) -> None:
@@ -47,7 +49,7 @@ def register(ctx: Context) -> None:
             if t is None:
                 continue
             node, ms = t["node_id"], int(t["event_time"].timestamp() * 1000)
-            ctx.telemetry_clock.saw(ms)
+            clock.saw(ms)
             previous = last_seen.get(node, (0, 0))[0]
             last_seen[node] = (max(ms, previous), ev.message.partition)
             if node in offline:
@@ -60,7 +62,7 @@ def register(ctx: Context) -> None:
 
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
     async def find_silent_nodes() -> None:
-        now = ctx.telemetry_clock.now_ms()
+        now = clock.now_ms()
         for node, (ms, _partition) in list(last_seen.items()):
             if node not in offline and now - ms > silence_ms:
                 await mark(node, True, (now - ms) / 1000)

@@ -68,10 +68,11 @@ def register(ctx: Context) -> None:
     lateness_ms = int(settings.window_lateness_s * 1000)
     open_panes = OpenPanes(lateness_ms)
     windows = HoppingWindows(grace_ms=lateness_ms)
+    telemetry_clock = EventClock()  # each agent its own: another agent may be ahead
     pane_clock = EventClock()  # the end of the newest pane handed on, plus lateness, moving with the wall clock
 
     async def hand_on_panes() -> None:
-        for kind, key, start, pane in open_panes.close(ctx.telemetry_clock.now_ms()):
+        for kind, key, start, pane in open_panes.close(telemetry_clock.now_ms()):
             shard = kind if kind in SHARED_SHARDS else key
             await ctx.send(
                 PANE, event(shard=shard, scope_kind=kind, scope_key=key, pane_start=start, **pane.to_record())
@@ -84,7 +85,7 @@ def register(ctx: Context) -> None:
             records = [r for r in map(ctx.valid, events) if r is not None]
             if records:
                 batch = samples_of(records, ctx)
-                ctx.telemetry_clock.saw(int(batch.event_ms.max()))
+                telemetry_clock.saw(int(batch.event_ms.max()))
                 for kind, key, start, pane in pane_sums(batch):
                     open_panes.add(kind, key, start, pane)
             await hand_on_panes()

@@ -1,0 +1,84 @@
+"""Alerts from the worker on the real broker and chdb: each raised once, with the thresholds from settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+from suanwang.bus import EventProducer, ensure_topics, event, now_ms
+from suanwang.schemas.topics import ALERT, LATENCY, NETWORK_PROBE, Topics
+from suanwang.settings import Settings
+from suanwang.store import Store
+from suanwang.streams.app import create_app
+from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry
+from tests.test_worker import wait_for
+
+
+def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None:
+    settings = settings.model_copy(update={"alert_pue_max": 1.1, "alert_green_share_min": 0.99})
+    topics = Topics(settings.topic_prefix)
+    regs = fleet(24)
+    hot_hub = regs[-1]["hub"]
+    end = closed_minute()
+    history = [
+        telemetry(reg, end - 300_000 + i * 5_000 + 500, load=0.97 if reg["hub"] == hot_hub else 0.05)
+        for reg in regs
+        for i in range(60)
+    ]
+    movers = [telemetry(regs[0], end + 290_000), telemetry(regs[0], end + 306_000)]
+    slow_pair = [("jingjinji", "gansu", 35.0), ("jingjinji", "jingjinji", 0.8)]
+    probe_mover = event(from_hub="jingjinji", to_hub="jingjinji", rtt_ms=0.8, bandwidth_gbps=100.0)
+
+    def alerts() -> list[tuple]:
+        return store.query(
+            "SELECT kind, scope_kind, scope_key, resolved FROM suanwang.alerts WHERE kafka_topic = {a:String}",
+            {"a": topics.name(ALERT)},
+        )[1]
+
+    def kinds() -> set[str]:
+        return {a[0] for a in alerts()}
+
+    async def scenario() -> list[tuple]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        app, _ctx = create_app(settings, store)
+        await app.start()
+        try:
+            await send_telemetry(producer, [*history, *movers])
+            for a, b, rtt in slow_pair:
+                for k in range(20):
+                    probe = event(from_hub=a, to_hub=b, rtt_ms=rtt + k * 0.01, bandwidth_gbps=100.0)
+                    probe["event_time"] = end - 60_000 + k * 1_000
+                    await producer.send(NETWORK_PROBE, probe)
+            await producer.send(NETWORK_PROBE, probe_mover)  # moves the probes' clock past the minute
+            await producer.flush()
+            wanted = {"overload", "imbalance", "pue", "green_share", "node_offline", "latency_tier"}
+            assert await wait_for(lambda: wanted <= kinds()), kinds()
+            await send_telemetry(producer, [telemetry(regs[1], now_ms())])  # back online
+            assert await wait_for(lambda: ("node_offline", "node", regs[1]["node_id"], True) in alerts())
+            await asyncio.sleep(2.0)  # a second copy of any alert would land now
+        finally:
+            await app.stop()
+            await producer.stop()
+        return alerts()
+
+    raised = asyncio.run(scenario())
+    firing = [a for a in raised if not a[3]]
+    assert len(firing) == len(set(firing))  # raised once each
+    hot = {r["node_id"] for r in regs if r["hub"] == hot_hub}
+    assert {key for kind, _s, key, _r in firing if kind == "overload"} == hot
+    idle_hubs = {key for kind, scope, key, _r in firing if kind == "imbalance" and scope == "hub"}
+    assert idle_hubs == {r["hub"] for r in regs} - {hot_hub}
+    assert {key for kind, _s, key, _r in firing if kind == "pue"} == {r["cluster"] for r in regs}
+    offline = {key for kind, _s, key, _r in firing if kind == "node_offline"}
+    # every node is silent since the history ended (the node that moved the clock, 15 s later)
+    assert offline == {r["node_id"] for r in regs}
+    assert [key for kind, _s, key, _r in firing if kind == "latency_tier"] == ["jingjinji>gansu"]
+    latency = store.query(
+        "SELECT scope_key, tier_ms, p99_ms FROM suanwang.latency_rollups FINAL WHERE kafka_topic = {l:String}",
+        {"l": topics.name(LATENCY)},
+    )[1]
+    by_pair = {key: (tier, p99) for key, tier, p99 in latency}
+    assert by_pair["jingjinji>gansu"][0] == 20 and by_pair["jingjinji>gansu"][1] > 35
+    assert by_pair["jingjinji>jingjinji"][0] == 1
