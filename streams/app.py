@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import faust
@@ -30,6 +31,7 @@ class Context:
         self.facts = Facts(self.codec, self.topics)
         self.alerts = Alerts(self)
         self.hubs = set(load_network().hubs)
+        self.counts: Counter[str] = Counter()  # what the agents did, for benches and metrics
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")
@@ -66,12 +68,10 @@ def worker_group(settings: Settings) -> str:
     return settings.worker_group or f"{settings.topic_prefix}worker"
 
 
-def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
-    """The worker's app with every agent registered; agents wait until the worker knows every node."""
-    from suanwang.streams import health, latency, rollups, sink
-
-    app = faust.App(
-        worker_group(settings),
+def faust_app(settings: Settings, app_id: str) -> faust.App:
+    """A Faust app configured for this deployment's broker, with no agents yet."""
+    return faust.App(
+        app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         topic_partitions=settings.topic_partitions,
@@ -81,7 +81,18 @@ def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         autodiscover=False,
+        # larger fetches and buffers: telemetry arrives in bursts of thousands
+        stream_buffer_maxsize=4 * settings.sink_batch_size,
+        broker_max_poll_records=settings.sink_batch_size,
+        consumer_max_fetch_size=8 * 1024 * 1024,
     )
+
+
+def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
+    """The worker's app with every agent registered; agents wait until the worker knows every node."""
+    from suanwang.streams import health, latency, rollups, sink, telemetry
+
+    app = faust_app(settings, worker_group(settings))
     logging.getLogger("faust").setLevel(logging.WARNING)
     ctx = Context(app, settings, store)
 
@@ -89,8 +100,6 @@ def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
     async def follow_facts() -> None:
         await ctx.facts.run(settings)
 
-    sink.register(ctx)
-    rollups.register(ctx)
-    health.register(ctx)
+    telemetry.register(ctx, sink.register(ctx), rollups.register(ctx), health.register(ctx))
     latency.register(ctx)
     return app, ctx

@@ -7,6 +7,7 @@ Each worker watches the nodes of the partitions it holds.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from suanwang.schemas.topics import TELEMETRY
@@ -17,7 +18,8 @@ TEMP_MARGIN_C = 3.0
 CHECK_EVERY_S = 1.0
 
 
-def register(ctx: Context) -> None:
+def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Awaitable[None]]:
+    """Registers the silence check and returns the step that watches telemetry batches."""
     settings = ctx.settings
     silence_ms = int(settings.offline_after_intervals * settings.telemetry_interval_s * 1000)
     last_seen: dict[str, tuple[int, int]] = {}  # node -> (event ms, partition)
@@ -41,24 +43,23 @@ def register(ctx: Context) -> None:
             silence_ms / 1000, f"{node} silent for {silent_s:.0f} s",
         )  # fmt: skip
 
-    @ctx.app.agent(ctx.topic(TELEMETRY), name="node_health")
-    async def node_health(stream: Any) -> None:
-        await ctx.facts.ready.wait()
-        async for ev in stream.events():
-            t = ctx.valid(ev)
-            if t is None:
-                continue
-            node, ms = t["node_id"], int(t["event_time"].timestamp() * 1000)
-            clock.saw(ms)
-            previous = last_seen.get(node, (0, 0))[0]
-            last_seen[node] = (max(ms, previous), ev.message.partition)
-            if node in offline:
-                await mark(node, False, (ms - previous) / 1000)
-            temp = t["inlet_temp_c"]
-            await ctx.alerts.judge(
-                "overheating", "node", node, temp, settings.alert_inlet_temp_c, TEMP_MARGIN_C,
-                f"{node} inlet {temp:.1f} °C in {t['cluster']}",
-            )  # fmt: skip
+    async def watch(valid: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Notes when each node of a batch of valid telemetry last reported, and judges its temperature."""
+        for ev, t in valid:
+            await saw(t, ev.message.partition)
+
+    async def saw(t: dict[str, Any], partition: int) -> None:
+        node, ms = t["node_id"], int(t["event_time"].timestamp() * 1000)
+        clock.saw(ms)
+        previous = last_seen.get(node, (0, 0))[0]
+        last_seen[node] = (max(ms, previous), partition)
+        if node in offline:
+            await mark(node, False, (ms - previous) / 1000)
+        temp = t["inlet_temp_c"]
+        await ctx.alerts.judge(
+            "overheating", "node", node, temp, settings.alert_inlet_temp_c, TEMP_MARGIN_C,
+            f"{node} inlet {temp:.1f} °C in {t['cluster']}",
+        )  # fmt: skip
 
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
     async def find_silent_nodes() -> None:
@@ -66,3 +67,5 @@ def register(ctx: Context) -> None:
         for node, (ms, _partition) in list(last_seen.items()):
             if node not in offline and now - ms > silence_ms:
                 await mark(node, True, (now - ms) / 1000)
+
+    return watch

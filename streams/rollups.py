@@ -1,8 +1,8 @@
 """Rolling utilisation, power, PUE, green share and free capacity per node, cluster, hub and province.
 
-Two agents, so that N workers can split the telemetry and still agree on one number per scope:
-`telemetry_panes` sums each worker's samples into 10-s panes (NumPy over a taken batch) and hands each
-closed pane on to `monitor.pane`, keyed so one worker owns each scope; `scope_rollups` merges the
+Two steps, so that N workers can split the telemetry and still agree on one number per scope:
+`aggregate` (run by the telemetry intake) sums each worker's samples into 10-s panes with NumPy and hands
+each closed pane on to `monitor.pane`, keyed so one worker owns each scope; `scope_rollups` merges the
 partial panes into the hopping windows, publishes them on `monitor.rollup`, and judges the alerts that
 need a whole scope: sustained overload, PUE, green share, and tidal imbalance between hubs.
 """
@@ -10,12 +10,13 @@ need a whole scope: sustained overload, PUE, green share, and tidal imbalance be
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
 from suanwang.bus import event
-from suanwang.schemas.topics import PANE, ROLLUP, TELEMETRY
+from suanwang.schemas.topics import PANE, ROLLUP
 from suanwang.streams.app import Context
 from suanwang.streams.windows import (
     PANE_MS,
@@ -63,7 +64,8 @@ def samples_of(records: list[dict[str, Any]], ctx: Context) -> Samples:
     )
 
 
-def register(ctx: Context) -> None:
+def register(ctx: Context) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
+    """Registers `scope_rollups` and returns the step that sums telemetry batches into panes."""
     settings = ctx.settings
     lateness_ms = int(settings.window_lateness_s * 1000)
     open_panes = OpenPanes(lateness_ms)
@@ -78,17 +80,15 @@ def register(ctx: Context) -> None:
                 PANE, event(shard=shard, scope_kind=kind, scope_key=key, pane_start=start, **pane.to_record())
             )
 
-    @ctx.app.agent(ctx.topic(TELEMETRY), name="telemetry_panes")
-    async def telemetry_panes(stream: Any) -> None:
-        await ctx.facts.ready.wait()
-        async for events in stream.take_events(settings.sink_batch_size, within=CLOSE_EVERY_S):
-            records = [r for r in map(ctx.valid, events) if r is not None]
-            if records:
-                batch = samples_of(records, ctx)
-                telemetry_clock.saw(int(batch.event_ms.max()))
-                for kind, key, start, pane in pane_sums(batch):
-                    open_panes.add(kind, key, start, pane)
-            await hand_on_panes()
+    async def aggregate(records: list[dict[str, Any]]) -> None:
+        """Sums a batch of valid telemetry into the open panes and hands on the panes now closed."""
+        if records:
+            batch = samples_of(records, ctx)
+            telemetry_clock.saw(int(batch.event_ms.max()))
+            ctx.counts["samples_aggregated"] += len(records)
+            for kind, key, start, pane in pane_sums(batch):
+                open_panes.add(kind, key, start, pane)
+        await hand_on_panes()
 
     async def publish(closed: list[Window]) -> None:
         by_end: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
@@ -176,3 +176,5 @@ def register(ctx: Context) -> None:
         """Closes panes and windows of a stream that went quiet: the event clocks keep moving."""
         await hand_on_panes()
         await publish(windows.close(pane_clock.now_ms()))
+
+    return aggregate

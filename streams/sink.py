@@ -12,7 +12,7 @@ from typing import Any
 
 from suanwang.bus import dead_letter
 from suanwang.schemas.codec import DecodeError
-from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER
+from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TELEMETRY
 from suanwang.streams.app import Context
 
 
@@ -35,39 +35,58 @@ class StoredOffsets:
         self.upto = {k: v for k, v in self.upto.items() if (k[1], k[2]) not in fresh}
 
 
-def register(ctx: Context) -> None:
-    specs = [s for s in ALL_TOPICS if s.table]
-    settings = ctx.settings
-    stored = StoredOffsets(ctx)
+class Sink:
+    """Stores batches of contract records; the one place a bad record is reported."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.stored = StoredOffsets(ctx)
+
+    async def store(self, events: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """Inserts the batch's rows ClickHouse lacks; returns every (event, record) that decodes and is sound."""
+        ctx = self.ctx
+        valid = []
+        rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        sources: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+        for ev in events:
+            msg = ev.message
+            spec = ctx.topics.spec(msg.topic)
+            stored_before = msg.offset <= await self.stored.get(spec.table, msg.topic, msg.partition)
+            try:
+                record = ctx.codec.decode_as(spec.schema, ev.value)
+                problem = ctx.problem(spec, record)
+            except DecodeError as exc:
+                problem = str(exc)
+            if problem is not None:
+                if not stored_before:  # else it was reported when first read
+                    await ctx.send(DEADLETTER, dead_letter("sink", msg, problem))
+                continue
+            valid.append((ev, record))
+            if not stored_before:
+                rows[spec.table].append(record)
+                sources[spec.table].append((msg.topic, msg.partition, msg.offset))
+        for table, records in rows.items():
+            await ctx.store.run(ctx.store.insert_records, table, records, sources[table])
+            ctx.counts[f"rows:{table}"] += len(records)
+            for topic, partition, offset in sources[table]:
+                key = (table, topic, partition)
+                self.stored.upto[key] = max(self.stored.upto[key], offset)
+        return valid
+
+
+def register(ctx: Context) -> Sink:
+    """The sink agent for every tabled topic but telemetry, which the telemetry intake stores with it."""
+    specs = [s for s in ALL_TOPICS if s.table and s is not TELEMETRY]
+    sink = Sink(ctx)
 
     @ctx.app.on_partitions_assigned.connect
     async def reread_offsets(app: Any, assigned: set[Any], **_: Any) -> None:
-        stored.forget(assigned)
+        sink.stored.forget(assigned)
 
     @ctx.app.agent(ctx.topic(*specs), name="clickhouse_sink")
     async def clickhouse_sink(stream: Any) -> None:
         await ctx.facts.ready.wait()
-        async for events in stream.take_events(settings.sink_batch_size, within=settings.sink_flush_s):
-            rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            sources: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
-            for ev in events:
-                msg = ev.message
-                spec = ctx.topics.spec(msg.topic)
-                if msg.offset <= await stored.get(spec.table, msg.topic, msg.partition):
-                    continue  # read again after a restart: ClickHouse has it
-                try:
-                    record = ctx.codec.decode_as(spec.schema, ev.value)
-                except DecodeError as exc:
-                    await ctx.send(DEADLETTER, dead_letter("sink", msg, str(exc)))
-                    continue
-                problem = ctx.problem(spec, record)
-                if problem is not None:
-                    await ctx.send(DEADLETTER, dead_letter("sink", msg, problem))
-                    continue
-                rows[spec.table].append(record)
-                sources[spec.table].append((msg.topic, msg.partition, msg.offset))
-            for table, records in rows.items():
-                await ctx.store.run(ctx.store.insert_records, table, records, sources[table])
-                for topic, partition, offset in sources[table]:
-                    key = (table, topic, partition)
-                    stored.upto[key] = max(stored.upto[key], offset)
+        async for events in stream.take_events(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
+            await sink.store(events)
+
+    return sink

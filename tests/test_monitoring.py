@@ -82,3 +82,16 @@ def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None
     by_pair = {key: (tier, p99) for key, tier, p99 in latency}
     assert by_pair["jingjinji>gansu"][0] == 20 and by_pair["jingjinji>gansu"][1] > 35
     assert by_pair["jingjinji>jingjinji"][0] == 1
+
+
+def test_bench_ingest_reports_its_figures_from_one_run() -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    out = run_cli("bench", "ingest", "--events", "4000", "--nodes", "200", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert figures["events_sent"] == figures["rows_in_clickhouse"] == figures["events_aggregated"] == 4000
+    assert figures["events_per_s"] > 0 and 0 <= figures["p50_lag_ms"] <= figures["p99_lag_ms"]
+    assert figures["faust_ceiling_events_per_s"] > 0
