@@ -15,6 +15,7 @@ from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
 from suanwang.topology import Network
 
 MAX_TASK_HOURS = 24 * 365
+ESCALATED = "ESCALATED"  # a tier's rejection code: the request went on to the national dispatcher
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
 MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
 
@@ -300,6 +301,8 @@ class Dispatcher:
         if best < 0:
             removed = {name: int(c.counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if c.counts[k + 1]}
             summary = ", ".join(f"{v} {k}" for k, v in removed.items())
+            if self.scope != "national":  # a tier passes on what it cannot place
+                return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
             return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{t.size} nodes: {summary}", removed)
         chosen = reserve(t, best, d)
         self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)

@@ -11,14 +11,14 @@ from aiokafka import AIOKafkaConsumer
 from suanwang.bus import (
     EventProducer,
     consumer_kwargs,
-    contract_consumer,
     ensure_topics,
     event,
     follow,
     now_ms,
     read_to_end,
 )
-from suanwang.dispatcher.core import Dispatcher, warm_up
+from suanwang.dispatcher.core import ESCALATED, Dispatcher, warm_up
+from suanwang.dispatcher.tiers import Tiers, parse_scope
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
@@ -41,11 +41,15 @@ class DispatcherService:
     """Keeps the node table current from the registry, grid and health; decides each request once."""
 
     def __init__(self, settings: Settings) -> None:
+        network = load_network()
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
+        self.scope = parse_scope(settings.dispatcher_scope, network)
+        self.tiers = Tiers(settings.dispatch_tiers, network)
+        self.tiers.check_runs(self.scope)
         self.core = Dispatcher(
-            load_network(),
-            scope=settings.dispatcher_scope,
+            network,
+            scope=str(self.scope),
             carbon_price=settings.carbon_price_yuan_per_kg,
             start_timeout_s=settings.dispatch_start_timeout_s,
         )
@@ -71,7 +75,7 @@ class DispatcherService:
                     ended.add(record["task_id"])
                 elif record["state"] == "STARTED":
                     started.add(record["task_id"])
-            elif record["scope"] == self.settings.dispatcher_scope:
+            elif record["scope"] == str(self.scope):
                 decided.append((spec, record))
 
         history = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
@@ -89,8 +93,8 @@ class DispatcherService:
         except ValueError as exc:
             await self.producer.dead_letter("dispatcher", msg, str(exc))
             return
-        if schema == "NodeRegistration":
-            self.core.nodes.register(record)
+        if schema == "NodeRegistration" and self.tiers.owner(record) == self.scope:
+            self.core.nodes.register(record)  # only this tier's nodes: no other dispatcher may promise them
         elif schema == "GridSignal":
             self.core.grid_signal(record)
 
@@ -99,6 +103,9 @@ class DispatcherService:
         if spec is TASK_REQUEST:
             out_spec, out = self.core.decide(record)
             await self.producer.send(out_spec, out)
+            if out_spec is REJECTION and out["reason_code"] == ESCALATED:
+                escalated = {**record, "escalated_from": str(self.scope), "escalation_reason": out["reason"]}
+                await self.producer.send(TASK_REQUEST, escalated)  # the national request topic
         elif spec is TASK_LIFECYCLE and record["state"] in RELEASING_STATES:
             self.core.release(record["task_id"])
         elif spec is TASK_LIFECYCLE and record["state"] == "STARTED":
@@ -111,8 +118,9 @@ class DispatcherService:
         await ensure_topics(self.settings)
         await self.producer.start()
         state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
-        group = f"suanwang-dispatcher-{self.settings.dispatcher_scope.replace(':', '-')}"
-        events = contract_consumer(self.settings, [TASK_REQUEST, TASK_LIFECYCLE, ALERT], group)
+        group = f"suanwang-dispatcher{self.scope.topic_suffix.replace('.', '-') or '-national'}"
+        names = [self.topics.requests(self.scope.topic_suffix), *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
+        events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group))
         try:
             await state.start()
             await read_to_end(state, [self.topics.name(s) for s in (REGISTRY, GRID_SIGNAL)], self._on_state)

@@ -63,5 +63,15 @@ class Topics:
         return self.prefix + spec.name
 
     def spec(self, full_name: str) -> TopicSpec:
-        """The contract topic behind a full topic name; KeyError for a foreign topic."""
-        return self._by_full[full_name]
+        """The contract topic behind a full topic name (a tier's request topic is `tasks.request`); KeyError
+        for a foreign topic."""
+        spec = self._by_full.get(full_name)
+        if spec is None and full_name.startswith(self.name(TASK_REQUEST) + "."):
+            return TASK_REQUEST
+        if spec is None:
+            raise KeyError(full_name)
+        return spec
+
+    def requests(self, topic_suffix: str) -> str:
+        """The request topic of a dispatch tier: `tasks.request` plus the tier's suffix."""
+        return self.name(TASK_REQUEST) + topic_suffix

@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from suanwang.bus import dead_letter
+from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TELEMETRY
 from suanwang.streams.app import Context
@@ -75,7 +76,8 @@ class Sink:
 
 
 def register(ctx: Context) -> Sink:
-    """The sink agent for every tabled topic but telemetry, which the telemetry intake stores with it."""
+    """The sink agent for every tabled topic (and the tiers' request topics) but telemetry, which the
+    telemetry intake stores with it."""
     specs = [s for s in ALL_TOPICS if s.table and s is not TELEMETRY]
     sink = Sink(ctx)
 
@@ -83,7 +85,10 @@ def register(ctx: Context) -> Sink:
     async def reread_offsets(app: Any, assigned: set[Any], **_: Any) -> None:
         sink.stored.forget(assigned)
 
-    @ctx.app.agent(ctx.topic(*specs), name="clickhouse_sink")
+    names = [ctx.topics.name(s) for s in specs] + tier_request_topics(ctx.settings)
+    source = ctx.app.topic(*names, value_serializer="raw", key_serializer="raw")
+
+    @ctx.app.agent(source, name="clickhouse_sink")
     async def clickhouse_sink(stream: Any) -> None:
         await ctx.facts.ready.wait()
         async for events in stream.take_events(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):

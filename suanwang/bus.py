@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
@@ -76,15 +77,17 @@ async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:
         ) from None
     try:
         existing = set(await admin.list_topics())
+        contract = [(topics.name(spec), spec.compacted) for spec in ALL_TOPICS]
+        tiers = [(name, False) for name in tier_request_topics(settings)]
         wanted = [
             NewTopic(
-                topics.name(spec),
+                name,
                 settings.topic_partitions,
                 settings.topic_replication,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+                topic_configs={"cleanup.policy": "compact"} if compacted else {},
             )
-            for spec in ALL_TOPICS
-            if topics.name(spec) not in existing
+            for name, compacted in contract + tiers
+            if name not in existing
         ]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another service created them first
@@ -112,10 +115,11 @@ class EventProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
-        """Queues the record for sending; delivery errors surface in flush()/stop()."""
+    async def send(self, spec: TopicSpec, record: dict[str, Any], topic: str | None = None) -> None:
+        """Queues the record for its topic (or `topic`, e.g. a tier's request topic); delivery errors surface
+        in flush()/stop()."""
         await self._producer.send(
-            self.topics.name(spec), self.codec.encode(spec.schema, record), key=spec.key_of(record)
+            topic or self.topics.name(spec), self.codec.encode(spec.schema, record), key=spec.key_of(record)
         )
 
     async def dead_letter(self, component: str, msg: Any, error: str) -> None:

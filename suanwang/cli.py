@@ -98,7 +98,9 @@ def worker(
 @app.command()
 def dispatcher(
     duration: Duration = None,
-    scope: Annotated[str | None, typer.Option(help="Scope of decisions: national.")] = None,
+    scope: Annotated[
+        str | None, typer.Option(help="Tier: national, province:<name> or industry:<name> (listed in dispatch tiers).")
+    ] = None,
 ) -> None:
     """Run the dispatcher service: requests in, placements and rejections out."""
     from suanwang.dispatcher.service import DispatcherService

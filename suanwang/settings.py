@@ -37,8 +37,13 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address the API and dashboard listen on.")
     web_port: int = Field(8080, ge=0, le=65535, description="Port of the API and dashboard; 0 picks a free one.")
     # Dispatcher
-    dispatcher_scope: Literal["national"] = Field(
-        "national", description="Scope of decisions; provincial and industry tiers are not built yet."
+    dispatcher_scope: str = Field(
+        "national",
+        pattern=r"^(national|(province|industry):.+)$",
+        description="Tier of this dispatcher: national, province:<name> or industry:<name>.",
+    )
+    dispatch_tiers: str = Field(
+        "", description="Delegated tiers, comma-separated (province:Gansu,industry:genomics); the same for all."
     )
     dispatch_start_timeout_s: float = Field(
         300.0, gt=0, description="Seconds a placement may wait for its task to start before its capacity is freed."

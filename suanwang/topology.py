@@ -92,6 +92,7 @@ class Network(BaseModel):
     pools: dict[str, Pool]
     mixes: dict[Role, dict[str, float]]
     provinces: dict[str, Province]
+    industries: dict[str, list[str]] = {}
     hubs: dict[str, Hub]
 
     @model_validator(mode="after")
@@ -112,6 +113,11 @@ class Network(BaseModel):
                     raise ValueError(f"mix {role} names unknown pool {pool!r}")
             if not math.isclose(sum(mix.values()), 1.0, abs_tol=1e-6):
                 raise ValueError(f"pool shares of mix {role} do not sum to 1")
+        clusters = {c for hub in self.hubs.values() for c in hub.clusters}
+        for industry, owned in self.industries.items():
+            for cluster in owned:
+                if cluster not in clusters:
+                    raise ValueError(f"industry {industry} names unknown cluster {cluster!r}")
         for what in ("share", "demand"):
             if not math.isclose(sum(getattr(h, what) for h in self.hubs.values()), 1.0, abs_tol=1e-6):
                 raise ValueError(f"hub {what}s do not sum to 1")

@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS suanwang.task_requests
     allowed_provinces Array(LowCardinality(String)),
     deadline Nullable(DateTime64(3, 'UTC')),
     budget_yuan Nullable(Float64),
+    escalated_from LowCardinality(Nullable(String)),
+    escalation_reason Nullable(String),
     -- where the sink read the row: it resumes after the highest offset already stored, so a
     -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
