@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +182,7 @@ class Dispatcher:
         carbon_price: float = 0.1,
         fragmentation_weight: float = 0.05,
         start_timeout_s: float = 300.0,
+        remembered_decisions: int = 50_000,
     ) -> None:
         self.scope = scope
         self.start_timeout_ms = int(start_timeout_s * 1000)
@@ -189,7 +191,10 @@ class Dispatcher:
         self.carbon_price = carbon_price
         self.fragmentation_weight = fragmentation_weight
         self.reservations: dict[str, Reservation] = {}
-        self.decisions: dict[str, tuple[TopicSpec, dict[str, Any]]] = {}
+        # the newest decisions, to answer a redelivered request the same way; redelivery replays only the
+        # tail a consumer had not committed, so older ones are forgotten (capacity is tracked apart)
+        self.decisions: OrderedDict[str, tuple[TopicSpec, dict[str, Any]]] = OrderedDict()
+        self.remembered_decisions = remembered_decisions
         self._choice = Choice()
 
     # ---- inputs other than requests
@@ -222,7 +227,7 @@ class Dispatcher:
     def restore(self, spec: TopicSpec, record: dict[str, Any], holds: bool, started: bool) -> None:
         """Takes back an earlier decision (after a restart): the same answer to a redelivered request, and,
         while the task `holds` its placement, the very resources it was given."""
-        self.decisions[record["task_id"]] = (spec, record)
+        self._remember(record["task_id"], (spec, record))
         row = self.nodes.row.get(record.get("node_id") or "")
         if spec is not PLACEMENT or not holds or row is None or record["task_id"] in self.reservations:
             return
@@ -289,8 +294,13 @@ class Dispatcher:
             out = self._place(req, started, now)
         except Invalid as bad:
             out = REJECTION, self._rejection(req, bad.code, str(bad), {})
-        self.decisions[req["task_id"]] = out
+        self._remember(req["task_id"], out)
         return out
+
+    def _remember(self, task_id: str, decision: tuple[TopicSpec, dict[str, Any]]) -> None:
+        self.decisions[task_id] = decision
+        if len(self.decisions) > self.remembered_decisions:
+            self.decisions.popitem(last=False)
 
     def _place(self, req: dict[str, Any], started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes

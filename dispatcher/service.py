@@ -52,6 +52,7 @@ class DispatcherService:
             scope=str(self.scope),
             carbon_price=settings.carbon_price_yuan_per_kg,
             start_timeout_s=settings.dispatch_start_timeout_s,
+            remembered_decisions=settings.dispatch_remembered_decisions,
         )
         self.producer = EventProducer(settings)
 
@@ -90,9 +91,8 @@ class DispatcherService:
     async def _on_state(self, topic: str, msg: Any) -> None:
         try:
             schema, record = self.producer.codec.decode(msg.value)
-        except ValueError as exc:
-            await self.producer.dead_letter("dispatcher", msg, str(exc))
-            return
+        except ValueError:
+            return  # the worker's sink reports it, once; these topics are read again from the start at each restart
         if schema == "NodeRegistration" and self.tiers.owner(record) == self.scope:
             self.core.nodes.register(record)  # only this tier's nodes: no other dispatcher may promise them
         elif schema == "GridSignal":

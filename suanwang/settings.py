@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     dispatch_start_timeout_s: float = Field(
         300.0, gt=0, description="Seconds a placement may wait for its task to start before its capacity is freed."
     )
+    dispatch_remembered_decisions: int = Field(
+        50_000, ge=1, description="Newest decisions kept to answer a redelivered request the same way."
+    )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     # Monitoring
     worker_group: str | None = Field(None, description="Consumer group of the workers; unset: <prefix>worker.")

@@ -105,8 +105,8 @@ def network():
     return load_network()
 
 
-def _dispatcher(network, total: int = 400) -> Dispatcher:
-    d = Dispatcher(network)
+def _dispatcher(network, total: int = 400, **options) -> Dispatcher:
+    d = Dispatcher(network, **options)
     for spec in scaled_nodes(network, total):
         d.nodes.register(registration(spec, network))
     return d
@@ -190,6 +190,14 @@ def test_redelivered_request_gets_the_same_decision_and_reserves_once(network) -
     free = d.nodes.acc_free.copy()
     assert d.decide(_request()) is first
     assert np.array_equal(free, d.nodes.acc_free)
+
+
+def test_only_the_newest_decisions_are_remembered(network) -> None:
+    d = _dispatcher(network, remembered_decisions=3)
+    decided = [d.decide(_request(task_id=f"t{i}")) for i in range(5)]
+    assert list(d.decisions) == ["t2", "t3", "t4"]
+    assert d.decide(_request(task_id="t4")) is decided[4]  # still answered the same way
+    assert len(d.reservations) == 5  # forgetting a decision frees nothing
 
 
 def test_random_stream_never_overcommits_and_release_restores_everything(network) -> None:
