@@ -117,8 +117,10 @@ class Window:
     def grid(self, province: int) -> tuple[float, float]:
         """Average price and green share of the hours the task would run in `province`."""
         start = int(self.start[province])
-        price = self.horizon.mean("price", start, self.hours)[province]
-        return float(price), float(self.horizon.mean("green", start, self.hours)[province])
+        return (
+            self.horizon.mean_at("price", start, self.hours, province),
+            self.horizon.mean_at("green", start, self.hours, province),
+        )
 
 
 def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) -> Window:
@@ -366,27 +368,22 @@ class Dispatcher:
 
 def breakdown(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> dict[str, float]:
     """The parts of a placement's cost on node `row`, for the explained event (they sum to its total)."""
-    ints, floats = t.ints, t.floats
+    node, figures, a = t.ints[row].tolist(), t.floats[row].tolist(), ask.tolist()  # Python scalars: cheap to read
     node_share = stages.share(
-        ints[row, stages.N_ACC],
-        ints[row, stages.CPU_TOTAL],
-        ask[stages.CPU],
-        ask[stages.ACC_COUNT],
-        ask[stages.ACC_MILLI],
+        node[stages.N_ACC], node[stages.CPU_TOTAL], a[stages.CPU], a[stages.ACC_COUNT], a[stages.ACC_MILLI]
     )
-    hours = node_share * ask[stages.HOURS]
-    kwh = floats[row, stages.POWER_KW] * floats[row, stages.PUE] * hours
-    province = ints[row, stages.PROVINCE]
-    transfer = t.transfer_price[int(ask[stages.DATA_HUB]), ints[row, stages.HUB]]
-    price, green = w.grid(province)
+    hours = node_share * a[stages.HOURS]
+    kwh = figures[stages.POWER_KW] * figures[stages.PUE] * hours
+    transfer = float(t.transfer_price[int(a[stages.DATA_HUB]), node[stages.HUB]])
+    price, green = w.grid(node[stages.PROVINCE])
     carbon_kg = kwh * (1.0 - green) * t.emission_kg_per_kwh
     return {
-        "compute_cost": float(floats[row, stages.UNIT_PRICE] * floats[row, stages.THROUGHPUT] * hours),
-        "energy_cost": float(kwh * price),
-        "transfer_cost": float(ask[stages.INPUT_GB] * transfer),
-        "carbon_cost": float(carbon_kg * carbon_price),
-        "energy_kwh": float(kwh),
-        "carbon_kg": float(carbon_kg),
+        "compute_cost": figures[stages.UNIT_PRICE] * figures[stages.THROUGHPUT] * hours,
+        "energy_cost": kwh * price,
+        "transfer_cost": a[stages.INPUT_GB] * transfer,
+        "carbon_cost": carbon_kg * carbon_price,
+        "energy_kwh": kwh,
+        "carbon_kg": carbon_kg,
     }
 
 

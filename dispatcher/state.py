@@ -103,12 +103,23 @@ class Horizon:
     def mean(self, name: str, starts: np.ndarray | int, hours: float) -> np.ndarray:
         """Average of figure `name` over `hours` from each start hour index (start x province, or province)."""
         scalar = isinstance(starts, int)
-        top = starts if scalar else int(starts.max())
-        span = min(max(hours, 1e-9), HORIZON_HOURS - top)  # beyond the horizon: what is known
-        whole, part = int(span), span - int(span)
+        span, whole, part = _span(starts if scalar else int(starts.max()), hours)
         sums, hourly = self._sums[name], getattr(self, name)
         last = min(starts + whole, HORIZON_HOURS - 1) if scalar else np.minimum(starts + whole, HORIZON_HOURS - 1)
         return (sums[starts + whole] - sums[starts] + part * hourly[last]) / span
+
+    def mean_at(self, name: str, start: int, hours: float, province: int) -> float:
+        """`mean` for one start hour and one province: the explained event needs just that."""
+        span, whole, part = _span(start, hours)
+        sums, hourly = self._sums[name], getattr(self, name)
+        last = min(start + whole, HORIZON_HOURS - 1)
+        return float((sums[start + whole, province] - sums[start, province] + part * hourly[last, province]) / span)
+
+
+def _span(top: int, hours: float) -> tuple[float, int, float]:
+    """Hours averaged over (cut at the horizon: beyond it, what is known), and their whole and partial parts."""
+    span = min(max(hours, 1e-9), HORIZON_HOURS - top)
+    return span, int(span), span - int(span)
 
 
 class NodeTable:
