@@ -104,9 +104,8 @@ def register(ctx: Context) -> None:
         except (ValueError, KeyError):
             return b""  # undecodable: the sink reports it; it is skipped below
 
-    @ctx.app.agent(ctx.topic(PLACEMENT, REJECTION), name="dispatch_latency")
-    async def dispatch_latency(stream: Any) -> None:
-        async for ev in stream.group_by(scope_of, name="decisions_by_scope").events():
+    async def decided(stream: Any, regrouped_as: str) -> None:
+        async for ev in stream.group_by(scope_of, name=regrouped_as).events():
             try:
                 _schema, d = ctx.codec.decode(ev.value)
             except ValueError:
@@ -116,6 +115,16 @@ def register(ctx: Context) -> None:
             ms = int(decided * 1000)
             decisions.add("dispatch", d["scope"], ms, (decided - d["request_time"].timestamp()) * 1000, wait_s)
             await publish_decisions()
+
+    # one agent per topic (Faust regroups one topic at a time); both regrouped topics are keyed by scope, so
+    # the same worker holds a scope's placements and rejections
+    @ctx.app.agent(ctx.topic(PLACEMENT), name="placement_latency")
+    async def placement_latency(stream: Any) -> None:
+        await decided(stream, "placements_by_scope")
+
+    @ctx.app.agent(ctx.topic(REJECTION), name="rejection_latency")
+    async def rejection_latency(stream: Any) -> None:
+        await decided(stream, "rejections_by_scope")
 
     @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_minutes")
     async def close_quiet_minutes() -> None:

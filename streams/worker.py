@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 
-from suanwang.bus import ensure_topics
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from suanwang.bus import client_kwargs, ensure_topics
+from suanwang.dispatcher.tiers import tier_request_topics
+from suanwang.schemas.topics import ALL_TOPICS, Topics
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import Store
-from suanwang.streams.app import create_app
+from suanwang.streams.app import create_app, worker_group
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = False) -> None:
@@ -25,8 +31,34 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
             runner = await start_api(settings, store)
         announce_ready("worker")
         await stop.wait()
+        await drain(settings, settings.worker_drain_s)
     finally:
         if runner is not None:
             await runner.cleanup()
         await app.stop()
         store.close()
+
+
+async def drain(settings: Settings, timeout_s: float) -> bool:
+    """After a stop request, keeps the worker consuming until its group has committed every topic with a
+    table up to its end, so ClickHouse has every row (on the memory-only embedded broker this is the
+    last chance); False when `timeout_s` ran out first."""
+    names = [Topics(settings.topic_prefix).name(s) for s in ALL_TOPICS if s.table] + tier_request_topics(settings)
+    probe = AIOKafkaConsumer(**client_kwargs(settings), group_id=worker_group(settings), enable_auto_commit=False)
+    await probe.start()
+    try:
+        await probe.topics()
+        parts = [TopicPartition(n, p) for n in names for p in probe.partitions_for_topic(n) or ()]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            behind = 0
+            for tp, end in (await probe.end_offsets(parts)).items():
+                behind += max(0, end - ((await probe.committed(tp)) or 0))
+            if not behind:
+                return True
+            if time.monotonic() > deadline:
+                print(f"worker: stopped with {behind} messages not yet stored", file=sys.stderr)
+                return False
+            await asyncio.sleep(0.5)
+    finally:
+        await probe.stop()

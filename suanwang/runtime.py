@@ -259,7 +259,7 @@ class Platform:
             await simulator.stop()
             await asyncio.sleep(1.0)  # in-flight requests get their decisions
             await dispatcher.stop()
-            await worker.stop(timeout_s=60)
+            await worker.stop(timeout_s=s.worker_drain_s + 15)  # it drains first: every row stored
             if monitor_task:
                 monitor_stop.set()
                 await monitor_task

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     # Monitoring
+    worker_drain_s: float = Field(
+        45.0, ge=0, description="Seconds a stopping worker may take to store what it has read."
+    )
     worker_group: str | None = Field(None, description="Consumer group of the workers; unset: <prefix>worker.")
     telemetry_interval_s: float = Field(5.0, gt=0, description="Seconds between two samples of one node.")
     offline_after_intervals: int = Field(
