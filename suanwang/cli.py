@@ -259,6 +259,21 @@ def bench_quality(
     )
 
 
+@bench_app.command("e2e")
+def bench_e2e(
+    rate: Annotated[float, typer.Option(min=1, help="Requests (and relayed messages) per second.")] = 1000,
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds of each run.")] = 20,
+    nodes: Annotated[int, typer.Option(min=10, help="Nodes the dispatcher knows.")] = 10_000,
+    json_out: JsonOut = False,
+) -> None:
+    """Request-to-decision latency through the broker, against a relay that does no work, in one run."""
+    from suanwang.latency_bench import bench_e2e as run
+
+    _quiet_client_libraries()
+    figures = run(load_settings(), rate, seconds, nodes, err)
+    _report(figures, json_out, f"e2e: {rate:g} requests/s for {seconds:g} s, {nodes:,} nodes")
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     events: Annotated[int, typer.Option(min=1, help="Telemetry events to send.")] = 200_000,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from suanwang.bus import EventProducer, ensure_topics, event, now_ms
 from suanwang.schemas.topics import ALERT, LATENCY, NETWORK_PROBE, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
+from tests.conftest import run_cli
 from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry
 from tests.test_worker import wait_for
 
@@ -85,10 +87,6 @@ def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None
 
 
 def test_bench_ingest_reports_its_figures_from_one_run() -> None:
-    import json
-
-    from tests.conftest import run_cli
-
     out = run_cli("bench", "ingest", "--events", "4000", "--nodes", "200", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     figures = json.loads(out.stdout)
