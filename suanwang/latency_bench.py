@@ -33,6 +33,7 @@ from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
 
+PROBE = b"probe"  # the key prefix of messages sent before the timed run
 WARM_UP_SHARE = 0.1  # the first tenth of each run is left out: connections and caches settle
 
 
@@ -68,6 +69,7 @@ async def _run(settings: Settings, rate: float, seconds: float, nodes: int, cons
     console.print(f"dispatcher at {rate:g}/s for {seconds:g} s on {nodes:,} nodes …")
     dispatch = await _dispatch_run(settings, rate, seconds, nodes)
     figures = {"rate": rate, "seconds": seconds, "nodes": nodes}
+    figures["sent"] = int(rate * seconds)
     for name, ms in (("relay", relay), ("dispatch", dispatch)):
         kept = np.array(ms[int(len(ms) * WARM_UP_SHARE) :])
         figures[f"{name}_answers"] = len(ms)
@@ -78,10 +80,11 @@ async def _run(settings: Settings, rate: float, seconds: float, nodes: int, cons
 
 
 async def _paced(rate: float, seconds: float, send: Any) -> int:
-    """Calls `send(i)` `rate` times a second for `seconds`; how many were sent."""
-    start, sent = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - start) < seconds:
-        while sent < int(elapsed * rate):
+    """Calls `send(i)` `rate` times a second, `rate` × `seconds` times in all; how many were sent."""
+    start, sent, total = time.perf_counter(), 0, int(rate * seconds)
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
             await send(sent)
             sent += 1
         await asyncio.sleep(0.001)
@@ -111,7 +114,7 @@ async def _timed_run(rate: float, seconds: float, send: Any, consumer: AIOKafkaC
         while not (done.is_set() and len(got) >= total["sent"]):
             for messages in (await consumer.getmany(timeout_ms=20)).values():
                 now = time.time() * 1000
-                got.extend(now - sent_ms(m) for m in messages)
+                got.extend(now - sent_ms(m) for m in messages if not m.key.startswith(PROBE))
 
     total = {"sent": 1 << 62}
     reader = asyncio.create_task(read())
@@ -140,10 +143,13 @@ async def _relay_run(settings: Settings, rate: float, seconds: float) -> list[fl
         await consumer.seek_to_end()
         padding = b"x" * 600  # about the size of a request
 
-        async def send(i: int) -> None:
-            await producer.send(source, struct.pack("d", time.time() * 1000) + padding, key=str(i).encode())
+        async def send(i: int, key: bytes = b"") -> None:
+            await producer.send(source, struct.pack("d", time.time() * 1000) + padding, key=key or str(i).encode())
 
-        await _until_answering(send, consumer)
+        async def probe(i: int) -> None:
+            await send(i, PROBE + str(i).encode())
+
+        await _until_answering(probe, consumer)
         return await _timed_run(rate, seconds, send, consumer, lambda m: struct.unpack("d", m.value[:8])[0])
     finally:
         await consumer.stop()
@@ -183,7 +189,9 @@ async def _dispatch_run(settings: Settings, rate: float, seconds: float, nodes: 
             await producer.send(TASK_REQUEST, {**requests[i], "event_time": now_ms()})
 
         async def probe(i: int) -> None:
-            await producer.send(TASK_REQUEST, {**requests[0], "task_id": f"probe-{i}", "event_time": now_ms()})
+            await producer.send(
+                TASK_REQUEST, {**requests[0], "task_id": f"{PROBE.decode()}-{i}", "event_time": now_ms()}
+            )
             await producer.flush()
 
         await _until_answering(probe, consumer)
