@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,16 @@ def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
         "sql", "SELECT count() AS n FROM suanwang.telemetry", "--data-dir", str(tmp_path / "data"), "--format", "json"
     )
     assert json.loads(as_json.stdout) == [{"n": summary["telemetry_events"]}]
+    for sql in analyst_queries():  # the README's analysts' guide, against this run's history
+        out = run_cli("sql", sql, "--data-dir", str(tmp_path / "data"), "--format", "json")
+        assert out.returncode == 0, (sql, out.stderr)
+        assert json.loads(out.stdout), f"no rows: {sql}"
+
+
+def analyst_queries() -> list[str]:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- analyst-queries -->")[1].split("<!-- /analyst-queries -->")[0]
+    return re.findall(r"```sql\n(.*?)\n```", section, flags=re.S)
 
 
 def test_up_on_an_external_broker_every_placement_decodes(tmp_path: Path) -> None:
