@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -10,12 +11,19 @@ from typing import Any
 from aiohttp import web
 
 from suanwang.broker import check_port_free
+from suanwang.bus import EventProducer
+from suanwang.dashboards.openapi import openapi_document
+from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.errors import SuanwangError
+from suanwang.schemas.topics import TASK_REQUEST
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 
 STORE = web.AppKey("store", Store)
+PRODUCER = web.AppKey("producer", EventProducer)
+MAX_BODY_BYTES = 64 * 1024  # a task request is well under 2 KB
+log = logging.getLogger("suanwang.api")
 SUMMARY_TABLES = ("telemetry", "task_requests", "placements", "rejections", "alerts", "rollups", "dead_letters")
 
 
@@ -98,14 +106,93 @@ async def sql(request: web.Request) -> web.Response:
     return _json({"columns": columns, "rows": rows})
 
 
+async def submit_task(request: web.Request) -> web.Response:
+    """Checks a task request against the Avro schema and puts it on `tasks.request`."""
+    producer = request.app.get(PRODUCER)
+    if producer is None:
+        return _json({"error": "this API has no Kafka producer (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        return _json({"error": f"the body is not JSON: {exc}"}, status=400)
+    try:
+        record = task_request(body)
+    except BadRequest as bad:
+        return _json({"error": "the task request has bad fields", "fields": bad.problems}, status=422)
+    await producer.send(TASK_REQUEST, record)
+    await producer.flush()
+    task_id = record["task_id"]
+    return _json({"task_id": task_id, "status": "SUBMITTED", "href": f"/api/tasks/{task_id}"}, status=202)
+
+
+async def task_status(request: web.Request) -> web.Response:
+    """A task's request, its decision (placement or rejection) and its lifecycle, from the history."""
+    task_id = request.match_info["task_id"]
+    tables = {"request": "task_requests", "placement": "placements", "rejection": "rejections", "events": "task_events"}
+    found = {}
+    for name, table in tables.items():
+        sql = f"SELECT * FROM {DATABASE}.{table} WHERE task_id = {{t:String}} ORDER BY event_time"
+        found[name] = await _rows(request, sql, {"t": task_id})
+    if not any(found.values()):
+        return _json({"error": f"no task {task_id!r} in the history (yet: the sink stores within seconds)"}, status=404)
+    status = "SUBMITTED"
+    if found["rejection"]:
+        status = "ESCALATED" if found["rejection"][-1]["reason_code"] == "ESCALATED" else "REJECTED"
+    if found["placement"]:
+        status = "PLACED"
+    if found["events"]:
+        status = found["events"][-1]["state"]
+    return _json(
+        {
+            "task_id": task_id,
+            "status": status,
+            "request": next(iter(found["request"]), None),
+            "placement": found["placement"][-1] if found["placement"] else None,
+            "rejections": found["rejection"],
+            "events": found["events"],
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error answers JSON with its reason; a fault of ours is logged, never shown as a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        text = exc.text or exc.reason
+        return _json({"error": exc.reason if text.startswith(f"{exc.status}: ") else text}, status=exc.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json({"error": "internal error; the server log has the details"}, status=500)
+
+
 async def index(request: web.Request) -> web.Response:
     page = resources.files("suanwang.dashboards").joinpath("static/index.html").read_text(encoding="utf-8")
     return web.Response(text=page, content_type="text/html")
 
 
-def create_api(store: Store) -> web.Application:
-    app = web.Application()
+def create_api(store: Store, settings: Settings | None = None) -> web.Application:
+    """The API over the store; with a broker in `settings`, it also accepts tasks."""
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
+    if settings is not None and settings.kafka_bootstrap:
+        app[PRODUCER] = EventProducer(settings)
+
+        async def start_producer(app: web.Application) -> None:
+            await app[PRODUCER].start()
+
+        async def stop_producer(app: web.Application) -> None:
+            await app[PRODUCER].stop()
+
+        app.on_startup.append(start_producer)
+        app.on_cleanup.append(stop_producer)
     app.add_routes(
         [
             web.get("/", index),
@@ -115,6 +202,9 @@ def create_api(store: Store) -> web.Application:
             web.get("/api/placements", placements),
             web.get("/api/alerts", alerts),
             web.post("/api/sql", sql),
+            web.post("/api/tasks", submit_task),
+            web.get("/api/tasks/{task_id}", task_status),
+            web.get("/api/openapi.json", openapi),
         ]
     )
     return app
@@ -128,7 +218,7 @@ def api_url_file(settings: Settings) -> Any:
 async def start_api(settings: Settings, store: Store) -> web.AppRunner:
     if settings.web_port:
         check_port_free(settings.web_port, "web API", "--web-port / SUANWANG_WEB_PORT")
-    runner = web.AppRunner(create_api(store), access_log=None)
+    runner = web.AppRunner(create_api(store, settings), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.web_host, settings.web_port)
     await site.start()

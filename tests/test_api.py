@@ -6,8 +6,13 @@ import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from openapi_spec_validator import validate
 
+from suanwang.bus import contract_consumer, ensure_topics
 from suanwang.dashboards.api import create_api
+from suanwang.schemas.codec import Codec
+from suanwang.schemas.topics import TASK_REQUEST
+from suanwang.settings import Settings
 from suanwang.store import Store
 from tests.samples import sample_record
 
@@ -62,3 +67,76 @@ def test_sql_is_read_only(store: Store) -> None:
 def test_dashboard_page_is_served(store: Store) -> None:
     status, page = call(store, "GET", "/")
     assert status == 200 and "suanwang" in page and "/api/summary" in page
+
+
+def _task(**over: Any) -> dict[str, Any]:
+    return {
+        "tenant": "tenant-07", "industry": "genomics", "kind": "genomics", "origin_hub": "yangtze",
+        "origin_province": "Shanghai", "chip_archs": ["x86_64"], "cpu_milli": 4000, "memory_mib": 8192,
+        "data_hub": "yangtze", "duration_s": 3600.0, "deadline": "2026-12-01T00:00:00+00:00", **over,
+    }  # fmt: skip
+
+
+async def _with_broker(settings: Settings, store: Store, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+    async with TestClient(TestServer(create_api(store, settings))) as client:
+        resp = await client.request(method, path, **kw)
+        return resp.status, await resp.json()
+
+
+def test_openapi_document_is_valid_and_takes_its_task_body_from_avro(store: Store) -> None:
+    status, doc = call(store, "GET", "/api/openapi.json")
+    assert status == 200
+    validate(doc)  # raises on an invalid OpenAPI 3 document
+    body = doc["components"]["schemas"]["TaskRequest"]
+    assert "cpu_milli" in body["properties"] and "event_id" not in body["properties"]
+    assert "/api/tasks" in doc["paths"] and "422" in doc["paths"]["/api/tasks"]["post"]["responses"]
+
+
+def test_a_submitted_task_goes_to_kafka_as_avro(settings: Settings, store: Store) -> None:
+    async def scenario() -> tuple[tuple[int, Any], dict[str, Any]]:
+        await ensure_topics(settings)
+        answer = await _with_broker(settings, store, "POST", "/api/tasks", json=_task(task_id="api-t1"))
+        consumer = contract_consumer(settings, [TASK_REQUEST], None)
+        await consumer.start()
+        try:
+            batch = await consumer.getmany(timeout_ms=10_000)
+        finally:
+            await consumer.stop()
+        (message,) = [m for msgs in batch.values() for m in msgs]
+        return answer, Codec().decode_as("TaskRequest", message.value)
+
+    (status, body), record = asyncio.run(scenario())
+    assert status == 202 and body == {"task_id": "api-t1", "status": "SUBMITTED", "href": "/api/tasks/api-t1"}
+    assert record["task_id"] == "api-t1" and record["cpu_milli"] == 4000 and record["latency_tier_ms"] is None
+    assert record["deadline"].isoformat() == "2026-12-01T00:00:00+00:00"
+
+
+def test_task_status_comes_from_the_history(store: Store) -> None:
+    store.insert_records("task_requests", [sample_record("TaskRequest") | {"task_id": "api-s1"}])
+    assert call(store, "GET", "/api/tasks/api-s1")[1]["status"] == "SUBMITTED"
+    store.insert_records("placements", [sample_record("Placement") | {"task_id": "api-s1", "event_id": "api-s1p"}])
+    status, body = call(store, "GET", "/api/tasks/api-s1")
+    assert status == 200 and body["status"] == "PLACED" and body["placement"]["task_id"] == "api-s1"
+    status, body = call(store, "GET", "/api/tasks/nobody")
+    assert status == 404 and "no task 'nobody'" in body["error"]
+
+
+def test_bad_submissions_get_a_4xx_naming_what_is_wrong(settings: Settings, store: Store) -> None:
+    def submit(**kw: Any) -> tuple[int, Any]:
+        return asyncio.run(_with_broker(settings, store, "POST", "/api/tasks", **kw))
+
+    status, body = submit(data=b"{not json", headers={"Content-Type": "application/json"})
+    assert status == 400 and "not JSON" in body["error"]
+    status, body = submit(json=_task(cpu_milli="lots", colour="red", tenant=None) | {"kind": 7})
+    assert status == 422
+    assert set(body["fields"]) == {"cpu_milli", "colour", "tenant", "kind"}
+    assert body["fields"]["colour"] == "is not a TaskRequest field" and "'lots'" in body["fields"]["cpu_milli"]
+    status, body = submit(json={"tenant": "x"})
+    assert status == 422 and body["fields"]["chip_archs"] == "is required"
+    status, body = submit(json=[1, 2])
+    assert status == 422 and "JSON object" in body["fields"]["(body)"]
+    status, body = submit(data=b"x" * 100_000, headers={"Content-Type": "application/json"})
+    assert status == 413 and "error" in body
+    assert call(store, "POST", "/api/tasks", json=_task())[0] == 503  # this API has no broker
+    status, body = call(store, "GET", "/api/nothing-here")
+    assert status == 404 and body == {"error": "Not Found"}

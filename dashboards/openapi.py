@@ -1,0 +1,111 @@
+"""The OpenAPI document of the API, served at /api/openapi.json; the task body comes from the Avro schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from suanwang.dashboards.submit import json_schema
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = {"content": {"application/json": {"schema": schema}}} if schema else {}
+    return {"description": description, **body}
+
+
+def _listing(summary: str) -> dict[str, Any]:
+    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": [limit],
+            "responses": {
+                "200": _answer("Newest first", {"type": "array", "items": {"type": "object"}}),
+                "422": _answer("A bad limit", ERROR),
+            },
+        }
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    ok = {"type": "object"}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "suanwang 算网",
+            "version": "0.1",
+            "description": "Monitoring and dispatch of the national compute network.",
+        },
+        "paths": {
+            "/healthz": {"get": {"summary": "The process is up", "responses": {"200": _answer("Up", ok)}}},
+            "/readyz": {
+                "get": {
+                    "summary": "ClickHouse answers",
+                    "responses": {"200": _answer("Ready", ok), "503": _answer("Not ready", ERROR)},
+                }
+            },
+            "/api/summary": {"get": {"summary": "Rows per history table", "responses": {"200": _answer("Counts", ok)}}},
+            "/api/placements": _listing("Latest placements, explained"),
+            "/api/alerts": _listing("Latest alerts"),
+            "/api/sql": {
+                "post": {
+                    "summary": "One read-only query on the history",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"query": {"type": "string"}},
+                                    "required": ["query"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _answer("Columns and rows", ok),
+                        "400": _answer("Refused or failed", ERROR),
+                        "422": _answer("No query", ERROR),
+                    },
+                }
+            },
+            "/api/tasks": {
+                "post": {
+                    "summary": "Submit a task to the national dispatcher",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskRequest"}}},
+                    },
+                    "responses": {
+                        "202": _answer("Submitted: follow href", ok),
+                        "400": _answer("Not JSON", ERROR),
+                        "413": _answer("Body too large", ERROR),
+                        "422": _answer("Bad fields, each named", ERROR),
+                        "503": _answer("No broker configured", ERROR),
+                    },
+                }
+            },
+            "/api/tasks/{task_id}": {
+                "get": {
+                    "summary": "A task's request, decision and lifecycle",
+                    "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _answer("The task", ok), "404": _answer("Not in the history", ERROR)},
+                }
+            },
+            "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _answer("OpenAPI 3", ok)}}},
+        },
+        "components": {
+            "schemas": {
+                "TaskRequest": json_schema(),
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {"type": "string"},
+                        "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                    "required": ["error"],
+                },
+            }
+        },
+    }
