@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
@@ -19,11 +20,13 @@ from suanwang.schemas.topics import TASK_REQUEST
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
+from suanwang.topology import load_network
 
 STORE = web.AppKey("store", Store)
 PRODUCER = web.AppKey("producer", EventProducer)
 MAX_BODY_BYTES = 64 * 1024  # a task request is well under 2 KB
 log = logging.getLogger("suanwang.api")
+REQUESTS = Counter("suanwang_api_requests_total", "API requests answered", ["method", "route", "status"])
 SUMMARY_TABLES = ("telemetry", "task_requests", "placements", "rejections", "alerts", "rollups", "dead_letters")
 
 
@@ -154,8 +157,110 @@ async def task_status(request: web.Request) -> web.Response:
     )
 
 
+COMPUTE_CLASSES = ("CPU", "GPU", "NPU", "HPC")
+
+
+def _choice(request: web.Request, name: str, allowed: Any) -> str | None:
+    """An optional query parameter that must be one of `allowed`; 422 naming it and its value otherwise."""
+    value = request.query.get(name)
+    if value is not None and value not in allowed:
+        raise web.HTTPUnprocessableEntity(
+            text=json.dumps({"error": f"{name}={value!r} is not one of {', '.join(sorted(allowed))}"}),
+            content_type="application/json",
+        )
+    return value
+
+
+async def nodes(request: web.Request) -> web.Response:
+    """Registered nodes, filtered by hub, province, compute class and health (offline: an open alert)."""
+    network = load_network()
+    filters = {
+        "hub": _choice(request, "hub", set(network.hubs)),
+        "province": _choice(request, "province", set(network.provinces)),
+        "compute_class": _choice(request, "class", COMPUTE_CLASSES),
+    }
+    health = _choice(request, "health", {"healthy", "offline"})
+    where = " AND ".join(["active"] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
+    if health:
+        where += f" AND {'' if health == 'offline' else 'NOT '}has(o.offline, n.node_id)"
+    sql = (
+        f"SELECT n.*, has(o.offline, n.node_id) AS offline FROM {DATABASE}.nodes AS n FINAL "
+        f"CROSS JOIN (SELECT groupArrayIf(scope_key, NOT open) AS offline FROM (SELECT scope_key, "
+        f"argMax(resolved, event_time) AS open FROM {DATABASE}.alerts WHERE kind = 'node_offline' "
+        f"GROUP BY scope_key)) AS o WHERE {where} ORDER BY n.node_id LIMIT {{n:UInt32}}"
+    )
+    return _json(await _rows(request, sql, {**{k: v for k, v in filters.items() if v}, "n": _limit(request)}))
+
+
+async def hubs(request: web.Request) -> web.Response:
+    """Each hub now: registered nodes and the newest one-minute rollup."""
+    latest = ", ".join(
+        f"argMax({c}, rollups.window_end) AS {c}"
+        for c in ("nodes_online", "cpu_util_mean", "accelerator_util_mean", "power_kw_mean", "pue", "green_share")
+    )
+    sql = (
+        f"SELECT h.hub AS hub, h.nodes AS nodes_registered, r.* EXCEPT (hub) "
+        f"FROM (SELECT hub, count() AS nodes FROM {DATABASE}.nodes FINAL WHERE active GROUP BY hub) AS h "
+        f"LEFT JOIN (SELECT scope_key AS hub, max(rollups.window_end) AS latest_window, {latest} "
+        f"FROM {DATABASE}.rollups FINAL WHERE scope_kind = 'hub' AND window_s = 60 GROUP BY hub) AS r "
+        "ON h.hub = r.hub ORDER BY hub"
+    )
+    return _json(await _rows(request, sql))
+
+
+async def rollups(request: web.Request) -> web.Response:
+    """Rolling windows of one kind of scope (and one scope), newest first."""
+    kind = _choice(request, "scope_kind", {"node", "cluster", "hub", "province"}) or "hub"
+    window = _choice(request, "window_s", {"60", "300"}) or "60"
+    key = request.query.get("scope_key")
+    where = "scope_kind = {k:String} AND window_s = {w:Int32}" + (" AND scope_key = {key:String}" if key else "")
+    sql = f"SELECT * FROM {DATABASE}.rollups FINAL WHERE {where} ORDER BY window_end DESC LIMIT {{n:UInt32}}"
+    return _json(await _rows(request, sql, {"k": kind, "w": int(window), "key": key or "", "n": _limit(request)}))
+
+
+async def latency(request: web.Request) -> web.Response:
+    """The hub latency matrix: each pair's newest minute of RTT percentiles and its tier."""
+    sql = (
+        f"SELECT scope_key AS pair, argMax(tuple(window_end, samples, p50_ms, p99_ms, tier_ms), window_end) AS t "
+        f"FROM {DATABASE}.latency_rollups FINAL WHERE scope_kind = 'hub_pair' GROUP BY pair ORDER BY pair"
+    )
+    out = []
+    for row in await _rows(request, sql):
+        (a, b), (end, samples, p50, p99, tier) = row["pair"].split(">"), row["t"]
+        out.append(
+            {
+                "from_hub": a,
+                "to_hub": b,
+                "window_end": end,
+                "samples": samples,
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "tier_ms": tier,
+            }
+        )
+    return _json(out)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: this process's requests by route and status, and its runtime."""
+    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_document())
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        REQUESTS.labels(request.method, route, str(exc.status)).inc()
+        raise
+    REQUESTS.labels(request.method, route, str(response.status)).inc()
+    return response
 
 
 @web.middleware
@@ -180,7 +285,7 @@ async def index(request: web.Request) -> web.Response:
 
 def create_api(store: Store, settings: Settings | None = None) -> web.Application:
     """The API over the store; with a broker in `settings`, it also accepts tasks."""
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[count_requests, json_errors], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     if settings is not None and settings.kafka_bootstrap:
         app[PRODUCER] = EventProducer(settings)
@@ -205,6 +310,11 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
             web.post("/api/tasks", submit_task),
             web.get("/api/tasks/{task_id}", task_status),
             web.get("/api/openapi.json", openapi),
+            web.get("/api/nodes", nodes),
+            web.get("/api/hubs", hubs),
+            web.get("/api/rollups", rollups),
+            web.get("/api/latency", latency),
+            web.get("/metrics", metrics),
         ]
     )
     return app

@@ -28,6 +28,15 @@ def _listing(summary: str) -> dict[str, Any]:
     }
 
 
+def _filtered(summary: str, params: dict[str, list[str] | None]) -> dict[str, Any]:
+    """A listing with optional filters: a value outside `enum` is a 422."""
+    listing = _listing(summary)
+    for name, allowed in params.items():
+        schema: dict[str, Any] = {"type": "string", **({"enum": allowed} if allowed else {})}
+        listing["get"]["parameters"].append({"name": name, "in": "query", "schema": schema})
+    return listing
+
+
 def openapi_document() -> dict[str, Any]:
     ok = {"type": "object"}
     return {
@@ -94,6 +103,34 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _answer("OpenAPI 3", ok)}}},
+            "/api/nodes": _filtered(
+                "Registered nodes",
+                {
+                    "hub": None,
+                    "province": None,
+                    "class": ["CPU", "GPU", "NPU", "HPC"],
+                    "health": ["healthy", "offline"],
+                },
+            ),
+            "/api/hubs": {
+                "get": {
+                    "summary": "Each hub now",
+                    "responses": {"200": _answer("Hubs", {"type": "array", "items": ok})},
+                }
+            },
+            "/api/rollups": _filtered(
+                "Rolling windows, newest first",
+                {"scope_kind": ["node", "cluster", "hub", "province"], "scope_key": None, "window_s": ["60", "300"]},
+            ),
+            "/api/latency": {
+                "get": {
+                    "summary": "Hub latency matrix",
+                    "responses": {"200": _answer("Pairs", {"type": "array", "items": ok})},
+                }
+            },
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}
+            },
         },
         "components": {
             "schemas": {

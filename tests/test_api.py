@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
@@ -140,3 +141,43 @@ def test_bad_submissions_get_a_4xx_naming_what_is_wrong(settings: Settings, stor
     assert call(store, "POST", "/api/tasks", json=_task())[0] == 503  # this API has no broker
     status, body = call(store, "GET", "/api/nothing-here")
     assert status == 404 and body == {"error": "Not Found"}
+
+
+def test_nodes_hubs_rollups_latency_and_metrics(store: Store) -> None:
+    gansu = sample_record("NodeRegistration") | {
+        "node_id": "api-n1",
+        "hub": "gansu",
+        "province": "Gansu",
+        "compute_class": "GPU",
+    }
+    silent = gansu | {"node_id": "api-n2", "event_id": "api-n2"}
+    store.insert_records("nodes", [gansu, silent])
+    store.insert_records(
+        "alerts", [sample_record("Alert") | {"kind": "node_offline", "scope_key": "api-n2", "resolved": False}]
+    )
+    rollup = sample_record("Rollup") | {"scope_kind": "hub", "scope_key": "gansu", "window_s": 60, "green_share": 0.9}
+    store.insert_records("rollups", [rollup])
+    probe = sample_record("LatencyRollup") | {
+        "scope_kind": "hub_pair",
+        "scope_key": "gansu>yangtze",
+        "p99_ms": 21.5,
+        "tier_ms": 20,
+    }
+    store.insert_records("latency_rollups", [probe])
+
+    status, rows = call(store, "GET", "/api/nodes?hub=gansu&class=GPU&limit=1000")
+    assert status == 200 and {"api-n1", "api-n2"} <= {r["node_id"] for r in rows}
+    offline = call(store, "GET", "/api/nodes?health=offline&limit=1000")[1]
+    assert "api-n2" in {r["node_id"] for r in offline} and "api-n1" not in {r["node_id"] for r in offline}
+    status, body = call(store, "GET", "/api/nodes?class=TPU")
+    assert status == 422 and body["error"] == "class='TPU' is not one of CPU, GPU, HPC, NPU"
+    status, body = call(store, "GET", "/api/hubs")
+    assert status == 200 and any(h["hub"] == "gansu" and h["green_share"] == pytest.approx(0.9) for h in body)
+    status, body = call(store, "GET", "/api/rollups?scope_kind=hub&scope_key=gansu")
+    assert status == 200 and body[0]["scope_key"] == "gansu"
+    assert call(store, "GET", "/api/rollups?window_s=7")[0] == 422
+    status, body = call(store, "GET", "/api/latency")
+    pair = next(p for p in body if (p["from_hub"], p["to_hub"]) == ("gansu", "yangtze"))
+    assert pair["p99_ms"] == 21.5 and pair["tier_ms"] == 20
+    status, text = call(store, "GET", "/metrics")
+    assert status == 200 and 'suanwang_api_requests_total{method="GET",route="/api/latency",status="200"}' in text
