@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from datetime import datetime
@@ -14,7 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
 from suanwang.dashboards.openapi import openapi_document
+from suanwang.dashboards.stream import Client, Fanout, scope_filter, sse
 from suanwang.dashboards.submit import BadRequest, task_request
+from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
 from suanwang.schemas.topics import TASK_REQUEST
 from suanwang.service import announce_ready
@@ -24,6 +28,9 @@ from suanwang.topology import load_network
 
 STORE = web.AppKey("store", Store)
 PRODUCER = web.AppKey("producer", EventProducer)
+FANOUT = web.AppKey("fanout", Fanout)
+FANOUT_TASK = web.AppKey("fanout_task", asyncio.Task)
+KEEP_ALIVE_S = 15.0
 MAX_BODY_BYTES = 64 * 1024  # a task request is well under 2 KB
 log = logging.getLogger("suanwang.api")
 REQUESTS = Counter("suanwang_api_requests_total", "API requests answered", ["method", "route", "status"])
@@ -246,6 +253,33 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events (placement, alert, rollup) of one scope, with a keep-alive comment every 15 s."""
+    fanout = request.app.get(FANOUT)
+    if fanout is None:
+        return _json({"error": "this API reads no Kafka (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
+    network = load_network()
+    try:
+        scope = parse_scope(request.query.get("scope", "national"), network)
+    except SuanwangError as exc:
+        return _json({"error": str(exc)}, status=422)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    client = Client(scope_filter(scope, network))
+    fanout.clients.add(client)
+    try:
+        await fanout.ready.wait()
+        await response.write(b": connected\n\n")
+        while True:
+            got = await client.next(timeout_s=KEEP_ALIVE_S)
+            await response.write(sse(*got, default=_default) if got else b": keep-alive\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the client went away
+    finally:
+        fanout.clients.discard(client)
+    return response
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(openapi_document())
 
@@ -289,15 +323,20 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
     app[STORE] = store
     if settings is not None and settings.kafka_bootstrap:
         app[PRODUCER] = EventProducer(settings)
+        app[FANOUT] = Fanout(settings)
 
-        async def start_producer(app: web.Application) -> None:
+        async def start_kafka(app: web.Application) -> None:
             await app[PRODUCER].start()
+            app[FANOUT_TASK] = asyncio.create_task(app[FANOUT].run())
 
-        async def stop_producer(app: web.Application) -> None:
+        async def stop_kafka(app: web.Application) -> None:
+            app[FANOUT_TASK].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await app[FANOUT_TASK]
             await app[PRODUCER].stop()
 
-        app.on_startup.append(start_producer)
-        app.on_cleanup.append(stop_producer)
+        app.on_startup.append(start_kafka)
+        app.on_cleanup.append(stop_kafka)
     app.add_routes(
         [
             web.get("/", index),
@@ -315,6 +354,7 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
             web.get("/api/rollups", rollups),
             web.get("/api/latency", latency),
             web.get("/metrics", metrics),
+            web.get("/api/stream", stream),
         ]
     )
     return app

@@ -128,6 +128,27 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _answer("Pairs", {"type": "array", "items": ok})},
                 }
             },
+            "/api/stream": {
+                "get": {
+                    "summary": "Server-sent events: placement, alert, rollup",
+                    "parameters": [
+                        {
+                            "name": "scope",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "national, province:<name> or industry:<name>",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "text/event-stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "422": _answer("Unknown scope", ERROR),
+                        "503": _answer("No broker configured", ERROR),
+                    },
+                }
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}
             },

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from suanwang.broker import EmbeddedBroker
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, Topics
 from tests.conftest import run_cli
+from tests.test_grafana import panel_queries, variable_queries
 
 pytestmark = pytest.mark.e2e
 
@@ -73,9 +75,18 @@ def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
     )
     assert json.loads(as_json.stdout) == [{"n": summary["telemetry_events"]}]
     for sql in analyst_queries():  # the README's analysts' guide, against this run's history
-        out = run_cli("sql", sql, "--data-dir", str(tmp_path / "data"), "--format", "json")
-        assert out.returncode == 0, (sql, out.stderr)
-        assert json.loads(out.stdout), f"no rows: {sql}"
+        assert _rows(tmp_path, sql), f"no rows: {sql}"
+    provinces = _rows(tmp_path, variable_queries()["province"])
+    variables = {"province": next(r["province"] for r in provinces if r["province"] == "Gansu")}
+    day = timedelta(days=1)
+    for title, sql in panel_queries(datetime.now(UTC) - day, datetime.now(UTC) + day, variables):
+        assert _rows(tmp_path, sql), f"no rows in Grafana panel {title}: {sql}"
+
+
+def _rows(tmp_path: Path, sql: str) -> list[dict]:
+    out = run_cli("sql", sql, "--data-dir", str(tmp_path / "data"), "--format", "json")
+    assert out.returncode == 0, (sql, out.stderr)
+    return json.loads(out.stdout)
 
 
 def analyst_queries() -> list[str]:

@@ -1,0 +1,111 @@
+"""Server-sent events: placements, alerts and rollups as they happen, filtered by scope.
+
+One Kafka reader per API process fans each event out to every connected client. A client's backlog is a
+bounded queue that drops its oldest events, so a slow or vanished client costs a fixed amount of memory
+and never slows the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from suanwang.bus import consumer_kwargs
+from suanwang.dispatcher.tiers import NATIONAL, Scope
+from suanwang.schemas.codec import Codec, DecodeError
+from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP, Topics
+from suanwang.settings import Settings
+from suanwang.topology import Network
+
+BACKLOG = 1000  # events a client may fall behind before its oldest are dropped
+KINDS = {PLACEMENT.name: "placement", ALERT.name: "alert", ROLLUP.name: "rollup"}
+
+
+class Client:
+    """One SSE connection's bounded backlog."""
+
+    def __init__(self, accepts: Callable[[str, dict[str, Any]], bool], backlog: int = BACKLOG) -> None:
+        self.accepts = accepts
+        self.queue: deque[tuple[str, dict[str, Any]]] = deque(maxlen=backlog)
+        self.dropped = 0
+        self._ready = asyncio.Event()
+
+    def put(self, kind: str, record: dict[str, Any]) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+        self.queue.append((kind, record))
+        self._ready.set()
+
+    async def next(self, timeout_s: float) -> tuple[str, dict[str, Any]] | None:
+        """The oldest waiting event, or None after `timeout_s` with none (time for a keep-alive)."""
+        if not self.queue:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+        return self.queue.popleft() if self.queue else None
+
+
+def scope_filter(scope: Scope, network: Network) -> Callable[[str, dict[str, Any]], bool]:
+    """Whether an event belongs to a monitoring centre's scope: national sees all."""
+    if scope.kind == NATIONAL:
+        return lambda kind, record: True
+    if scope.kind == "province":
+        hubs = {h for h, hub in network.hubs.items() if any(c.province == scope.name for c in hub.clusters.values())}
+        clusters = {c for hub in network.hubs.values() for c, cl in hub.clusters.items() if cl.province == scope.name}
+        keys = {scope.name} | hubs | clusters
+    else:
+        clusters = set(network.industries[scope.name])
+        keys = clusters | {h for h, hub in network.hubs.items() if clusters & set(hub.clusters)}
+
+    def accepts(kind: str, record: dict[str, Any]) -> bool:
+        if kind == "placement":
+            return record["cluster"] in keys if scope.kind == "industry" else record["province"] == scope.name
+        return record["scope_key"] in keys or record["scope_key"].startswith(tuple(f"{c}-" for c in clusters))
+
+    return accepts
+
+
+class Fanout:
+    """Reads the three topics from their end and hands each event to every client that accepts it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.codec = Codec(settings.schema_registry_url)
+        self.clients: set[Client] = set()
+        self.ready = asyncio.Event()  # reading from the end of every partition
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        await consumer.start()
+        try:
+            await consumer.topics()
+            names = [self.topics.name(s) for s in (PLACEMENT, ALERT, ROLLUP)]
+            consumer.assign([TopicPartition(n, p) for n in names for p in consumer.partitions_for_topic(n) or ()])
+            await consumer.seek_to_end()
+            for tp in consumer.assignment():
+                await consumer.position(tp)  # resolves the end offsets now, before any client is told it is on
+            self.ready.set()
+            while True:
+                for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+                    kind = KINDS[self.topics.spec(tp.topic).name]
+                    for msg in messages:
+                        with contextlib.suppress(DecodeError):  # the sink reports it
+                            self.publish(kind, self.codec.decode(msg.value)[1])
+        finally:
+            await consumer.stop()
+
+    def publish(self, kind: str, record: dict[str, Any]) -> None:
+        for client in list(self.clients):
+            if client.accepts(kind, record):
+                client.put(kind, record)
+
+
+def sse(kind: str, record: dict[str, Any], default: Callable[[Any], Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(record, default=default)}\n\n".encode()

@@ -1,0 +1,89 @@
+"""The SSE stream: scope filters, bounded backlogs, and live placements of one province over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from suanwang.bus import EventProducer, ensure_topics
+from suanwang.dashboards.api import create_api
+from suanwang.dashboards.stream import Client, scope_filter
+from suanwang.dispatcher.tiers import parse_scope
+from suanwang.schemas.topics import PLACEMENT
+from suanwang.settings import Settings
+from suanwang.store import Store
+from suanwang.topology import load_network
+from tests.samples import sample_record
+
+
+def test_a_slow_client_keeps_only_its_newest_events() -> None:
+    client = Client(lambda kind, record: True, backlog=10)
+    for i in range(25):
+        client.put("alert", {"n": i})
+    assert len(client.queue) == 10 and client.dropped == 15
+    assert asyncio.run(client.next(timeout_s=0.1)) == ("alert", {"n": 15})
+
+
+def test_scope_filters_follow_provinces_and_industries() -> None:
+    network = load_network()
+    gansu = scope_filter(parse_scope("province:Gansu", network), network)
+    assert gansu("placement", {"province": "Gansu", "cluster": "qingyang"})
+    assert not gansu("placement", {"province": "Guangdong", "cluster": "shaoguan"})
+    assert gansu("rollup", {"scope_key": "gansu"}) and gansu("alert", {"scope_key": "qingyang-cpu-x86-00001"})
+    assert not gansu("alert", {"scope_key": "shaoguan-cpu-x86-00001"})
+    genomics = scope_filter(parse_scope("industry:genomics", network), network)
+    assert genomics("placement", {"province": "Guizhou", "cluster": "guian"})
+    assert not genomics("placement", {"province": "Gansu", "cluster": "qingyang"})
+    national = scope_filter(parse_scope("national", network), network)
+    assert national("alert", {"scope_key": "anything"})
+
+
+def test_stream_sends_a_provinces_placements_live(settings: Settings, store: Store) -> None:
+    def placement(task_id: str, province: str) -> dict[str, Any]:
+        return sample_record("Placement") | {"task_id": task_id, "province": province, "cluster": "x"}
+
+    async def scenario() -> tuple[list[dict[str, Any]], int]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        async with TestClient(TestServer(create_api(store, settings))) as http:
+            bad = await http.get("/api/stream?scope=province:Atlantis")
+            resp = await http.get("/api/stream?scope=province:Gansu")
+            assert (await resp.content.readline()) == b": connected\n"
+            for i in range(3):
+                await producer.send(PLACEMENT, placement(f"gd{i}", "Guangdong"))
+            await producer.send(PLACEMENT, placement("gs0", "Gansu"))
+            await producer.flush()
+            got: list[dict[str, Any]] = []
+
+            async def read() -> None:
+                while True:
+                    line = await resp.content.readline()
+                    if line.startswith(b"data: "):
+                        got.append(json.loads(line[6:]))
+
+            reader = asyncio.create_task(read())
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a Guangdong placement, if it leaked, arrives now
+            reader.cancel()
+            resp.close()
+        await producer.stop()
+        return got, bad.status
+
+    got, bad_status = asyncio.run(scenario())
+    assert [p["task_id"] for p in got] == ["gs0"]
+    assert bad_status == 422
+
+
+def test_stream_without_kafka_says_so(store: Store) -> None:
+    async def status() -> int:
+        async with TestClient(TestServer(create_api(store))) as http:
+            return (await http.get("/api/stream")).status
+
+    assert asyncio.run(status()) == 503
