@@ -20,6 +20,7 @@ from suanwang.dashboards.stream import Client, Fanout, scope_filter, sse
 from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
+from suanwang.schemas.codec import schema_sources
 from suanwang.schemas.topics import TASK_REQUEST
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
@@ -164,7 +165,9 @@ async def task_status(request: web.Request) -> web.Response:
     )
 
 
-COMPUTE_CLASSES = ("CPU", "GPU", "NPU", "HPC")
+COMPUTE_CLASSES = next(
+    f["type"]["symbols"] for f in schema_sources()["NodeRegistration"]["fields"] if f["name"] == "compute_class"
+)
 
 
 def _choice(request: web.Request, name: str, allowed: Any) -> str | None:

@@ -168,7 +168,8 @@ def register(ctx: Context) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
                     continue
                 pane_clock.saw(p["pane_start"] + PANE_MS + lateness_ms)
                 pane = Pane.from_record(p)
-                windows.add(p["scope_kind"], p["scope_key"], p["pane_start"], pane, pane_clock.now_ms())
+                if not windows.add(p["scope_kind"], p["scope_key"], p["pane_start"], pane, pane_clock.now_ms()):
+                    ctx.counts[f"panes_too_late:{p['scope_kind']}"] += 1
             await publish(windows.close(pane_clock.now_ms()))
 
     @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_windows")

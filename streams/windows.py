@@ -18,7 +18,6 @@ import numpy as np
 PANE_MS = 10_000
 HOPPING_MS: tuple[tuple[int, int], ...] = ((60_000, 10_000), (300_000, 60_000))  # (length, hop)
 SCOPE_KINDS = ("node", "cluster", "hub", "province")
-COMPUTE_CLASSES = ("CPU", "GPU", "NPU", "HPC")
 _SUMS = ("samples", "cpu_sum", "mem_sum", "acc_sum", "power_sum", "facility_sum", "green_sum")
 _MAXES = ("cpu_max", "mem_max", "acc_max")
 
@@ -223,7 +222,6 @@ class HoppingWindows:
         self.grace_ms = grace_ms
         self.panes: dict[tuple[str, str], dict[int, Pane]] = defaultdict(dict)
         self.pending: set[tuple[str, str, int, int]] = set()
-        self.too_late_samples = 0
 
     def oldest_kept_ms(self, now_ms: int) -> int:
         """The lateness bound: panes before this start are dropped, so a late one never half-rewrites a window.
@@ -234,7 +232,6 @@ class HoppingWindows:
     def add(self, kind: str, key: str, start: int, pane: Pane, now_ms: int) -> bool:
         """Merges a partial pane; False (and nothing changes) when it is later than the lateness bound."""
         if start < self.oldest_kept_ms(now_ms):
-            self.too_late_samples += pane.samples if kind == "node" else 0
             return False
         scope = self.panes[(kind, key)]
         if start in scope:

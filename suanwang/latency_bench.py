@@ -79,8 +79,8 @@ async def _run(settings: Settings, rate: float, seconds: float, nodes: int, cons
     return figures
 
 
-async def _paced(rate: float, seconds: float, send: Any) -> int:
-    """Calls `send(i)` `rate` times a second, `rate` × `seconds` times in all; how many were sent."""
+async def _paced(rate: float, seconds: float, send: Any) -> None:
+    """Calls `send(i)` `rate` times a second, `rate` × `seconds` times in all."""
     start, sent, total = time.perf_counter(), 0, int(rate * seconds)
     while sent < total:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
@@ -88,7 +88,6 @@ async def _paced(rate: float, seconds: float, send: Any) -> int:
             await send(sent)
             sent += 1
         await asyncio.sleep(0.001)
-    return sent
 
 
 async def _until_answering(send: Any, consumer: AIOKafkaConsumer) -> None:
@@ -108,18 +107,16 @@ async def _until_answering(send: Any, consumer: AIOKafkaConsumer) -> None:
 async def _timed_run(rate: float, seconds: float, send: Any, consumer: AIOKafkaConsumer, sent_ms: Any) -> list[float]:
     """Sends at `rate` while reading the answers; each answer's latency in ms."""
     got: list[float] = []
-    done = asyncio.Event()
+    expected = int(rate * seconds)  # what _paced sends
 
     async def read() -> None:
-        while not (done.is_set() and len(got) >= total["sent"]):
+        while len(got) < expected:
             for messages in (await consumer.getmany(timeout_ms=20)).values():
                 now = time.time() * 1000
                 got.extend(now - sent_ms(m) for m in messages if not m.key.startswith(PROBE))
 
-    total = {"sent": 1 << 62}
     reader = asyncio.create_task(read())
-    total["sent"] = await _paced(rate, seconds, send)
-    done.set()
+    await _paced(rate, seconds, send)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(reader, 30)
     return got
