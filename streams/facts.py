@@ -34,6 +34,7 @@ class Facts:
         self.green: dict[tuple[str, int], float] = {}
         self.default_green = {name: p.green_share for name, p in load_network().provinces.items()}
         self.ready = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
 
     def register(self, reg: dict[str, Any]) -> None:
         old = self.nodes.pop(reg["node_id"], None)
@@ -60,9 +61,24 @@ class Facts:
             hour = int(record["hour_start"].timestamp() * 1000)
             self.green[(record["province"], hour)] = record["green_share"]
 
+    async def caught_up(self, timeout_s: float = 2.0) -> None:
+        """Waits until every registration on the topic now has been read: a node's first telemetry may
+        overtake its registration, and must not be refused for that."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        name = self.topics.name(REGISTRY)
+        parts = [tp for tp in consumer.assignment() if tp.topic == name]
+        ends = await consumer.end_offsets(parts)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.02)
+
     async def run(self, settings: Settings) -> None:
         """Reads both topics to their end (then `ready` is set) and follows them until cancelled."""
-        consumer = AIOKafkaConsumer(**consumer_kwargs(settings, None))
+        consumer = self._consumer = AIOKafkaConsumer(**consumer_kwargs(settings, None))
         await consumer.start()
         try:
             await read_to_end(consumer, [self.topics.name(REGISTRY), self.topics.name(GRID_SIGNAL)], self._on_message)

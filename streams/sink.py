@@ -49,15 +49,24 @@ class Sink:
         valid = []
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         sources: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+        checked = []
         for ev in events:
-            msg = ev.message
-            spec = ctx.topics.spec(msg.topic)
-            stored_before = msg.offset <= await self.stored.get(spec.table, msg.topic, msg.partition)
+            spec = ctx.topics.spec(ev.message.topic)
             try:
                 record = ctx.codec.decode_as(spec.schema, ev.value)
-                problem = ctx.problem(spec, record)
+                checked.append([ev, spec, record, ctx.problem(spec, record)])
             except DecodeError as exc:
-                problem = str(exc)
+                checked.append([ev, spec, None, str(exc)])
+        unregistered = [
+            c for c in checked if c[1] is TELEMETRY and c[2] is not None and c[2]["node_id"] not in ctx.facts.nodes
+        ]
+        if unregistered:  # a node's first telemetry may overtake its registration: catch up once, look again
+            await ctx.facts.caught_up()
+            for c in unregistered:
+                c[3] = ctx.problem(c[1], c[2])
+        for ev, spec, record, problem in checked:
+            msg = ev.message
+            stored_before = msg.offset <= await self.stored.get(spec.table, msg.topic, msg.partition)
             if problem is not None:
                 if not stored_before:  # else it was reported when first read
                     await ctx.send(DEADLETTER, dead_letter("sink", msg, problem))

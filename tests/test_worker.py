@@ -14,6 +14,7 @@ from suanwang.schemas.topics import ROLLUP, TELEMETRY, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
+from suanwang.streams.facts import Facts
 from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_telemetry, telemetry
 from tests.samples import sample_record
 
@@ -121,3 +122,25 @@ def test_worker_stores_counts_and_dead_letters_exactly_once(settings: Settings, 
         samples, nodes_total, _windows = windows[kind]
         assert samples == len(good), kind  # every sample counted once per scope kind
         assert 1 <= nodes_total < len(regs)
+
+
+def test_facts_catch_up_with_a_registration_just_sent(settings: Settings) -> None:
+    """A node's first telemetry may overtake its registration; the sink waits for the registry, not refuses."""
+
+    async def scenario() -> bool:
+        await ensure_topics(settings)
+        facts = Facts(Codec(), Topics(settings.topic_prefix))
+        follower = asyncio.create_task(facts.run(settings))
+        await facts.ready.wait()
+        producer = EventProducer(settings)
+        await producer.start()
+        reg = fleet(10)[0]
+        await register(producer, [reg])
+        await producer.stop()
+        await facts.caught_up()
+        known = reg["node_id"] in facts.nodes
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        return known
+
+    assert asyncio.run(scenario())
