@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from suanwang.bus import HOUR_MS
 from suanwang.dispatcher import stages as s
 from suanwang.topology import Network
 
 MAX_ACCELERATORS = 16
-HOUR_MS = 3_600_000
 
 
 class Vocabulary:

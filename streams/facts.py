@@ -13,14 +13,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from suanwang.bus import consumer_kwargs, follow, read_to_end
+from suanwang.bus import HOUR_MS, consumer_kwargs, follow, read_to_end
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import GRID_SIGNAL, REGISTRY, Topics
 from suanwang.settings import Settings
 from suanwang.streams.windows import SCOPE_KINDS
 from suanwang.topology import load_network
-
-HOUR_MS = 3_600_000
 
 
 class Facts:

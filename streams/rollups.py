@@ -70,7 +70,7 @@ def register(ctx: Context) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
     lateness_ms = int(settings.window_lateness_s * 1000)
     open_panes = OpenPanes(lateness_ms)
     windows = HoppingWindows(grace_ms=lateness_ms)
-    telemetry_clock = EventClock()  # each agent its own: another agent may be ahead
+    telemetry_clock = EventClock()  # the newest telemetry aggregated here
     pane_clock = EventClock()  # the end of the newest pane handed on, plus lateness, moving with the wall clock
 
     async def hand_on_panes() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from suanwang.bus import HOUR_MS
+
 PANE_MS = 10_000
 HOPPING_MS: tuple[tuple[int, int], ...] = ((60_000, 10_000), (300_000, 60_000))  # (length, hop)
 SCOPE_KINDS = ("node", "cluster", "hub", "province")
@@ -290,7 +292,7 @@ def rollup_fields(window: Window, nodes_total: int) -> dict[str, Any]:
         "accelerator_util_max": t.acc_max,
         "load_min": t.load_min,
         "power_kw_mean": power_kw,
-        "energy_kwh": power_kw * window.length_ms / 3_600_000,
+        "energy_kwh": power_kw * window.length_ms / HOUR_MS,
         "pue": t.facility_sum / t.power_sum if t.power_sum else 0.0,
         "green_share": t.green_sum / t.facility_sum if t.facility_sum else 0.0,
         "free_cpu_milli": {c: v / n * nodes_online for c, v in t.free_cpu.items()},

@@ -19,6 +19,8 @@ from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
 from suanwang.settings import Settings
 
+HOUR_MS = 3_600_000
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

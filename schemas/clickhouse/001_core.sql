@@ -1,5 +1,8 @@
 -- suanwang history, version 001. Column names are the Avro field names of each table's topic
 -- (schemas/topics.py maps topic -> table); every statement is idempotent.
+-- Every table the sink fills ends with kafka_topic, kafka_partition, kafka_offset (where the sink read the
+-- row: it resumes after the highest offset already stored, so a redelivered message is never inserted
+-- twice) and ingested_at.
 
 CREATE DATABASE IF NOT EXISTS suanwang;
 
@@ -34,8 +37,6 @@ CREATE TABLE IF NOT EXISTS suanwang.nodes
     pue Float64,
     unit_price Float64,
     active Bool,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -58,8 +59,6 @@ CREATE TABLE IF NOT EXISTS suanwang.telemetry
     power_kw Float32,
     inlet_temp_c Float32,
     running_tasks Int32,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -95,8 +94,6 @@ CREATE TABLE IF NOT EXISTS suanwang.task_requests
     budget_yuan Nullable(Float64),
     escalated_from LowCardinality(Nullable(String)),
     escalation_reason Nullable(String),
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -114,8 +111,6 @@ CREATE TABLE IF NOT EXISTS suanwang.task_events
     node_id String,
     state LowCardinality(String),
     detail String,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -160,8 +155,6 @@ CREATE TABLE IF NOT EXISTS suanwang.placements
     saved_carbon_kg Float64,
     feasible_nodes Int32,
     decision_us Float64,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -183,8 +176,6 @@ CREATE TABLE IF NOT EXISTS suanwang.rejections
     reason String,
     nodes_total Int32,
     filtered Map(LowCardinality(String), Int32),
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -220,8 +211,6 @@ CREATE TABLE IF NOT EXISTS suanwang.rollups
     green_share Float32,
     free_cpu_milli Map(LowCardinality(String), Float64),
     free_accelerators Map(LowCardinality(String), Float64),
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -248,8 +237,6 @@ CREATE TABLE IF NOT EXISTS suanwang.latency_rollups
     bandwidth_gbps_p50 Nullable(Float64),
     deferred Int32,
     deferral_s_mean Nullable(Float64),
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -272,8 +259,6 @@ CREATE TABLE IF NOT EXISTS suanwang.alerts
     value Float64,
     threshold Float64,
     resolved Bool,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -294,8 +279,6 @@ CREATE TABLE IF NOT EXISTS suanwang.grid_signals
     price_yuan_kwh Float64,
     green_share Float64,
     carbon_kg_per_kwh Float64,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -312,8 +295,6 @@ CREATE TABLE IF NOT EXISTS suanwang.hub_latency
     to_hub LowCardinality(String),
     rtt_ms Float64,
     bandwidth_gbps Float64,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
@@ -336,8 +317,6 @@ CREATE TABLE IF NOT EXISTS suanwang.dead_letters
     key Nullable(String),
     payload String,
     error String,
-    -- where the sink read the row: it resumes after the highest offset already stored, so a
-    -- redelivered message is never inserted twice
     kafka_topic LowCardinality(String) DEFAULT '',
     kafka_partition Int32 DEFAULT -1,
     kafka_offset Int64 DEFAULT -1,
