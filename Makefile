@@ -1,6 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WEB := dashboards/web
 
 .PHONY: up test lint bench clean
 
@@ -8,8 +9,10 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+# The dashboard's browser assets (plotly.js, map outlines) are npm packages, installed here, never committed.
+$(STAMP): $(PY) pyproject.toml $(WEB)/package.json $(WEB)/package-lock.json
 	$(PY) -m pip install --quiet -e '.[test]'
+	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 up: $(STAMP)
@@ -24,4 +27,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache $(WEB)/node_modules build

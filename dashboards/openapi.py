@@ -7,6 +7,12 @@ from typing import Any
 from suanwang.dashboards.submit import json_schema
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+SCOPE = {
+    "name": "scope",
+    "in": "query",
+    "schema": {"type": "string", "default": "national"},
+    "description": "national, province:<name> or industry:<name>",
+}
 
 
 def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -37,6 +43,13 @@ def _filtered(summary: str, params: dict[str, list[str] | None]) -> dict[str, An
     return listing
 
 
+def _scoped(operation: dict[str, Any]) -> dict[str, Any]:
+    """An operation that takes `scope`; an unknown scope is a 422."""
+    operation["get"]["parameters"].append(SCOPE)
+    operation["get"]["responses"]["422"] = _answer("A bad limit or an unknown scope", ERROR)
+    return operation
+
+
 def openapi_document() -> dict[str, Any]:
     ok = {"type": "object"}
     return {
@@ -55,8 +68,23 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/api/summary": {"get": {"summary": "Rows per history table", "responses": {"200": _answer("Counts", ok)}}},
-            "/api/placements": _listing("Latest placements, explained"),
-            "/api/alerts": _listing("Latest alerts"),
+            "/api/placements": _scoped(_listing("Latest placements of a scope, explained")),
+            "/api/alerts": _scoped(_listing("Latest alert events of a scope")),
+            "/api/overview": _scoped(
+                {
+                    "get": {
+                        "summary": "A scope's tasks placed, yuan and CO2 saved against local placement, open alerts",
+                        "parameters": [],
+                        "responses": {"200": _answer("Totals", ok)},
+                    }
+                }
+            ),
+            "/api/network": {
+                "get": {
+                    "summary": "Hubs and clusters with coordinates and names (zh/en), and the scopes a centre can pick",
+                    "responses": {"200": _answer("The network model", ok)},
+                }
+            },
             "/api/sql": {
                 "post": {
                     "summary": "One read-only query on the history",
@@ -130,15 +158,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/stream": {
                 "get": {
-                    "summary": "Server-sent events: placement, alert, rollup",
-                    "parameters": [
-                        {
-                            "name": "scope",
-                            "in": "query",
-                            "schema": {"type": "string"},
-                            "description": "national, province:<name> or industry:<name>",
-                        }
-                    ],
+                    "summary": "Server-sent events: ready (reading from now on), then placement, alert, rollup",
+                    "parameters": [SCOPE],
                     "responses": {
                         "200": {
                             "description": "text/event-stream",

@@ -17,11 +17,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import consumer_kwargs
-from suanwang.dispatcher.tiers import NATIONAL, Scope
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP, Topics
+from suanwang.security import registry_conf
 from suanwang.settings import Settings
-from suanwang.topology import Network
 
 BACKLOG = 1000  # events a client may fall behind before its oldest are dropped
 KINDS = {PLACEMENT.name: "placement", ALERT.name: "alert", ROLLUP.name: "rollup"}
@@ -51,33 +50,13 @@ class Client:
         return self.queue.popleft() if self.queue else None
 
 
-def scope_filter(scope: Scope, network: Network) -> Callable[[str, dict[str, Any]], bool]:
-    """Whether an event belongs to a monitoring centre's scope: national sees all."""
-    if scope.kind == NATIONAL:
-        return lambda kind, record: True
-    if scope.kind == "province":
-        hubs = {h for h, hub in network.hubs.items() if any(c.province == scope.name for c in hub.clusters.values())}
-        clusters = {c for hub in network.hubs.values() for c, cl in hub.clusters.items() if cl.province == scope.name}
-        keys = {scope.name} | hubs | clusters
-    else:
-        clusters = set(network.industries[scope.name])
-        keys = clusters | {h for h, hub in network.hubs.items() if clusters & set(hub.clusters)}
-
-    def accepts(kind: str, record: dict[str, Any]) -> bool:
-        if kind == "placement":
-            return record["cluster"] in keys if scope.kind == "industry" else record["province"] == scope.name
-        return record["scope_key"] in keys or record["scope_key"].startswith(tuple(f"{c}-" for c in clusters))
-
-    return accepts
-
-
 class Fanout:
     """Reads the three topics from their end and hands each event to every client that accepts it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.codec = Codec(settings.schema_registry_url)
+        self.codec = Codec(registry_conf(settings))
         self.clients: set[Client] = set()
         self.ready = asyncio.Event()  # reading from the end of every partition
 

@@ -39,7 +39,7 @@ class Scope:
         if self.kind == "province":
             return reg["province"] == self.name
         if self.kind == "industry":
-            return reg["cluster"] in network.industries[self.name]
+            return reg["cluster"] in network.industries[self.name].clusters
         return False
 
 
@@ -70,7 +70,7 @@ class Tiers:
         provinces = {s.name for s in self.delegated if s.kind == "province"}
         where = {c: cl.province for hub in self.network.hubs.values() for c, cl in hub.clusters.items()}
         for scope in (s for s in self.delegated if s.kind == "industry"):
-            for cluster in self.network.industries[scope.name]:
+            for cluster in self.network.industries[scope.name].clusters:
                 if where[cluster] in provinces:
                     raise SuanwangError(
                         f"{scope} owns cluster {cluster}, which lies in delegated province:{where[cluster]}: "

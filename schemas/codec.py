@@ -54,21 +54,26 @@ def local_schema_id(parsed_schema: Any) -> int:
 class Codec:
     """Encodes and decodes the contract's records; one instance per process."""
 
-    def __init__(self, schema_registry_url: str | None = None, topic_subjects: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, schema_registry: str | dict[str, str] | None = None, topic_subjects: dict[str, str] | None = None
+    ) -> None:
+        """`schema_registry`: its URL, or a SchemaRegistryClient configuration (with auth and TLS); None: local ids."""
         self._schemas = parsed_schemas()
         self._registry = None
-        if schema_registry_url:
-            self._ids = self._register(schema_registry_url, topic_subjects or {})
+        if schema_registry:
+            conf = {"url": schema_registry} if isinstance(schema_registry, str) else schema_registry
+            self._ids = self._register(conf, topic_subjects or {})
         else:
             self._ids = {name: local_schema_id(schema) for name, schema in self._schemas.items()}
         self._by_id = {schema_id: name for name, schema_id in self._ids.items()}
         self._writers: dict[int, Any] = {}
 
-    def _register(self, url: str, topic_subjects: dict[str, str]) -> dict[str, int]:
+    def _register(self, conf: dict[str, str], topic_subjects: dict[str, str]) -> dict[str, int]:
         """Registers each schema under its topic's `<topic>-value` subject (TopicNameStrategy)."""
         from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-        self._registry = SchemaRegistryClient({"url": url})
+        url = conf["url"]
+        self._registry = SchemaRegistryClient(conf)
         ids = {}
         for name, source in schema_sources().items():
             subject = topic_subjects.get(name, f"suanwang.{name}") + "-value"

@@ -11,6 +11,7 @@ import faust
 from suanwang.bus import make_codec, now_ms
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import NETWORK_PROBE, TELEMETRY, Topics, TopicSpec
+from suanwang.security import faust_credentials
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.alerts import Alerts
@@ -70,10 +71,14 @@ def worker_group(settings: Settings) -> str:
 
 def faust_app(settings: Settings, app_id: str) -> faust.App:
     """A Faust app configured for this deployment's broker, with no agents yet."""
+    datadir = settings.data_dir / "faust" / app_id  # not the working directory; Faust makes only the last level
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
+        datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         broker_session_timeout=settings.session_timeout_ms / 1000,

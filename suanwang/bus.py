@@ -17,6 +17,7 @@ from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
+from suanwang.security import kafka_security, registry_conf
 from suanwang.settings import Settings
 
 HOUR_MS = 3_600_000
@@ -45,7 +46,8 @@ def dead_letter(component: str, msg: Any, error: str) -> dict[str, Any]:
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.kafka_bootstrap, "client_id": "suanwang"}
+    """Every aiokafka client's connection arguments, transport security included."""
+    return {"bootstrap_servers": settings.kafka_bootstrap, "client_id": "suanwang", **kafka_security(settings)}
 
 
 def consumer_kwargs(settings: Settings, group_id: str | None) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def consumer_kwargs(settings: Settings, group_id: str | None) -> dict[str, Any]:
 
 def make_codec(settings: Settings) -> Codec:
     topics = Topics(settings.topic_prefix)
-    return Codec(settings.schema_registry_url, {spec.schema: topics.name(spec) for spec in ALL_TOPICS})
+    return Codec(registry_conf(settings), {spec.schema: topics.name(spec) for spec in ALL_TOPICS})
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:

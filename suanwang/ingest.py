@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from suanwang.broker import EmbeddedBroker
-from suanwang.bus import EventProducer, ensure_topics, event, now_ms
+from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, now_ms
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics
+from suanwang.security import registry_conf
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network, scaled_nodes
@@ -39,9 +40,9 @@ def _produce(settings: Settings, regs: list[dict[str, Any]], events: int, rate: 
     """Child process: `events` telemetry records round-robin over the nodes, at `rate` per second (0: flat out)."""
 
     async def run() -> float:
-        codec = Codec(settings.schema_registry_url)
+        codec = Codec(registry_conf(settings))
         topic = Topics(settings.topic_prefix).name(TELEMETRY)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks=1)
+        producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5, acks=1)
         await producer.start()
         start = time.perf_counter()
         try:

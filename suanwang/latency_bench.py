@@ -28,6 +28,7 @@ from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_t
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
+from suanwang.security import registry_conf
 from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
@@ -192,7 +193,7 @@ async def _dispatch_run(settings: Settings, rate: float, seconds: float, nodes: 
             await producer.flush()
 
         await _until_answering(probe, consumer)
-        codec = Codec(settings.schema_registry_url)
+        codec = Codec(registry_conf(settings))
         return await _timed_run(
             rate, seconds, send, consumer, lambda m: codec.decode(m.value)[1]["request_time"].timestamp() * 1000
         )

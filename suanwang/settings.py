@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from suanwang.errors import SuanwangError
@@ -28,14 +28,34 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor of each topic created by suanwang.")
     schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; unset: local ids.")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer-group session timeout.")
+    # Kafka transport security (PLAINTEXT on the embedded broker; see the README's security section)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with SASL_* protocols."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user; required with SASL_* protocols.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password; required with SASL_* protocols.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers; unset: system CAs.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Key of the client certificate.")
+    schema_registry_username: str | None = Field(None, description="Basic-auth user of the schema registry.")
+    schema_registry_password: SecretStr | None = Field(None, description="Basic-auth password of the schema registry.")
+    schema_registry_ca_file: Path | None = Field(None, description="CA bundle of an https schema registry.")
     # ClickHouse
     clickhouse_url: str | None = Field(None, description="http(s)://user:pass@host:port; unset: chdb in data_dir.")
     data_dir: Path = Field(Path("data"), description="Embedded ClickHouse data and service logs.")
+    clickhouse_ca_file: Path | None = Field(None, description="CA bundle of an https ClickHouse; unset: system CAs.")
+    clickhouse_verify_tls: bool = Field(True, description="Verify an https ClickHouse's certificate.")
     sink_batch_size: int = Field(2000, ge=1, description="Rows per ClickHouse insert at most.")
     sink_flush_s: float = Field(1.0, gt=0, description="Seconds a row waits for its batch at most.")
     # Web
     web_host: str = Field("127.0.0.1", description="Address the API and dashboard listen on.")
     web_port: int = Field(8080, ge=0, le=65535, description="Port of the API and dashboard; 0 picks a free one.")
+    web_assets_dir: Path | None = Field(
+        None, description="node_modules with the dashboard's plotly.js and map outlines; unset: the one make installs."
+    )
     # Dispatcher
     dispatcher_scope: str = Field(
         "national",
@@ -76,6 +96,16 @@ class Settings(BaseSettings):
     sim_time_scale: float = Field(360.0, gt=0, description="Simulated seconds of task runtime per real second.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of services.")
 
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"SUANWANG_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs SUANWANG_KAFKA_SASL_USERNAME "
+                "and SUANWANG_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
     @property
     def chdb_path(self) -> Path:
         return (self.data_dir / "clickhouse").resolve()
@@ -85,7 +115,8 @@ class Settings(BaseSettings):
         env = {}
         for name, value in self.model_dump().items():
             if value is not None:
-                env[ENV_PREFIX + name.upper()] = str(value)
+                secret = isinstance(value, SecretStr)
+                env[ENV_PREFIX + name.upper()] = value.get_secret_value() if secret else str(value)
         return env
 
 
@@ -106,6 +137,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        source = ENV_PREFIX + field.upper()
+        if not err["loc"]:  # a rule across settings names its variables itself
+            raise SuanwangError(err["msg"].removeprefix("Value error, ")) from None
+        source = ENV_PREFIX + str(err["loc"][0]).upper()
         raise SuanwangError(f"{source}={err.get('input')!r}: {err['msg']}") from None

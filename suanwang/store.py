@@ -14,6 +14,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from suanwang.errors import SuanwangError
+from suanwang.security import clickhouse_tls
 from suanwang.settings import Settings
 
 DATABASE = "suanwang"
@@ -50,7 +51,7 @@ def connect(settings: Settings) -> Any:
     """A clickhouse-connect client for the configured server, or chdb in the data directory."""
     if settings.clickhouse_url:
         try:
-            return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
+            return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **clickhouse_tls(settings))
         except Exception as exc:  # OperationalError, DatabaseError, urllib3 errors
             raise SuanwangError(
                 f"cannot reach ClickHouse at {describe_url(settings)} ({str(exc).splitlines()[0]}); "

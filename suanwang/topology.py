@@ -64,8 +64,14 @@ class Pool(BaseModel):
 
 
 class Province(BaseModel):
+    zh: str
     flat_price: float
     green_share: float
+
+
+class Industry(BaseModel):
+    name: Names
+    clusters: list[str]
 
 
 class Latency(BaseModel):
@@ -92,7 +98,7 @@ class Network(BaseModel):
     pools: dict[str, Pool]
     mixes: dict[Role, dict[str, float]]
     provinces: dict[str, Province]
-    industries: dict[str, list[str]] = {}
+    industries: dict[str, Industry] = {}
     hubs: dict[str, Hub]
 
     @model_validator(mode="after")
@@ -114,10 +120,10 @@ class Network(BaseModel):
             if not math.isclose(sum(mix.values()), 1.0, abs_tol=1e-6):
                 raise ValueError(f"pool shares of mix {role} do not sum to 1")
         clusters = {c for hub in self.hubs.values() for c in hub.clusters}
-        for industry, owned in self.industries.items():
-            for cluster in owned:
+        for industry_id, industry in self.industries.items():
+            for cluster in industry.clusters:
                 if cluster not in clusters:
-                    raise ValueError(f"industry {industry} names unknown cluster {cluster!r}")
+                    raise ValueError(f"industry {industry_id} names unknown cluster {cluster!r}")
         for what in ("share", "demand"):
             if not math.isclose(sum(getattr(h, what) for h in self.hubs.values()), 1.0, abs_tol=1e-6):
                 raise ValueError(f"hub {what}s do not sum to 1")

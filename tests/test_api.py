@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,7 +68,9 @@ def test_sql_is_read_only(store: Store) -> None:
 
 def test_dashboard_page_is_served(store: Store) -> None:
     status, page = call(store, "GET", "/")
-    assert status == 200 and "suanwang" in page and "/api/summary" in page
+    assert status == 200 and "suanwang" in page and "/vendor/plotly.min.js" in page
+    status, script = call(store, "GET", "/static/dashboard.js")
+    assert status == 200 and "/api/stream" in script
 
 
 def _task(**over: Any) -> dict[str, Any]:
@@ -181,3 +184,60 @@ def test_nodes_hubs_rollups_latency_and_metrics(store: Store) -> None:
     assert pair["p99_ms"] == 21.5 and pair["tier_ms"] == 20
     status, text = call(store, "GET", "/metrics")
     assert status == 200 and 'suanwang_api_requests_total{method="GET",route="/api/latency",status="200"}' in text
+
+
+def test_network_model_gives_the_map_its_hubs_and_each_scope_its_share(store: Store) -> None:
+    status, model = call(store, "GET", "/api/network")
+    assert status == 200 and len(model["hubs"]) == 8
+    assert sum(len(h["clusters"]) for h in model["hubs"].values()) == 10
+    gansu = model["hubs"]["gansu"]
+    assert gansu["name"] == {"en": "Gansu", "zh": "甘肃"} and gansu["clusters"]["qingyang"]["lat"] > 30
+    scopes = {s["scope"]: s for s in model["scopes"]}
+    assert scopes["national"]["hubs"] == sorted(model["hubs"])
+    assert scopes["province:Gansu"]["hubs"] == ["gansu"] and scopes["province:Gansu"]["clusters"] == ["qingyang"]
+    assert scopes["industry:genomics"] == {
+        "scope": "industry:genomics", "name": {"en": "Genomics", "zh": "基因组学"}, "hubs": ["guizhou"],
+        "clusters": ["guian"],
+    }  # fmt: skip
+
+
+def test_overview_placements_and_alerts_follow_the_scope(store: Store) -> None:
+    def placed(task: str, cluster: str, province: str) -> dict[str, Any]:
+        return sample_record("Placement") | {
+            "event_id": task, "task_id": task, "cluster": cluster, "province": province, "hub": "h", "origin_hub": "o",
+            "saved_yuan": 2.5, "saved_carbon_kg": 1.0,
+        }  # fmt: skip
+
+    before = {s: call(store, "GET", f"/api/overview?scope={s}")[1] for s in ("national", "province:Ningxia")}
+    store.insert_records("placements", [placed("ov-1", "zhongwei", "Ningxia"), placed("ov-2", "wuhu", "Anhui")])
+    store.insert_records("alerts", [sample_record("Alert") | {"alert_key": "ov", "scope_key": "zhongwei-x-1"}])
+    national = call(store, "GET", "/api/overview?scope=national")[1]
+    ningxia = call(store, "GET", "/api/overview?scope=province:Ningxia")[1]
+    assert national["placements"] == before["national"]["placements"] + 2
+    assert ningxia["placements"] == before["province:Ningxia"]["placements"] + 1
+    assert ningxia["saved_yuan"] == pytest.approx(before["province:Ningxia"]["saved_yuan"] + 2.5)
+    assert ningxia["moved"] == before["province:Ningxia"]["moved"] + 1 and ningxia["scope"] == "province:Ningxia"
+    rows = call(store, "GET", "/api/placements?scope=province:Ningxia&limit=1000")[1]
+    assert "ov-1" in {r["task_id"] for r in rows} and {r["province"] for r in rows} == {"Ningxia"}
+    alerts = call(store, "GET", "/api/alerts?scope=province:Ningxia")[1]
+    assert [a["alert_key"] for a in alerts] == ["ov"]
+    status, body = call(store, "GET", "/api/overview?scope=province:Atlantis")
+    assert status == 422 and "Atlantis" in body["error"]
+
+
+def test_vendor_assets_come_from_the_installed_npm_packages(store: Store, tmp_path: Path) -> None:
+    status, script = call(store, "GET", "/vendor/plotly.min.js")
+    assert status == 200 and "plotly.js v" in script[:200]
+    status, body = call(store, "GET", "/vendor/topojson/asia_50m.json")
+    assert status == 200 and body["type"] == "Topology"
+    status, body = call(store, "GET", "/vendor/jquery.js")
+    assert status == 404 and "'jquery.js'" in body["error"]
+
+    async def without_assets() -> tuple[int, Any]:
+        settings = Settings(data_dir=tmp_path, web_assets_dir=tmp_path / "node_modules")
+        async with TestClient(TestServer(create_api(store, settings))) as client:
+            resp = await client.get("/vendor/plotly.min.js")
+            return resp.status, await resp.json()
+
+    status, body = asyncio.run(without_assets())
+    assert status == 503 and "npm ci" in body["error"] and "SUANWANG_WEB_ASSETS_DIR" in body["error"]

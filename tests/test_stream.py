@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from suanwang.bus import EventProducer, ensure_topics
 from suanwang.dashboards.api import create_api
-from suanwang.dashboards.stream import Client, scope_filter
+from suanwang.dashboards.scopes import ScopeView
+from suanwang.dashboards.stream import Client
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.schemas.topics import PLACEMENT
 from suanwang.settings import Settings
@@ -27,23 +28,40 @@ def test_a_slow_client_keeps_only_its_newest_events() -> None:
     assert asyncio.run(client.next(timeout_s=0.1)) == ("alert", {"n": 15})
 
 
-def test_scope_filters_follow_provinces_and_industries() -> None:
+def view(scope: str) -> ScopeView:
     network = load_network()
-    gansu = scope_filter(parse_scope("province:Gansu", network), network)
+    return ScopeView.of(parse_scope(scope, network), network)
+
+
+def test_scope_filters_follow_provinces_and_industries() -> None:
+    gansu = view("province:Gansu").accepts
     assert gansu("placement", {"province": "Gansu", "cluster": "qingyang"})
     assert not gansu("placement", {"province": "Guangdong", "cluster": "shaoguan"})
     assert gansu("rollup", {"scope_key": "gansu"}) and gansu("alert", {"scope_key": "qingyang-cpu-x86-00001"})
+    assert gansu("rollup", {"scope_key": "Gansu"}) and not gansu("rollup", {"scope_key": "Guangdong"})
     assert not gansu("alert", {"scope_key": "shaoguan-cpu-x86-00001"})
-    genomics = scope_filter(parse_scope("industry:genomics", network), network)
+    genomics = view("industry:genomics").accepts
     assert genomics("placement", {"province": "Guizhou", "cluster": "guian"})
     assert not genomics("placement", {"province": "Gansu", "cluster": "qingyang"})
-    national = scope_filter(parse_scope("national", network), network)
-    assert national("alert", {"scope_key": "anything"})
+    assert view("national").accepts("alert", {"scope_key": "anything"})
+
+
+def test_scope_queries_select_what_the_stream_filter_accepts(store: Store) -> None:
+    """`ScopeView.where` in ClickHouse and `ScopeView.accepts` in Python agree, key by key."""
+    keys = ["gansu", "Gansu", "qingyang", "qingyang-cpu-x86-00001", "shaoguan-gpu-h20-00002", "Guangdong", "gba>gansu"]
+    for scope in ("national", "province:Gansu", "province:Guangdong", "industry:genomics"):
+        where, params = view(scope).where("alert")
+        rows = store.query(
+            f"SELECT k AS scope_key FROM (SELECT arrayJoin({{keys:Array(String)}}) AS k) WHERE {where}",
+            {"keys": keys, **params},
+        )[1]
+        assert [r[0] for r in rows] == [k for k in keys if view(scope).accepts("alert", {"scope_key": k})], scope
 
 
 def test_stream_sends_a_provinces_placements_live(settings: Settings, store: Store) -> None:
     def placement(task_id: str, province: str) -> dict[str, Any]:
-        return sample_record("Placement") | {"task_id": task_id, "province": province, "cluster": "x"}
+        cluster = {"Guangdong": "shaoguan", "Gansu": "qingyang"}[province]
+        return sample_record("Placement") | {"task_id": task_id, "province": province, "cluster": cluster}
 
     async def scenario() -> tuple[list[dict[str, Any]], int]:
         await ensure_topics(settings)
@@ -52,7 +70,8 @@ def test_stream_sends_a_provinces_placements_live(settings: Settings, store: Sto
         async with TestClient(TestServer(create_api(store, settings))) as http:
             bad = await http.get("/api/stream?scope=province:Atlantis")
             resp = await http.get("/api/stream?scope=province:Gansu")
-            assert (await resp.content.readline()) == b": connected\n"
+            assert (await resp.content.readline()) == b"event: ready\n"
+            assert json.loads((await resp.content.readline())[6:]) == {"scope": "province:Gansu"}
             for i in range(3):
                 await producer.send(PLACEMENT, placement(f"gd{i}", "Guangdong"))
             await producer.send(PLACEMENT, placement("gs0", "Gansu"))
