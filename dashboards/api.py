@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
+from suanwang.dashboards.access import ANONYMOUS, ROLES, Principal, Role, load_tokens
+from suanwang.dashboards.guard import AUDIT_SCOPE, PRINCIPAL, AuditLog, describe, guard, http_error
 from suanwang.dashboards.openapi import openapi_document
 from suanwang.dashboards.scopes import ScopeView
 from suanwang.dashboards.stream import Client, Fanout, sse
@@ -33,6 +35,8 @@ STORE = web.AppKey("store", Store)
 PRODUCER = web.AppKey("producer", EventProducer)
 FANOUT = web.AppKey("fanout", Fanout)
 FANOUT_TASK = web.AppKey("fanout_task", asyncio.Task)
+AUDIT = web.AppKey("audit", AuditLog)
+AUDIT_TASK = web.AppKey("audit_task", asyncio.Task)
 ASSETS = web.AppKey("assets", Path)
 STATIC = Path(str(resources.files("suanwang.dashboards"))) / "static"
 # The dashboard's third-party browser code and map data: npm packages `make` installs (dashboards/web), never
@@ -85,37 +89,46 @@ async def summary(request: web.Request) -> web.Response:
     return _json({r["table"]: r["rows"] for r in await _rows(request, union)})
 
 
-def _unprocessable(message: str) -> web.HTTPUnprocessableEntity:
-    """A 422 whose JSON body names the bad parameter and its value."""
-    return web.HTTPUnprocessableEntity(text=json.dumps({"error": message}), content_type="application/json")
-
-
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise _unprocessable(f"limit={raw!r} must be 1..1000")
+        raise http_error(web.HTTPUnprocessableEntity, f"limit={raw!r} must be 1..1000")
     return int(raw)
 
 
+def _caller(request: web.Request) -> Principal:
+    return request.get(PRINCIPAL, ANONYMOUS)
+
+
 def _scope(request: web.Request) -> ScopeView:
-    """The `scope` query parameter (national by default); 422 naming a bad value."""
-    network = load_network()
+    """The `scope` query parameter (default: the caller's first scope); 422 if unknown, 403 if not theirs."""
+    network, caller = load_network(), _caller(request)
+    text = request.query.get("scope")
     try:
-        return ScopeView.of(parse_scope(request.query.get("scope", "national"), network), network)
+        scope = parse_scope(text, network) if text else caller.scopes()[0]
     except SuanwangError as exc:
-        raise _unprocessable(str(exc)) from None
+        raise http_error(web.HTTPUnprocessableEntity, str(exc)) from None
+    if not caller.may_see(scope):
+        allowed = ", ".join(str(s) for s in caller.scopes())
+        raise http_error(web.HTTPForbidden, f"{describe(caller)} may not see {scope}; it may see: {allowed}")
+    request[AUDIT_SCOPE] = str(scope)
+    return ScopeView.of(scope, network)
 
 
 async def placements(request: web.Request) -> web.Response:
-    """The newest placements of a scope."""
-    where, params = _scope(request).where("placement")
+    """The newest placements of a scope; a tenant's own only."""
+    caller = _caller(request)
+    if caller.role == "tenant":
+        where, params = "tenant = {tenant:String}", {"tenant": caller.tenant}
+    else:
+        where, params = _scope(request).where("cluster")
     sql = f"SELECT * FROM {DATABASE}.placements WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
     return _json(await _rows(request, sql, {**params, "n": _limit(request)}))
 
 
 async def alerts(request: web.Request) -> web.Response:
     """The newest alert events of a scope, raised and resolved."""
-    where, params = _scope(request).where("alert")
+    where, params = _scope(request).where("key")
     sql = f"SELECT * FROM {DATABASE}.alerts WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
     return _json(await _rows(request, sql, {**params, "n": _limit(request)}))
 
@@ -123,7 +136,7 @@ async def alerts(request: web.Request) -> web.Response:
 async def overview(request: web.Request) -> web.Response:
     """A scope's headline figures: tasks placed, what dispatch saved against local placement, open alerts."""
     view = _scope(request)
-    where, params = view.where("placement")
+    where, params = view.where("cluster")
     totals = await _rows(
         request,
         "SELECT count() AS placements, countIf(hub != origin_hub) AS moved, sum(total_cost) AS total_cost, "
@@ -131,7 +144,7 @@ async def overview(request: web.Request) -> web.Response:
         f"FROM {DATABASE}.placements WHERE {where}",
         params,
     )
-    where, params = view.where("alert")
+    where, params = view.where("key")
     open_alerts = await _rows(
         request,
         f"SELECT countIf(NOT resolved) AS open FROM (SELECT alert_key, argMax(resolved, event_time) AS resolved "
@@ -147,6 +160,8 @@ async def network_model(request: web.Request) -> web.Response:
     scopes = [("national", {"en": "National", "zh": "全国"})]
     scopes += [(f"province:{p}", {"en": p, "zh": prov.zh}) for p, prov in network.provinces.items()]
     scopes += [(f"industry:{i}", ind.name.model_dump()) for i, ind in network.industries.items()]
+    caller = _caller(request)
+    scopes = [(text, names) for text, names in scopes if caller.may_see(parse_scope(text, network))]
     views = {text: ScopeView.of(parse_scope(text, network), network) for text, _ in scopes}
     return _json(
         {
@@ -163,6 +178,7 @@ async def network_model(request: web.Request) -> web.Response:
                 for hub_id, hub in network.hubs.items()
             },
             "provinces": {p: {"en": p, "zh": prov.zh} for p, prov in network.provinces.items()},
+            "you": {"name": caller.name, "role": caller.role},
             "scopes": [
                 {
                     "scope": text,
@@ -203,10 +219,43 @@ async def submit_task(request: web.Request) -> web.Response:
         record = task_request(body)
     except BadRequest as bad:
         return _json({"error": "the task request has bad fields", "fields": bad.problems}, status=422)
+    refusal = _may_submit(_caller(request), record)
+    if refusal:
+        raise http_error(web.HTTPForbidden, refusal)
     await producer.send(TASK_REQUEST, record)
     await producer.flush()
     task_id = record["task_id"]
     return _json({"task_id": task_id, "status": "SUBMITTED", "href": f"/api/tasks/{task_id}"}, status=202)
+
+
+def _may_submit(caller: Principal, record: dict[str, Any]) -> str | None:
+    """Why the caller may not submit this task (a tenant for others, an operator outside their scope), or None."""
+    checks = {
+        "tenant": ("tenant", (caller.tenant,)),
+        "provincial_operator": ("origin_province", caller.provinces),
+        "industry_operator": ("industry", caller.industries),
+    }
+    if caller.role in checks:
+        field, allowed = checks[caller.role]
+        if record[field] not in allowed:
+            return f"{describe(caller)} may not submit a task with {field}={record[field]!r}"
+    return None
+
+
+def _may_see_task(caller: Principal, found: dict[str, list[dict[str, Any]]]) -> bool:
+    """A tenant sees its own tasks; an operator the tasks that come from or landed in their scope."""
+    if caller.everywhere:
+        return True
+    requests, placed = found["request"], found["placement"]
+    if caller.role == "tenant":
+        return any(r["tenant"] == caller.tenant for r in requests + placed + found["rejection"])
+    if caller.role == "provincial_operator":
+        return any(r["origin_province"] in caller.provinces for r in requests) or any(
+            p["province"] in caller.provinces for p in placed
+        )
+    network = load_network()
+    clusters = {c for i in caller.industries for c in network.industries[i].clusters}
+    return any(r["industry"] in caller.industries for r in requests) or any(p["cluster"] in clusters for p in placed)
 
 
 async def task_status(request: web.Request) -> web.Response:
@@ -219,6 +268,8 @@ async def task_status(request: web.Request) -> web.Response:
         found[name] = await _rows(request, sql, {"t": task_id})
     if not any(found.values()):
         return _json({"error": f"no task {task_id!r} in the history (yet: the sink stores within seconds)"}, status=404)
+    if not _may_see_task(_caller(request), found):
+        raise http_error(web.HTTPForbidden, f"{describe(_caller(request))} may not see task {task_id!r}")
     status = "SUBMITTED"
     if found["rejection"]:
         status = "ESCALATED" if found["rejection"][-1]["reason_code"] == "ESCALATED" else "REJECTED"
@@ -247,7 +298,7 @@ def _choice(request: web.Request, name: str, allowed: Any) -> str | None:
     """An optional query parameter that must be one of `allowed`; 422 naming it and its value otherwise."""
     value = request.query.get(name)
     if value is not None and value not in allowed:
-        raise _unprocessable(f"{name}={value!r} is not one of {', '.join(sorted(allowed))}")
+        raise http_error(web.HTTPUnprocessableEntity, f"{name}={value!r} is not one of {', '.join(sorted(allowed))}")
     return value
 
 
@@ -260,7 +311,8 @@ async def nodes(request: web.Request) -> web.Response:
         "compute_class": _choice(request, "class", COMPUTE_CLASSES),
     }
     health = _choice(request, "health", {"healthy", "offline"})
-    where = " AND ".join(["active"] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
+    in_scope, params = _scope(request).where("cluster")
+    where = " AND ".join(["active", in_scope] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
     if health:
         where += f" AND {'' if health == 'offline' else 'NOT '}has(o.offline, n.node_id)"
     sql = (
@@ -269,23 +321,26 @@ async def nodes(request: web.Request) -> web.Response:
         f"argMax(resolved, event_time) AS open FROM {DATABASE}.alerts WHERE kind = 'node_offline' "
         f"GROUP BY scope_key)) AS o WHERE {where} ORDER BY n.node_id LIMIT {{n:UInt32}}"
     )
-    return _json(await _rows(request, sql, {**{k: v for k, v in filters.items() if v}, "n": _limit(request)}))
+    values = {k: v for k, v in filters.items() if v}
+    return _json(await _rows(request, sql, {**params, **values, "n": _limit(request)}))
 
 
 async def hubs(request: web.Request) -> web.Response:
-    """Each hub now: registered nodes and the newest one-minute rollup."""
+    """Each hub of a scope now: registered nodes and the newest one-minute rollup."""
+    in_scope, params = _scope(request).where("hub")
     latest = ", ".join(
         f"argMax({c}, rollups.window_end) AS {c}"
         for c in ("nodes_online", "cpu_util_mean", "accelerator_util_mean", "power_kw_mean", "pue", "green_share")
     )
     sql = (
         f"SELECT h.hub AS hub, h.nodes AS nodes_registered, r.* EXCEPT (hub) "
-        f"FROM (SELECT hub, count() AS nodes FROM {DATABASE}.nodes FINAL WHERE active GROUP BY hub) AS h "
+        f"FROM (SELECT hub, count() AS nodes FROM {DATABASE}.nodes FINAL WHERE active AND {in_scope} "
+        "GROUP BY hub) AS h "
         f"LEFT JOIN (SELECT scope_key AS hub, max(rollups.window_end) AS latest_window, {latest} "
         f"FROM {DATABASE}.rollups FINAL WHERE scope_kind = 'hub' AND window_s = 60 GROUP BY hub) AS r "
         "ON h.hub = r.hub ORDER BY hub"
     )
-    return _json(await _rows(request, sql))
+    return _json(await _rows(request, sql, params))
 
 
 async def rollups(request: web.Request) -> web.Response:
@@ -293,19 +348,24 @@ async def rollups(request: web.Request) -> web.Response:
     kind = _choice(request, "scope_kind", {"node", "cluster", "hub", "province"}) or "hub"
     window = _choice(request, "window_s", {"60", "300"}) or "60"
     key = request.query.get("scope_key")
-    where = "scope_kind = {k:String} AND window_s = {w:Int32}" + (" AND scope_key = {key:String}" if key else "")
+    in_scope, params = _scope(request).where("key")
+    where = f"scope_kind = {{k:String}} AND window_s = {{w:Int32}} AND {in_scope}"
+    where += " AND scope_key = {key:String}" if key else ""
     sql = f"SELECT * FROM {DATABASE}.rollups FINAL WHERE {where} ORDER BY window_end DESC LIMIT {{n:UInt32}}"
-    return _json(await _rows(request, sql, {"k": kind, "w": int(window), "key": key or "", "n": _limit(request)}))
+    values = {"k": kind, "w": int(window), "key": key or "", "n": _limit(request)}
+    return _json(await _rows(request, sql, {**params, **values}))
 
 
 async def latency(request: web.Request) -> web.Response:
-    """The hub latency matrix: each pair's newest minute of RTT percentiles and its tier."""
+    """The hub latency matrix of a scope (pairs with either end in it): each pair's newest minute and its tier."""
+    in_scope, params = _scope(request).where("pair")
     sql = (
         f"SELECT scope_key AS pair, argMax(tuple(window_end, samples, p50_ms, p99_ms, tier_ms), window_end) AS t "
-        f"FROM {DATABASE}.latency_rollups FINAL WHERE scope_kind = 'hub_pair' GROUP BY pair ORDER BY pair"
+        f"FROM {DATABASE}.latency_rollups FINAL WHERE scope_kind = 'hub_pair' AND {in_scope} "
+        "GROUP BY pair ORDER BY pair"
     )
     out = []
-    for row in await _rows(request, sql):
+    for row in await _rows(request, sql, params):
         (a, b), (end, samples, p50, p99, tier) = row["pair"].split(">"), row["t"]
         out.append(
             {
@@ -339,7 +399,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         await fanout.ready.wait()
         await response.write(sse("ready", {"scope": str(view.scope)}, default=_default))
-        while True:
+        while not client.closed:
             got = await client.next(timeout_s=KEEP_ALIVE_S)
             await response.write(sse(*got, default=_default) if got else b": keep-alive\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
@@ -408,11 +468,56 @@ async def index(request: web.Request) -> web.Response:
     return web.FileResponse(STATIC / "index.html")
 
 
+READERS: tuple[Role, ...] = ("national_operator", "provincial_operator", "industry_operator", "analyst")
+EVERYWHERE: tuple[Role, ...] = ("national_operator", "analyst")
+SUBMITTERS: tuple[Role, ...] = ("national_operator", "provincial_operator", "industry_operator", "tenant")
+# Who may call each data route (narrowed further by scope inside); routes not listed are public: the page,
+# its assets, health and the OpenAPI document.
+ROUTES: list[tuple[str, str, Any, tuple[Role, ...] | None]] = [
+    ("GET", "/", index, None),
+    ("GET", "/healthz", healthz, None),
+    ("GET", "/readyz", readyz, None),
+    ("GET", "/api/openapi.json", openapi, None),
+    ("GET", "/vendor/{asset:.+}", vendor, None),
+    ("GET", "/api/network", network_model, ROLES),
+    ("GET", "/api/placements", placements, ROLES),
+    ("GET", "/api/tasks/{task_id}", task_status, ROLES),
+    ("POST", "/api/tasks", submit_task, SUBMITTERS),
+    ("GET", "/api/alerts", alerts, READERS),
+    ("GET", "/api/overview", overview, READERS),
+    ("GET", "/api/nodes", nodes, READERS),
+    ("GET", "/api/hubs", hubs, READERS),
+    ("GET", "/api/rollups", rollups, READERS),
+    ("GET", "/api/latency", latency, READERS),
+    ("GET", "/api/stream", stream, READERS),
+    ("GET", "/api/summary", summary, EVERYWHERE),
+    ("POST", "/api/sql", sql, EVERYWHERE),
+    ("GET", "/metrics", metrics, EVERYWHERE),
+]
+
+
 def create_api(store: Store, settings: Settings | None = None) -> web.Application:
-    """The API over the store; with a broker in `settings`, it also accepts tasks."""
-    app = web.Application(middlewares=[count_requests, json_errors], client_max_size=MAX_BODY_BYTES)
+    """The API over the store; with a broker in `settings`, it also accepts tasks; with tokens, it checks them."""
+    tokens = load_tokens(settings, load_network()) if settings is not None else None
+    audit = AuditLog(store)
+    route_roles = {(method, path.replace("{asset:.+}", "{asset}")): roles for method, path, _, roles in ROUTES if roles}
+    app = web.Application(
+        middlewares=[count_requests, json_errors, guard(tokens, audit, route_roles)], client_max_size=MAX_BODY_BYTES
+    )
     app[STORE] = store
     app[ASSETS] = web_assets_dir(settings)
+    app[AUDIT] = audit
+
+    async def start_audit(app: web.Application) -> None:
+        app[AUDIT_TASK] = asyncio.create_task(app[AUDIT].run())
+
+    async def stop_audit(app: web.Application) -> None:
+        app[AUDIT_TASK].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app[AUDIT_TASK]
+
+    app.on_startup.append(start_audit)
+    app.on_cleanup.append(stop_audit)
     if settings is not None and settings.kafka_bootstrap:
         app[PRODUCER] = EventProducer(settings)
         app[FANOUT] = Fanout(settings)
@@ -427,32 +532,15 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
                 await app[FANOUT_TASK]
             await app[PRODUCER].stop()
 
+        async def close_streams(app: web.Application) -> None:
+            for client in list(app[FANOUT].clients):
+                client.close()
+
         app.on_startup.append(start_kafka)
+        app.on_shutdown.append(close_streams)
         app.on_cleanup.append(stop_kafka)
-    app.add_routes(
-        [
-            web.get("/", index),
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/api/summary", summary),
-            web.get("/api/placements", placements),
-            web.get("/api/alerts", alerts),
-            web.get("/api/overview", overview),
-            web.get("/api/network", network_model),
-            web.get("/vendor/{asset:.+}", vendor),
-            web.static("/static", STATIC),
-            web.post("/api/sql", sql),
-            web.post("/api/tasks", submit_task),
-            web.get("/api/tasks/{task_id}", task_status),
-            web.get("/api/openapi.json", openapi),
-            web.get("/api/nodes", nodes),
-            web.get("/api/hubs", hubs),
-            web.get("/api/rollups", rollups),
-            web.get("/api/latency", latency),
-            web.get("/metrics", metrics),
-            web.get("/api/stream", stream),
-        ]
-    )
+    app.add_routes([web.route(method, path, handler) for method, path, handler, _ in ROUTES])
+    app.add_routes([web.static("/static", STATIC)])
     return app
 
 
@@ -461,7 +549,18 @@ def api_url_file(settings: Settings) -> Any:
     return settings.data_dir / "run" / "api.url"
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 async def start_api(settings: Settings, store: Store) -> web.AppRunner:
+    """Serves the API; refuses to serve it without tokens beyond this machine unless told to."""
+    if settings.web_host not in LOOPBACK and settings.api_tokens is None and settings.api_tokens_file is None:
+        if not settings.api_open:
+            raise SuanwangError(
+                f"SUANWANG_WEB_HOST={settings.web_host!r} serves the API beyond this machine without tokens: set "
+                "SUANWANG_API_TOKENS_FILE (see `suanwang token new`), or SUANWANG_API_OPEN=true to accept that"
+            )
+        log.warning("the API on %s is open to anyone: no tokens configured", settings.web_host)
     if settings.web_port:
         check_port_free(settings.web_port, "web API", "--web-port / SUANWANG_WEB_PORT")
     runner = web.AppRunner(create_api(store, settings), access_log=None)

@@ -7,6 +7,7 @@ from typing import Any
 from suanwang.dashboards.submit import json_schema
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+PUBLIC = ("/healthz", "/readyz", "/api/openapi.json")
 SCOPE = {
     "name": "scope",
     "in": "query",
@@ -45,12 +46,26 @@ def _filtered(summary: str, params: dict[str, list[str] | None]) -> dict[str, An
 
 def _scoped(operation: dict[str, Any]) -> dict[str, Any]:
     """An operation that takes `scope`; an unknown scope is a 422."""
-    operation["get"]["parameters"].append(SCOPE)
+    operation["get"].setdefault("parameters", []).append(SCOPE)
     operation["get"]["responses"]["422"] = _answer("A bad limit or an unknown scope", ERROR)
     return operation
 
 
 def openapi_document() -> dict[str, Any]:
+    """The document, with a bearer token required on every route but the public ones."""
+    document = _document()
+    document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, item in document["paths"].items():
+        if path in PUBLIC:
+            continue
+        for operation in item.values():
+            operation["security"] = [{"bearer": []}]
+            operation["responses"]["401"] = _answer("No token, or an unknown one", ERROR)
+            operation["responses"]["403"] = _answer("The token's role or scopes do not allow it", ERROR)
+    return document
+
+
+def _document() -> dict[str, Any]:
     ok = {"type": "object"}
     return {
         "openapi": "3.0.3",
@@ -131,31 +146,43 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _answer("OpenAPI 3", ok)}}},
-            "/api/nodes": _filtered(
-                "Registered nodes",
+            "/api/nodes": _scoped(
+                _filtered(
+                    "Registered nodes",
+                    {
+                        "hub": None,
+                        "province": None,
+                        "class": ["CPU", "GPU", "NPU", "HPC"],
+                        "health": ["healthy", "offline"],
+                    },
+                )
+            ),
+            "/api/hubs": _scoped(
                 {
-                    "hub": None,
-                    "province": None,
-                    "class": ["CPU", "GPU", "NPU", "HPC"],
-                    "health": ["healthy", "offline"],
-                },
-            ),
-            "/api/hubs": {
-                "get": {
-                    "summary": "Each hub now",
-                    "responses": {"200": _answer("Hubs", {"type": "array", "items": ok})},
+                    "get": {
+                        "summary": "Each hub of a scope now",
+                        "responses": {"200": _answer("Hubs", {"type": "array", "items": ok})},
+                    }
                 }
-            },
-            "/api/rollups": _filtered(
-                "Rolling windows, newest first",
-                {"scope_kind": ["node", "cluster", "hub", "province"], "scope_key": None, "window_s": ["60", "300"]},
             ),
-            "/api/latency": {
-                "get": {
-                    "summary": "Hub latency matrix",
-                    "responses": {"200": _answer("Pairs", {"type": "array", "items": ok})},
+            "/api/rollups": _scoped(
+                _filtered(
+                    "Rolling windows of a scope, newest first",
+                    {
+                        "scope_kind": ["node", "cluster", "hub", "province"],
+                        "scope_key": None,
+                        "window_s": ["60", "300"],
+                    },
+                )
+            ),
+            "/api/latency": _scoped(
+                {
+                    "get": {
+                        "summary": "Hub latency matrix: pairs with either end in the scope",
+                        "responses": {"200": _answer("Pairs", {"type": "array", "items": ok})},
+                    }
                 }
-            },
+            ),
             "/api/stream": {
                 "get": {
                     "summary": "Server-sent events: ready (reading from now on), then placement, alert, rollup",

@@ -20,6 +20,7 @@ class ScopeView:
     scope: Scope
     keys: frozenset[str]
     clusters: frozenset[str]
+    hubs: frozenset[str]
 
     @classmethod
     def of(cls, scope: Scope, network: Network) -> ScopeView:
@@ -32,7 +33,7 @@ class ScopeView:
             clusters = set(network.industries[scope.name].clusters)
         hubs = {where[c][0] for c in clusters}
         keys = hubs | clusters | ({scope.name} if scope.kind == "province" else set())
-        return cls(scope, frozenset(keys), frozenset(clusters))
+        return cls(scope, frozenset(keys), frozenset(clusters), frozenset(hubs))
 
     @property
     def national(self) -> bool:
@@ -48,14 +49,23 @@ class ScopeView:
         return key in self.keys or key.split("-", 1)[0] in self.clusters
 
     def where(self, kind: str) -> tuple[str, dict[str, Any]]:
-        """The same test as `accepts`, as a ClickHouse condition and its parameters."""
+        """The same test as `accepts`, as a ClickHouse condition and its parameters.
+
+        kind: `cluster` (rows with a cluster column: placements, nodes), `hub` (rows with a hub column),
+        `pair` (hub-pair keys such as `gansu>yangtze`: either end) or `key` (alerts' and rollups' scope keys).
+        """
         if self.national:
             return "1", {}
-        params = {"scope_clusters": sorted(self.clusters), "scope_keys": sorted(self.keys)}
-        if kind == "placement":
-            return "cluster IN {scope_clusters:Array(String)}", params
-        return (
-            "(scope_key IN {scope_keys:Array(String)} "
+        params = {
+            "scope_clusters": sorted(self.clusters),
+            "scope_keys": sorted(self.keys),
+            "scope_hubs": sorted(self.hubs),
+        }
+        conditions = {
+            "cluster": "cluster IN {scope_clusters:Array(String)}",
+            "hub": "hub IN {scope_hubs:Array(String)}",
+            "pair": "hasAny(splitByChar('>', scope_key), {scope_hubs:Array(String)})",
+            "key": "(scope_key IN {scope_keys:Array(String)} "
             "OR splitByChar('-', scope_key)[1] IN {scope_clusters:Array(String)})",
-            params,
-        )
+        }
+        return conditions[kind], params

@@ -33,7 +33,13 @@ class Client:
         self.accepts = accepts
         self.queue: deque[tuple[str, dict[str, Any]]] = deque(maxlen=backlog)
         self.dropped = 0
+        self.closed = False
         self._ready = asyncio.Event()
+
+    def close(self) -> None:
+        """Ends the connection's stream: the server is shutting down."""
+        self.closed = True
+        self._ready.set()
 
     def put(self, kind: str, record: dict[str, Any]) -> None:
         if len(self.queue) == self.queue.maxlen:
@@ -47,7 +53,7 @@ class Client:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout_s)
-        return self.queue.popleft() if self.queue else None
+        return self.queue.popleft() if self.queue and not self.closed else None
 
 
 class Fanout:
@@ -64,8 +70,11 @@ class Fanout:
         consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         await consumer.start()
         try:
-            await consumer.topics()
             names = [self.topics.name(s) for s in (PLACEMENT, ALERT, ROLLUP)]
+            await consumer.topics()
+            while not all(consumer.partitions_for_topic(n) for n in names):  # topics not created yet
+                await asyncio.sleep(1.0)
+                await consumer.topics()
             consumer.assign([TopicPartition(n, p) for n in names for p in consumer.partitions_for_topic(n) or ()])
             await consumer.seek_to_end()
             for tp in consumer.assignment():

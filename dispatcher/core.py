@@ -299,6 +299,10 @@ class Dispatcher:
         self._remember(req["task_id"], out)
         return out
 
+    def has_decided(self, task_id: str) -> bool:
+        """Whether this task's decision is among the newest `remembered_decisions` made or restored."""
+        return task_id in self.decisions
+
     def _remember(self, task_id: str, decision: tuple[TopicSpec, dict[str, Any]]) -> None:
         self.decisions[task_id] = decision
         if len(self.decisions) > self.remembered_decisions:

@@ -101,6 +101,8 @@ class DispatcherService:
     async def _on_event(self, topic: str, record: dict[str, Any]) -> None:
         spec = self.topics.spec(topic)
         if spec is TASK_REQUEST:
+            if self.core.has_decided(record["task_id"]):
+                return  # redelivered: its decision is on the dispatch topic already (sent, or read back at start)
             out_spec, out = self.core.decide(record)
             await self.producer.send(out_spec, out)
             if out_spec is REJECTION and out["reason_code"] == ESCALATED:

@@ -322,6 +322,49 @@ def sql(
         Console().print(table)
 
 
+token_app = typer.Typer(no_args_is_help=True, help="API tokens: each has a role and the scopes it covers.")
+app.add_typer(token_app, name="token")
+Role = Annotated[
+    str, typer.Option(help="national_operator, provincial_operator, industry_operator, tenant or analyst.")
+]
+Many = Annotated[list[str] | None, typer.Option(help="Repeatable.")]
+
+
+@token_app.command("new")
+def token_new(
+    name: Annotated[str, typer.Argument(help="Who holds the token, e.g. gansu-duty-desk.")],
+    role: Role,
+    province: Many = None,
+    industry: Many = None,
+    tenant: Annotated[str | None, typer.Option(help="The tenant whose tasks a tenant token may see.")] = None,
+) -> None:
+    """Make a token: prints it once, and the entry (its hash only) to add to SUANWANG_API_TOKENS_FILE."""
+    from pydantic import ValidationError
+
+    from suanwang.dashboards.access import ROLES, new_token, token_entry_yaml
+    from suanwang.topology import load_network
+
+    if role not in ROLES:
+        raise SuanwangError(f"--role {role!r} is not one of {', '.join(ROLES)}")
+    token = new_token()
+    try:
+        entry = token_entry_yaml(
+            name,
+            role,
+            token,
+            load_network(),
+            provinces=province,
+            industries=industry,
+            tenant=tenant,  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        raise SuanwangError(f"token {name!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    Console(stderr=True).print("[bold]token[/] (shown once; give it to its holder):")
+    print(token)
+    Console(stderr=True).print("[bold]entry[/] to add under `tokens:` in the tokens file:")
+    print(entry, end="")
+
+
 def main() -> None:
     """Entry point: a SuanwangError becomes one line on stderr and exit code 2, never a traceback."""
     try:

@@ -32,14 +32,16 @@ def _through_api(settings: Settings, query: str, cause: SuanwangError) -> tuple[
     if not path.exists():
         raise cause
     url = path.read_text().strip() + "/api/sql"
-    req = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    req = urllib.request.Request(url, data=json.dumps({"query": query}).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             body = json.load(resp)
     except urllib.error.HTTPError as exc:
-        raise SuanwangError(json.load(exc).get("error", str(exc))) from None
+        hint = "; set SUANWANG_API_TOKEN to an analyst's token" if exc.code in (401, 403) else ""
+        raise SuanwangError(json.load(exc).get("error", str(exc)) + hint) from None
     except OSError:
         raise cause from None
     return body["columns"], [tuple(r) for r in body["rows"]]

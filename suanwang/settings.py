@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     web_assets_dir: Path | None = Field(
         None, description="node_modules with the dashboard's plotly.js and map outlines; unset: the one make installs."
     )
+    api_tokens_file: Path | None = Field(None, description="YAML file of API tokens (hashes, roles, scopes).")
+    api_tokens: SecretStr | None = Field(None, description="The same YAML as text; wins over the file.")
+    api_open: bool = Field(
+        False, description="Serve the API without tokens on a non-loopback address (never in production)."
+    )
+    api_token: SecretStr | None = Field(None, description="Token the CLI presents to a running API.")
     # Dispatcher
     dispatcher_scope: str = Field(
         "national",

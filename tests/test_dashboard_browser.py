@@ -5,27 +5,24 @@ Screenshots land in build/screenshots/ for a reviewer to look at.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
+import textwrap
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from suanwang.broker import EmbeddedBroker
-from suanwang.bus import HOUR_MS, EventProducer, ensure_topics, now_ms
-from suanwang.dashboards.api import create_api
-from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP, TopicSpec
+from suanwang.bus import HOUR_MS, now_ms
+from suanwang.dashboards.access import new_token, token_entry_yaml
+from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.topology import load_network
 from tests.samples import sample_record
+from tests.served import Live, serving
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
@@ -33,23 +30,6 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
 FLAGS += ["--disable-component-update", "--disable-sync"]
 WAIT_MS = 15_000  # generous for a shared machine; the lag the page measured is printed, not asserted
-
-
-@dataclass
-class Live:
-    """The API serving on a loop in its own thread, and a producer on that loop to make events happen."""
-
-    url: str
-    loop: asyncio.AbstractEventLoop
-    producer: EventProducer
-    tag: str = field(default_factory=lambda: f"b{os.getpid()}")
-
-    def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
-        async def send() -> None:
-            await self.producer.send(spec, record)
-            await self.producer.flush()
-
-        asyncio.run_coroutine_threadsafe(send(), self.loop).result(30)
 
 
 def placement(task_id: str, cluster: str, origin_hub: str = "yangtze") -> dict[str, Any]:
@@ -97,10 +77,8 @@ def seeded_cpu(window: int, hub: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def live(broker: EmbeddedBroker, store: Store, store_dir: Path) -> Iterator[Live]:
-    settings = Settings(
-        kafka_bootstrap=broker.bootstrap, topic_prefix=f"web{os.getpid()}.", data_dir=store_dir, session_timeout_ms=6000
-    )
+def deployment(broker: EmbeddedBroker, store: Store, store_dir: Path) -> Settings:
+    """Topics of this module's own, and an hour's history of every hub and a few placements in the store."""
     now = now_ms()
     hubs = list(load_network().hubs)
     windows = [
@@ -108,27 +86,16 @@ def live(broker: EmbeddedBroker, store: Store, store_dir: Path) -> Iterator[Live
     ]
     store.insert_records("rollups", windows)
     store.insert_records("placements", [placement(f"hist-{i}", "qingyang") for i in range(5)])
-    loop = asyncio.new_event_loop()
-    ready: Future[tuple[web.AppRunner, EventProducer, str]] = Future()
+    return Settings(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=f"web{os.getpid()}.", data_dir=store_dir, session_timeout_ms=6000
+    )
 
-    async def serve() -> None:
-        await ensure_topics(settings)
-        runner = web.AppRunner(create_api(store, settings))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        producer = EventProducer(settings)
-        await producer.start()
-        ready.set_result((runner, producer, f"http://127.0.0.1:{runner.addresses[0][1]}"))
 
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(serve(), loop).result(60)
-    runner, producer, url = ready.result()
-    yield Live(url, loop, producer)
-    asyncio.run_coroutine_threadsafe(producer.stop(), loop).result(30)
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+@pytest.fixture(scope="module")
+def live(store: Store, deployment: Settings) -> Iterator[Live]:
+    """An open API (no tokens), as `suanwang up` serves on loopback."""
+    with serving(store, deployment) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +206,31 @@ def test_labels_switch_between_chinese_and_english(page: tuple[Page, list[str]],
     assert tab.locator("#hubs tbody").get_by_text("Gansu", exact=True).count() == 1
     assert "Yangtze River Delta" in tab.locator("#map").inner_text()
     assert errors == [], errors
+
+
+def test_with_tokens_the_page_asks_for_one_and_keeps_to_its_scope(
+    page: tuple[Page, list[str]], store: Store, deployment: Settings
+) -> None:
+    """A provincial operator signs in with their token and sees Gansu only; a wrong token is told so."""
+    tab, errors = page
+    token = new_token()
+    entry = token_entry_yaml("gansu-desk", "provincial_operator", token, load_network(), provinces=["Gansu"])
+    secured = Settings(**(deployment.model_dump() | {"api_tokens": "tokens:\n" + textwrap.indent(entry, "  ")}))
+    with serving(store, secured) as live:
+        tab.goto(live.url)
+        tab.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+        tab.fill("#token", "sw_not-a-real-token")
+        tab.click("#login button")
+        tab.wait_for_function("document.querySelector('#login-error').textContent === 'unknown token'", timeout=WAIT_MS)
+        tab.fill("#token", token)
+        tab.click("#login button")
+        tab.wait_for_selector("body[data-live='on'][data-scope='province:Gansu']", timeout=WAIT_MS)
+        assert tab.locator("#login").is_hidden()
+        assert [o.get_attribute("value") for o in tab.locator("#scope option").all()] == ["province:Gansu"]
+        assert [r.get_attribute("data-hub") for r in tab.locator("#hubs tbody tr").all()] == ["gansu"]
+        assert "gansu-desk" in tab.locator("#you").inner_text()
+        inside = f"{live.tag}-signed-in"
+        live.send(PLACEMENT, placement(inside, "qingyang"))
+        tab.wait_for_selector(f"#placements tr[data-task='{inside}']", timeout=WAIT_MS)
+    unauthorised = [e for e in errors if "401" in e]
+    assert unauthorised and not [e for e in errors if "401" not in e], errors

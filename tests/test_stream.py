@@ -50,7 +50,7 @@ def test_scope_queries_select_what_the_stream_filter_accepts(store: Store) -> No
     """`ScopeView.where` in ClickHouse and `ScopeView.accepts` in Python agree, key by key."""
     keys = ["gansu", "Gansu", "qingyang", "qingyang-cpu-x86-00001", "shaoguan-gpu-h20-00002", "Guangdong", "gba>gansu"]
     for scope in ("national", "province:Gansu", "province:Guangdong", "industry:genomics"):
-        where, params = view(scope).where("alert")
+        where, params = view(scope).where("key")
         rows = store.query(
             f"SELECT k AS scope_key FROM (SELECT arrayJoin({{keys:Array(String)}}) AS k) WHERE {where}",
             {"keys": keys, **params},

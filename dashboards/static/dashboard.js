@@ -10,7 +10,7 @@ const TEXT = {
     alerts: "告警", recent: "最新调度", task: "任务", from: "来源", to: "去向", cost: "费用 ¥", saved: "节省 ¥",
     east: "东部", west: "西部", central: "中部", resolved: "已解除", none: "暂无",
     chart_cpu: "CPU 利用率 (1 分钟)", chart_power: "功率 kW (1 分钟)", chart_green: "绿电占比 (1 分钟)",
-    chart_latency: "调度决策时延 µs", lag: "事件到屏幕", language: "EN",
+    chart_latency: "调度决策时延 µs", lag: "事件到屏幕", language: "EN", token: "访问令牌", sign_in: "进入",
   },
   en: {
     title: "suanwang · National Integrated Compute Network", motto: "monitoring as the base, dispatch as the core",
@@ -21,7 +21,8 @@ const TEXT = {
     alerts: "Alerts", recent: "Latest placements", task: "Task", from: "From", to: "To", cost: "Cost ¥",
     saved: "Saved ¥", east: "east", west: "west", central: "central", resolved: "resolved", none: "none yet",
     chart_cpu: "CPU utilisation (1 min)", chart_power: "Power kW (1 min)", chart_green: "Green share (1 min)",
-    chart_latency: "Dispatch decision µs", lag: "event to screen", language: "中文",
+    chart_latency: "Dispatch decision µs", lag: "event to screen", language: "中文", token: "Access token",
+    sign_in: "Sign in",
   },
 };
 const ROLE_COLOUR = { east: "#4da3ff", west: "#3ddc97", central: "#f5b942" };
@@ -31,8 +32,10 @@ const KEEP_DECISIONS = 500; // decisions behind the latency figures and chart
 const KEEP_ROWS = 40;       // rows in the placements table and the alerts list
 const KEEP_WINDOWS = 60;    // one-minute windows per hub in the charts (10 minutes at a 10-s hop)
 
+const TOKEN_KEY = "suanwang-token"; // kept for this tab only
 const state = {
   lang: "zh", scope: "national", network: null, view: null, source: null,
+  token: sessionStorage.getItem(TOKEN_KEY), asking: null,
   totals: null, decisions: [], placements: [], alerts: [], windows: new Map(), flows: [], renderQueued: false,
 };
 const $ = (selector) => document.querySelector(selector);
@@ -44,18 +47,46 @@ const fmt = (v, digits = 0) => Number(v).toLocaleString(state.lang === "zh" ? "z
   { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const pct = (v) => (v == null ? "–" : `${Math.round(v * 100)}%`);
 
+// With tokens configured, the API answers 401 until the operator gives theirs; it is asked once for all calls.
 async function getJSON(url) {
-  const response = await fetch(url);
+  const response = await fetch(url, { headers: state.token ? { Authorization: `Bearer ${state.token}` } : {} });
+  if (response.status === 401) {
+    state.token = await askToken((await response.json()).error);
+    return getJSON(url);
+  }
   if (!response.ok) throw new Error(`${url}: ${response.status} ${(await response.json()).error}`);
   return response.json();
+}
+
+function askToken(message) {
+  if (!state.asking) {
+    state.asking = new Promise((resolve) => {
+      const form = $("#login");
+      form.hidden = false;
+      $("#login-error").textContent = state.token ? message : "";
+      $("#token").focus();
+      form.onsubmit = (event) => {
+        event.preventDefault();
+        const token = $("#token").value.trim();
+        sessionStorage.setItem(TOKEN_KEY, token);
+        form.hidden = true;
+        state.asking = null;
+        resolve(token);
+      };
+    });
+  }
+  return state.asking;
 }
 
 async function start() {
   const params = new URLSearchParams(location.search);
   state.lang = params.get("lang") === "en" ? "en" : "zh";
+  relabel();
   state.network = await getJSON("/api/network");
+  $("#you").textContent = `${state.network.you.name} · ${state.network.you.role}`;
+  if (!state.network.scopes.length) throw new Error(`${state.network.you.role}: no monitoring scope`);
   const wanted = params.get("scope");
-  state.scope = state.network.scopes.some((s) => s.scope === wanted) ? wanted : "national";
+  state.scope = state.network.scopes.some((s) => s.scope === wanted) ? wanted : state.network.scopes[0].scope;
   $("#scope").addEventListener("change", (e) => switchScope(e.target.value));
   $("#lang").addEventListener("click", () => { state.lang = state.lang === "zh" ? "en" : "zh"; relabel(); });
   relabel();
@@ -68,6 +99,7 @@ function relabel() {
   document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
   $("#lang").textContent = t("language");
   $("#live").textContent = document.body.dataset.live === "on" ? t("live") : t("offline");
+  if (!state.network) return;
   $("#scope").innerHTML = state.network.scopes.map((s) =>
     `<option value="${esc(s.scope)}"${s.scope === state.scope ? " selected" : ""}>${esc(nameOf(s.name))}</option>`).join("");
   drawMap();
@@ -101,7 +133,8 @@ async function switchScope(scope) {
 }
 
 function openStream(query) {
-  const source = new EventSource(`/api/stream?${query}`);
+  const auth = state.token ? `&access_token=${encodeURIComponent(state.token)}` : "";
+  const source = new EventSource(`/api/stream?${query}${auth}`);
   state.source = source;
   source.addEventListener("ready", () => setLive(true));
   source.addEventListener("error", () => setLive(false));
