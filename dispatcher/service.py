@@ -18,7 +18,7 @@ from suanwang.bus import (
     read_to_end,
 )
 from suanwang.dispatcher.core import ESCALATED, Dispatcher, warm_up
-from suanwang.dispatcher.tiers import Tiers, parse_scope
+from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
@@ -35,6 +35,11 @@ from suanwang.settings import Settings
 from suanwang.topology import load_network
 
 RELEASING_STATES = {"FINISHED", "FAILED", "CANCELLED"}
+
+
+def dispatcher_group(scope: Scope) -> str:
+    """The consumer group of a tier's dispatcher (one active member: it owns the tier's capacity)."""
+    return f"suanwang-dispatcher{scope.topic_suffix.replace('.', '-') or '-national'}"
 
 
 class DispatcherService:
@@ -120,9 +125,9 @@ class DispatcherService:
         await ensure_topics(self.settings)
         await self.producer.start()
         state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
-        group = f"suanwang-dispatcher{self.scope.topic_suffix.replace('.', '-') or '-national'}"
+        group = dispatcher_group(self.scope)
         names = [self.topics.requests(self.scope.topic_suffix), *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
-        events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group))
+        events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group, auto_commit=False))
         try:
             await state.start()
             await read_to_end(state, [self.topics.name(s) for s in (REGISTRY, GRID_SIGNAL)], self._on_state)

@@ -7,14 +7,36 @@ the sink resumes each partition after the highest offset stored.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from suanwang.bus import dead_letter
 from suanwang.dispatcher.tiers import tier_request_topics
+from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TELEMETRY
 from suanwang.streams.app import Context
+
+log = logging.getLogger("suanwang.sink")
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0  # between retries of a failed store call
+T = TypeVar("T")
+
+
+async def retrying(ctx: Context, call: Callable[..., T], *args: Any) -> T:
+    """A store call, retried with backoff while ClickHouse fails. The batch waits unacknowledged meanwhile, so
+    no offset is committed and Kafka keeps everything behind it."""
+    delay = BACKOFF_FIRST_S
+    while True:
+        try:
+            return await ctx.store.run(call, *args)
+        except SuanwangError as exc:
+            ctx.counts["store_retries"] += 1
+            log.warning("%s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
 
 
 class StoredOffsets:
@@ -27,7 +49,7 @@ class StoredOffsets:
     async def get(self, table: str, topic: str, partition: int) -> int:
         key = (table, topic, partition)
         if key not in self.upto:
-            self.upto[key] = await self.ctx.store.run(self.ctx.store.stored_upto, table, topic, partition)
+            self.upto[key] = await retrying(self.ctx, self.ctx.store.stored_upto, table, topic, partition)
         return self.upto[key]
 
     def forget(self, assigned: set[Any]) -> None:
@@ -76,7 +98,7 @@ class Sink:
                 rows[spec.table].append(record)
                 sources[spec.table].append((msg.topic, msg.partition, msg.offset))
         for table, records in rows.items():
-            await ctx.store.run(ctx.store.insert_records, table, records, sources[table])
+            await retrying(ctx, ctx.store.insert_records, table, records, sources[table])
             ctx.counts[f"rows:{table}"] += len(records)
             for topic, partition, offset in sources[table]:
                 key = (table, topic, partition)

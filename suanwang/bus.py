@@ -50,8 +50,11 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.kafka_bootstrap, "client_id": "suanwang", **kafka_security(settings)}
 
 
-def consumer_kwargs(settings: Settings, group_id: str | None) -> dict[str, Any]:
-    """Low-latency consumer settings: fetches return as soon as a record is there."""
+def consumer_kwargs(settings: Settings, group_id: str | None, auto_commit: bool = True) -> dict[str, Any]:
+    """Low-latency consumer settings: fetches return as soon as a record is there.
+
+    `auto_commit=False` for a consumer whose offsets `consume` commits only after what it produced is
+    delivered: a crash then redelivers, and never loses, the requests whose answers were still unsent."""
     return {
         **client_kwargs(settings),
         "group_id": group_id,
@@ -59,7 +62,7 @@ def consumer_kwargs(settings: Settings, group_id: str | None) -> dict[str, Any]:
         "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 6),
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 5,
-        "enable_auto_commit": group_id is not None,
+        "enable_auto_commit": group_id is not None and auto_commit,
     }
 
 
@@ -133,9 +136,11 @@ class EventProducer:
         await self._producer.flush()
 
 
-def contract_consumer(settings: Settings, specs: list[TopicSpec], group_id: str | None) -> AIOKafkaConsumer:
+def contract_consumer(
+    settings: Settings, specs: list[TopicSpec], group_id: str | None, auto_commit: bool = True
+) -> AIOKafkaConsumer:
     topics = Topics(settings.topic_prefix)
-    return AIOKafkaConsumer(*(topics.name(s) for s in specs), **consumer_kwargs(settings, group_id))
+    return AIOKafkaConsumer(*(topics.name(s) for s in specs), **consumer_kwargs(settings, group_id, auto_commit))
 
 
 MessageHandler = Callable[[str, Any], Awaitable[None]]

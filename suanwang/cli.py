@@ -297,6 +297,29 @@ class Format(StrEnum):
     json = "json"
 
 
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(help="How long the platform runs.")] = 10.0,
+    every: Annotated[float, typer.Option(help="Seconds between samples.")] = 10.0,
+    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
+    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    data_dir: DataDir = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The whole platform for MINUTES: memory growth, consumer lag and dispatch p99 over time."""
+    from suanwang.soak import soak
+
+    _quiet_client_libraries()
+    settings = load_settings(data_dir=data_dir, sim_nodes=nodes, sim_rate=rate, web_port=0)
+    figures = soak(settings, minutes, every)
+    if json_out:
+        print(json.dumps(figures, default=str))
+        return
+    series = figures.pop("series")
+    _report({k: json.dumps(v) if isinstance(v, dict) else v for k, v in figures.items() if k != "run"}, False, "soak")
+    Console().print(f"{len(series)} samples; --json prints each")
+
+
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help='A ClickHouse query, e.g. "SELECT count() FROM suanwang.placements".')],

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,12 +203,16 @@ class Monitor:
         return round(float(np.percentile(self.latency_ms, q)), 3) if self.latency_ms else None
 
 
+Tick = Callable[["Platform", Monitor], Awaitable[None]]
+
+
 class Platform:
     """Starts, supervises and stops the whole platform."""
 
-    def __init__(self, settings: Settings, live: bool) -> None:
+    def __init__(self, settings: Settings, live: bool, on_tick: Tick | None = None) -> None:
         self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
         self.live = live
+        self.on_tick = on_tick  # called about twice a second while the platform runs
         self.console = Console(stderr=True)
         self.log_dir = self.settings.data_dir / "logs"
         self.children: list[Child] = []
@@ -276,6 +281,8 @@ class Platform:
                 for child in self.children:
                     if not child.alive:
                         raise child.failure()
+                if self.on_tick:
+                    await self.on_tick(self, monitor)
                 if live:
                     live.update(self._panel(monitor))
                 elif not self.live and time.monotonic() - last_line > 10:

@@ -184,7 +184,7 @@ class Simulator:
 
     async def _follow_placements(self, stop: asyncio.Event) -> None:
         """Starts placed tasks; joining the group takes seconds, so it runs beside the drive, not before it."""
-        placements = contract_consumer(self.settings, [PLACEMENT], "suanwang-simulator")
+        placements = contract_consumer(self.settings, [PLACEMENT], "suanwang-simulator", auto_commit=False)
         try:
             await placements.start()
             await consume(placements, self.topics, self.producer, "simulator", self._on_placement, stop)

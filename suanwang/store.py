@@ -150,16 +150,19 @@ class Store:
             columns = [*columns, *SOURCE_COLUMNS]
             rows = [row + list(source) for row, source in zip(rows, sources, strict=True)]
         if rows:
-            self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
+            try:
+                self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
+            except ClickHouseError as exc:
+                raise SuanwangError(f"insert into {table} failed: {str(exc).strip().splitlines()[0]}") from None
         return len(rows)
 
     def stored_upto(self, table: str, topic: str, partition: int) -> int:
         """The highest offset of a topic partition stored in the table; -1 for none."""
-        rows = self.client.query(
+        _, rows = self.query(
             f"SELECT if(count() = 0, -1, max(kafka_offset)) FROM {DATABASE}.{table} "
             "WHERE kafka_topic = {t:String} AND kafka_partition = {p:Int32}",
-            parameters={"t": topic, "p": partition},
-        ).result_rows
+            {"t": topic, "p": partition},
+        )
         return int(rows[0][0])
 
     def query(

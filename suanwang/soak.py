@@ -1,0 +1,123 @@
+"""`suanwang bench soak`: the whole platform for minutes on end, sampled at intervals for what degrades slowly.
+
+Each sample records every service's resident memory, the consumer lag of the workers and the dispatcher
+(newest offset minus committed offset, summed over the topics they read), and the dispatch latency of
+the interval (request produced to placement consumed). The summary gives each figure's trend: memory
+growth in MB per minute (a least-squares slope over the samples after the first minute), lag at the end
+and at its worst, and the p99 of each half of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from suanwang.bus import client_kwargs
+from suanwang.dispatcher.service import dispatcher_group
+from suanwang.dispatcher.tiers import Scope
+from suanwang.runtime import Monitor, Platform
+from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.settings import Settings
+from suanwang.streams.app import worker_group
+
+SETTLE_S = 60.0  # memory grows while caches and numba warm up: the slope starts after this
+
+
+class Sampler:
+    """Called on every tick of the platform; takes a sample every `every_s` seconds."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.samples: list[dict[str, Any]] = []
+        self._next = 0.0
+        self._seen_latencies = 0
+        self._started = time.monotonic()
+
+    async def __call__(self, platform: Platform, monitor: Monitor) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        latencies = monitor.latency_ms[self._seen_latencies :]
+        self._seen_latencies = len(monitor.latency_ms)
+        self.samples.append(
+            {
+                "t_s": round(now - self._started, 1),
+                "rss_mb": {c.name: _rss_mb(c.proc.pid) for c in platform.children if c.alive and c.proc},
+                "lag": await consumer_lag(platform.settings),
+                "placements": len(latencies),
+                "dispatch_p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else None,
+            }
+        )
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a service and the processes it started."""
+    process = psutil.Process(pid)
+    total = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+    return round(total / 2**20, 1)
+
+
+async def consumer_lag(settings: Settings) -> dict[str, int]:
+    """Messages not yet committed by the workers' group and by the national dispatcher's group."""
+    topics = Topics(settings.topic_prefix)
+    groups = {
+        "worker": (worker_group(settings), [TELEMETRY, PLACEMENT, TASK_REQUEST]),
+        "dispatcher": (dispatcher_group(Scope("national")), [TASK_REQUEST, TASK_LIFECYCLE]),
+    }
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    ends = AIOKafkaConsumer(**client_kwargs(settings))
+    await admin.start()
+    await ends.start()
+    try:
+        await ends.topics()
+        lag = {}
+        for name, (group, specs) in groups.items():
+            names = [topics.name(s) for s in specs]
+            parts = [TopicPartition(n, p) for n in names for p in ends.partitions_for_topic(n) or ()]
+            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+            latest = await ends.end_offsets(parts)
+            lag[name] = sum(latest[tp] - max(0, committed[tp].offset if tp in committed else 0) for tp in parts)
+        return lag
+    finally:
+        await ends.stop()
+        await admin.close()
+
+
+def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """Trends over the samples: memory slope per service, lag at the end and at worst, p99 of each half."""
+    steady = [s for s in samples if s["t_s"] >= SETTLE_S] or samples
+    growth = {}
+    for name in samples[0]["rss_mb"] if samples else ():
+        points = [(s["t_s"] / 60, s["rss_mb"][name]) for s in steady if name in s["rss_mb"]]
+        slope = float(np.polyfit(*zip(*points, strict=True), 1)[0]) if len(points) >= 2 else 0.0
+        growth[name] = {
+            "first_mb": samples[0]["rss_mb"][name],
+            "last_mb": samples[-1]["rss_mb"].get(name),
+            "growth_mb_per_min": round(slope, 2),
+        }
+    half = len(samples) // 2
+    halves = (samples[:half], samples[half:])
+    p99 = [[s["dispatch_p99_ms"] for s in part if s["dispatch_p99_ms"] is not None] for part in halves]
+    return {
+        "minutes": round(run["seconds"] / 60, 2),
+        "samples": len(samples),
+        "memory": growth,
+        "lag_final": samples[-1]["lag"] if samples else {},
+        "lag_max": {k: max(s["lag"][k] for s in samples) for k in (samples[0]["lag"] if samples else {})},
+        "dispatch_p99_ms_first_half": round(float(np.median(p99[0])), 2) if p99[0] else None,
+        "dispatch_p99_ms_second_half": round(float(np.median(p99[1])), 2) if p99[1] else None,
+        "run": run,
+        "series": samples,
+    }
+
+
+def soak(settings: Settings, minutes: float, every_s: float) -> dict[str, Any]:
+    sampler = Sampler(every_s)
+    run = Platform(settings, live=False, on_tick=sampler).run(minutes * 60)
+    return summarise(sampler.samples, run)

@@ -1,0 +1,274 @@
+"""Fault tests on the real broker and chdb: processes killed with SIGKILL mid-stream, ClickHouse away, a slow
+subscriber. Each checks counts exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from suanwang.bus import EventProducer, contract_consumer, ensure_topics, now_ms
+from suanwang.schemas.codec import Codec
+from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.service import READY_MARK
+from suanwang.settings import Settings
+from suanwang.store import Store
+from suanwang.streams.app import create_app
+from suanwang.topology import load_network, scaled_nodes
+from suanwang.workload import TaskGenerator, registration
+from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry
+from tests.test_worker import wait_for
+
+
+def start_service(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    """A `suanwang` service in its own process, once it says it is serving."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUANWANG_")} | settings.to_env()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "suanwang", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if READY_MARK in line:
+            return process
+    raise AssertionError(f"suanwang {' '.join(args)} exited ({process.wait()}) before it was ready")
+
+
+class Decisions:
+    """Every placement and rejection on the dispatch topics, read from the start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = contract_consumer(settings, [PLACEMENT, REJECTION], None)
+        self.topics, self.codec = Topics(settings.topic_prefix), Codec()
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    async def until(self, done: Callable[[], bool], timeout_s: float = 120.0, settle_s: float = 0.0) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline, settled = loop.time() + timeout_s, None
+        while loop.time() < deadline and (settled is None or loop.time() < settled):
+            for tp, messages in (await self.consumer.getmany(timeout_ms=200)).items():
+                kind = self.topics.spec(tp.topic).name
+                self.records += [(kind, self.codec.decode(m.value)[1]) for m in messages]
+            if settled is None and done():
+                settled = loop.time() + settle_s
+        return done()
+
+
+async def stop_all(dispatcher: subprocess.Popen[str], decisions: Decisions, producer: EventProducer) -> None:
+    dispatcher.terminate()
+    dispatcher.wait(30)
+    await decisions.consumer.stop()
+    await producer.stop()
+
+
+def overcommitted(placements: list[dict[str, Any]], regs: dict[str, dict[str, Any]]) -> list[str]:
+    """Nodes whose placements together hold more than the node has: CPU, memory, or any accelerator's share."""
+    held: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    shares: Counter[tuple[str, int]] = Counter()
+    for p in placements:
+        held[p["node_id"]][0] += p["cpu_milli"]
+        held[p["node_id"]][1] += p["memory_mib"]
+        for index in p["accelerator_indices"]:
+            shares[(p["node_id"], index)] += p["accelerator_milli"]
+    over = [n for n, (cpu, mem) in held.items() if cpu > regs[n]["cpu_milli"] or mem > regs[n]["memory_mib"]]
+    return over + [f"{n}#{i}" for (n, i), milli in shares.items() if milli > 1000]
+
+
+def test_a_dispatcher_killed_mid_stream_decides_every_request_exactly_once(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL after about a third of 600 requests, restart: each request has one decision, no node is overcommitted."""
+    network = load_network()
+    regs = {r["node_id"]: r for r in (registration(s, network) for s in scaled_nodes(network, 60))}
+    generator = TaskGenerator(network, random.Random(11))
+    requests = [generator.next(now_ms()) for _ in range(600)]
+    ids = {r["task_id"] for r in requests}
+    service_settings = settings.model_copy(update={"data_dir": tmp_path})
+    kills = []
+
+    async def scenario() -> Decisions:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, list(regs.values()))
+        decisions = Decisions(settings)
+        await decisions.consumer.start()
+        dispatcher = start_service(service_settings, "dispatcher")
+        try:
+
+            async def feed(batch: list[dict[str, Any]]) -> None:
+                for request in batch:
+                    await producer.send(TASK_REQUEST, {**request, "event_time": now_ms()})
+                    await asyncio.sleep(0.004)  # about 250 a second
+                await producer.flush()
+
+            feeding = asyncio.create_task(feed(requests))
+            assert await decisions.until(lambda: len(decisions.records) >= 200)
+            dispatcher.send_signal(signal.SIGKILL)
+            kills.append(dispatcher.wait())
+            await feeding
+            dispatcher = start_service(service_settings, "dispatcher")
+            decided = lambda: {r["task_id"] for _, r in decisions.records} >= ids  # noqa: E731
+            assert await decisions.until(decided, settle_s=3.0), len({r["task_id"] for _, r in decisions.records})
+        finally:
+            await stop_all(dispatcher, decisions, producer)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    assert kills == [-signal.SIGKILL]
+    per_task = Counter(r["task_id"] for _, r in decisions.records if r["task_id"] in ids)
+    assert set(per_task) == ids and set(per_task.values()) == {1}, per_task.most_common(3)
+    placed = [r for kind, r in decisions.records if kind == PLACEMENT.name and r["task_id"] in ids]
+    assert placed and len(placed) < len(ids)  # some capacity ran out: the check below has teeth
+    assert overcommitted(placed, regs) == []
+
+
+def test_the_sink_waits_out_clickhouse_and_then_stores_everything_once(settings: Settings, store: Store) -> None:
+    """The telemetry table is detached (every insert fails) while 300 samples arrive; once it is back, each is
+    stored exactly once and none is dead-lettered."""
+    topic = Topics(settings.topic_prefix).name(TELEMETRY)
+    regs = fleet(10)
+    end = closed_minute()
+    samples = [telemetry(reg, end - 300_000 + i * 10_000) for reg in regs for i in range(30)]
+    stored = "SELECT count(), uniqExact(event_id) FROM suanwang.telemetry WHERE kafka_topic = {t:String}"
+    dead = "SELECT count() FROM suanwang.dead_letters WHERE source_topic = {t:String}"
+
+    def scalar(sql: str) -> tuple[int, ...]:
+        return store.query(sql, {"t": topic})[1][0]
+
+    async def scenario() -> int:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        await send_telemetry(producer, samples[:100])
+        app, ctx = create_app(settings, store)
+        store.client.command("DETACH TABLE suanwang.telemetry")
+        try:
+            await app.start()
+            await send_telemetry(producer, samples[100:])
+            assert await wait_for(lambda: ctx.counts["store_retries"] >= 3)  # it keeps trying, backing off
+        finally:
+            store.client.command("ATTACH TABLE suanwang.telemetry")
+        try:
+            assert await wait_for(lambda: scalar(stored)[0] >= len(samples))
+            await asyncio.sleep(2.0)  # anything doubled would land by now
+        finally:
+            await app.stop()
+            await producer.stop()
+        return ctx.counts["store_retries"]
+
+    retries = asyncio.run(scenario())
+    assert scalar(stored) == (len(samples), len(samples)) and scalar(dead) == (0,)
+    assert retries >= 3
+
+
+def _sql_through_api(data_dir: Path, query: str) -> list[list[Any]]:
+    """A query through the API of the worker that holds the embedded store in `data_dir`."""
+    url = (data_dir / "run" / "api.url").read_text().strip()
+    request = urllib.request.Request(
+        f"{url}/api/sql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["rows"]
+
+
+def test_a_worker_killed_mid_stream_stores_every_row_once(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL while 1,200 samples stream in, restart: the table and its hourly view hold each sample once."""
+    topic = Topics(settings.topic_prefix).name(TELEMETRY)
+    regs = fleet(20)
+    end = closed_minute()
+    samples = [telemetry(reg, end - 600_000 + i * 10_000) for i in range(60) for reg in regs]
+    worker_settings = settings.model_copy(update={"data_dir": tmp_path, "web_port": 0, "worker_drain_s": 20.0})
+    rows = f"SELECT count(), uniqExact(event_id) FROM suanwang.telemetry WHERE kafka_topic = '{topic}'"
+    hourly = (
+        "SELECT sum(samples) FROM suanwang.telemetry_hourly WHERE cluster IN "
+        f"(SELECT DISTINCT cluster FROM suanwang.telemetry WHERE kafka_topic = '{topic}')"
+    )
+    kills = []
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        worker = start_service(worker_settings, "worker", "--api")
+        try:
+            for i in range(0, len(samples), 100):
+                await send_telemetry(producer, samples[i : i + 100])
+                if i == 500:
+                    stored = (await asyncio.to_thread(_sql_through_api, tmp_path, rows))[0][0]
+                    while stored < 200:  # kill it with rows stored and a batch in flight
+                        await asyncio.sleep(0.2)
+                        stored = (await asyncio.to_thread(_sql_through_api, tmp_path, rows))[0][0]
+                    worker.send_signal(signal.SIGKILL)
+                    kills.append(worker.wait())
+                    worker = start_service(worker_settings, "worker", "--api")
+            done = await wait_for(lambda: _sql_through_api(tmp_path, rows)[0][0] >= len(samples), timeout_s=120)
+            assert done, _sql_through_api(tmp_path, rows)
+            await asyncio.sleep(3.0)  # a doubled row would land by now
+            return _sql_through_api(tmp_path, rows)[0], _sql_through_api(tmp_path, hourly)[0]
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            await producer.stop()
+
+    stored, in_hourly_view = asyncio.run(scenario())
+    assert kills == [-signal.SIGKILL]
+    assert stored == [len(samples), len(samples)]  # every sample once: none lost, none doubled
+    assert in_hourly_view == [len(samples)]
+
+
+def test_a_slow_subscriber_of_the_dispatch_topic_does_not_hold_dispatch_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A downstream consumer taking half a second per placement: every request is still decided, while it has
+    read only a few."""
+    network = load_network()
+    regs = [registration(s, network) for s in scaled_nodes(network, 200)]
+    generator = TaskGenerator(network, random.Random(5))
+    requests = [generator.next(now_ms()) for _ in range(300)]
+    ids = {r["task_id"] for r in requests}
+    slow_reads = []
+
+    async def slow_subscriber(stop: asyncio.Event) -> None:
+        consumer = contract_consumer(settings, [PLACEMENT], "slow-downstream-system")
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                for messages in (await consumer.getmany(timeout_ms=200, max_records=1)).values():
+                    slow_reads.extend(messages)
+                    await asyncio.sleep(0.5)
+        finally:
+            await consumer.stop()
+
+    async def scenario() -> Decisions:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        stop = asyncio.Event()
+        slow = asyncio.create_task(slow_subscriber(stop))
+        decisions = Decisions(settings)
+        await decisions.consumer.start()
+        dispatcher = start_service(settings.model_copy(update={"data_dir": tmp_path}), "dispatcher")
+        try:
+            for request in requests:
+                await producer.send(TASK_REQUEST, {**request, "event_time": now_ms()})
+            await producer.flush()
+            assert await decisions.until(lambda: {r["task_id"] for _, r in decisions.records} >= ids)
+        finally:
+            stop.set()
+            await slow
+            await stop_all(dispatcher, decisions, producer)
+        return decisions
+
+    decisions = asyncio.run(scenario())
+    placed = sum(1 for kind, r in decisions.records if kind == PLACEMENT.name and r["task_id"] in ids)
+    assert placed > 100 and len(slow_reads) < placed // 4  # dispatch ran far ahead of the slow reader
