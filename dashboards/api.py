@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
 from suanwang.dashboards.access import ANONYMOUS, ROLES, Principal, Role, load_tokens
-from suanwang.dashboards.guard import AUDIT_SCOPE, PRINCIPAL, AuditLog, describe, guard, http_error
+from suanwang.dashboards.guard import AUDIT_DETAIL, AUDIT_SCOPE, PRINCIPAL, AuditLog, describe, guard, http_error
 from suanwang.dashboards.openapi import openapi_document
 from suanwang.dashboards.scopes import ScopeView
 from suanwang.dashboards.stream import Client, Fanout, sse
@@ -198,6 +198,7 @@ async def sql(request: web.Request) -> web.Response:
     query = body.get("query") if isinstance(body, dict) else None
     if not isinstance(query, str) or not query.strip():
         return _json({"error": 'body must be {"query": "SELECT ..."}'}, status=422)
+    request[AUDIT_DETAIL] = query
     store = request.app[STORE]
     try:
         columns, rows = await store.run(lambda: store.query(query, None, readonly=True))
@@ -219,6 +220,7 @@ async def submit_task(request: web.Request) -> web.Response:
         record = task_request(body)
     except BadRequest as bad:
         return _json({"error": "the task request has bad fields", "fields": bad.problems}, status=422)
+    request[AUDIT_DETAIL] = f"task_id={record['task_id']} tenant={record['tenant']}"
     refusal = _may_submit(_caller(request), record)
     if refusal:
         raise http_error(web.HTTPForbidden, refusal)

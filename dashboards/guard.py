@@ -26,8 +26,10 @@ from suanwang.store import Store
 log = logging.getLogger("suanwang.audit")
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller
 AUDIT_SCOPE = web.RequestKey("audit_scope", str)  # the scope the caller looked at
+AUDIT_DETAIL = web.RequestKey("audit_detail", str)  # what a change concerned: the task submitted, the query run
 TOKEN_QUERY = "access_token"  # EventSource cannot send headers, so the stream takes the token here
 AUDIT_FLUSH_S = 1.0
+AUDIT_DETAIL_CHARS = 500
 AUDIT_MAX_BACKLOG = 100_000  # rows kept while ClickHouse is away; the oldest go first, and are counted
 
 
@@ -59,7 +61,7 @@ class AuditLog:
                 "role": principal.role if principal else "",
                 "method": request.method,
                 "route": _route(request),
-                "target": request.path + ("?" + urlencode(query) if query else ""),
+                "target": request.path + ("?" + urlencode(query) if query else "") + _detail(request),
                 "scope": request.get(AUDIT_SCOPE, ""),
                 "status": status,
                 "reason": reason,
@@ -88,6 +90,11 @@ class AuditLog:
         finally:
             with contextlib.suppress(Exception):
                 await self.flush()
+
+
+def _detail(request: web.Request) -> str:
+    detail = request.get(AUDIT_DETAIL)
+    return f" {detail[:AUDIT_DETAIL_CHARS]}" if detail else ""
 
 
 def _route(request: web.Request) -> str:

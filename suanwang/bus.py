@@ -61,7 +61,7 @@ def consumer_kwargs(settings: Settings, group_id: str | None, auto_commit: bool 
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 6),
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": 5,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "enable_auto_commit": group_id is not None and auto_commit,
     }
 

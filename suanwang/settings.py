@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="Replication factor of each topic created by suanwang.")
     schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; unset: local ids.")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer-group session timeout.")
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, le=10_000, description="Longest a consumer's fetch waits at the broker for data to arrive."
+    )
     # Kafka transport security (PLAINTEXT on the embedded broker; see the README's security section)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How clients talk to the brokers."

@@ -186,6 +186,7 @@ def test_every_api_action_and_every_decision_is_in_the_audit_log(store: Store, s
                 ("gansu-desk", "GET", "/api/alerts?limit=3", {}),
                 (None, "GET", f"/api/stream?scope=province:Gansu&access_token={token}", {}),
                 (None, "GET", "/api/alerts", {}),
+                ("analyst", "POST", "/api/sql", {"json": {"query": "SELECT 'audited' AS x"}}),
             ],
         )
     )  # the app's cleanup flushes the audit rows
@@ -199,6 +200,8 @@ def test_every_api_action_and_every_decision_is_in_the_audit_log(store: Store, s
     assert "may not see national" in mine[0][6] and mine[1][4] == "province:Gansu"
     assert mine[2][3] == "/api/stream?scope=province%3AGansu"  # the token is never written down
     assert any(r[0] == "unknown" and r[5] == 401 for r in rows)
+    queried = store.query("SELECT target FROM suanwang.api_audit WHERE actor = 'analyst' AND route = '/api/sql'", None)
+    assert "/api/sql SELECT 'audited' AS x" in [r[0] for r in queried[1]]
     assert not any(token in str(r) for r in rows)
     store.insert_records("placements", [sample_record("Placement") | {"task_id": "audit-1", "scope": "national"}])
     decision = store.query(
