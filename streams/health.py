@@ -1,8 +1,9 @@
 """Node health: a node silent for a few telemetry intervals goes offline, and back online when it reports.
 
 The `node_offline` alert (and its resolution) is also the health event the dispatcher consumes. Silence is
-measured on the telemetry event clock, which keeps moving with the wall clock when everything is quiet.
-Each worker watches the nodes of the partitions it holds.
+measured on the event clock of the node's own telemetry partition, which keeps moving with the wall clock
+when that partition is quiet: a partition read behind the others (a busy worker, a skewed fetch) does
+not make its nodes look silent. Each worker watches the nodes of the partitions it holds.
 """
 
 from __future__ import annotations
@@ -18,54 +19,75 @@ TEMP_MARGIN_C = 3.0
 CHECK_EVERY_S = 1.0
 
 
+class Silence:
+    """When each node last reported, on its partition's event clock; which nodes are silent past a bound."""
+
+    def __init__(self, silence_ms: int) -> None:
+        self.silence_ms = silence_ms
+        self.last_seen: dict[str, tuple[int, int]] = {}  # node -> (event ms, partition)
+        self.clocks: dict[int, EventClock] = {}
+        self.offline: set[str] = set()
+
+    def saw(self, node: str, event_ms: int, partition: int) -> int | None:
+        """Notes a report; the ms it was silent for if it was offline (it is back), else None."""
+        self.clocks.setdefault(partition, EventClock()).saw(event_ms)
+        previous = self.last_seen.get(node, (0, 0))[0]
+        self.last_seen[node] = (max(event_ms, previous), partition)
+        if node in self.offline:
+            self.offline.discard(node)
+            return event_ms - previous
+        return None
+
+    def newly_silent(self) -> list[tuple[str, int]]:
+        """Nodes silent longer than the bound on their own partition's clock, not yet offline, and for how long."""
+        found = []
+        for node, (ms, partition) in self.last_seen.items():
+            silent = self.clocks[partition].now_ms() - ms
+            if node not in self.offline and silent > self.silence_ms:
+                self.offline.add(node)
+                found.append((node, silent))
+        return found
+
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions handed to another worker: their nodes are watched there now."""
+        for node in [n for n, (_ms, p) in self.last_seen.items() if p in partitions]:
+            del self.last_seen[node]
+            self.offline.discard(node)
+        for partition in partitions:
+            self.clocks.pop(partition, None)
+
+
 def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Awaitable[None]]:
     """Registers the silence check and returns the step that watches telemetry batches."""
     settings = ctx.settings
-    silence_ms = int(settings.offline_after_intervals * settings.telemetry_interval_s * 1000)
-    last_seen: dict[str, tuple[int, int]] = {}  # node -> (event ms, partition)
-    offline: set[str] = set()
-    clock = EventClock()  # its own: the clock of an agent further ahead would find nodes silent
+    silence = Silence(int(settings.offline_after_intervals * settings.telemetry_interval_s * 1000))
 
     @ctx.app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: set[Any], **_: Any) -> None:
-        gone = {tp.partition for tp in revoked if tp.topic == ctx.topics.name(TELEMETRY)}
-        for node in [n for n, (_ms, partition) in last_seen.items() if partition in gone]:
-            del last_seen[node]
-            offline.discard(node)
+        silence.forget({tp.partition for tp in revoked if tp.topic == ctx.topics.name(TELEMETRY)})
 
-    async def mark(node: str, is_offline: bool, silent_s: float) -> None:
-        if is_offline:
-            offline.add(node)
-        else:
-            offline.discard(node)
+    async def alert(node: str, is_offline: bool, silent_ms: int) -> None:
         await ctx.alerts.set(
-            f"node_offline:node:{node}", "node_offline", "node", node, is_offline, silent_s,
-            silence_ms / 1000, f"{node} silent for {silent_s:.0f} s",
+            f"node_offline:node:{node}", "node_offline", "node", node, is_offline, silent_ms / 1000,
+            silence.silence_ms / 1000, f"{node} silent for {silent_ms / 1000:.0f} s",
         )  # fmt: skip
 
     async def watch(valid: list[tuple[Any, dict[str, Any]]]) -> None:
         """Notes when each node of a batch of valid telemetry last reported, and judges its temperature."""
         for ev, t in valid:
-            await saw(t, ev.message.partition)
-
-    async def saw(t: dict[str, Any], partition: int) -> None:
-        node, ms = t["node_id"], int(t["event_time"].timestamp() * 1000)
-        clock.saw(ms)
-        previous = last_seen.get(node, (0, 0))[0]
-        last_seen[node] = (max(ms, previous), partition)
-        if node in offline:
-            await mark(node, False, (ms - previous) / 1000)
-        temp = t["inlet_temp_c"]
-        await ctx.alerts.judge(
-            "overheating", "node", node, temp, settings.alert_inlet_temp_c, TEMP_MARGIN_C,
-            f"{node} inlet {temp:.1f} °C in {t['cluster']}",
-        )  # fmt: skip
+            node = t["node_id"]
+            back_after = silence.saw(node, int(t["event_time"].timestamp() * 1000), ev.message.partition)
+            if back_after is not None:
+                await alert(node, False, back_after)
+            temp = t["inlet_temp_c"]
+            await ctx.alerts.judge(
+                "overheating", "node", node, temp, settings.alert_inlet_temp_c, TEMP_MARGIN_C,
+                f"{node} inlet {temp:.1f} °C in {t['cluster']}",
+            )  # fmt: skip
 
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
     async def find_silent_nodes() -> None:
-        now = clock.now_ms()
-        for node, (ms, _partition) in list(last_seen.items()):
-            if node not in offline and now - ms > silence_ms:
-                await mark(node, True, (now - ms) / 1000)
+        for node, silent_ms in silence.newly_silent():
+            await alert(node, True, silent_ms)
 
     return watch

@@ -1,0 +1,28 @@
+"""Node silence, judged on each node's own partition clock: a partition read behind the others raises nothing."""
+
+from __future__ import annotations
+
+from suanwang.streams.health import Silence
+
+S = 1000
+
+
+def test_a_partition_read_behind_the_others_does_not_make_its_nodes_silent() -> None:
+    silence = Silence(silence_ms=15 * S)
+    silence.saw("a-1", 10 * S, partition=1)
+    for t in range(10, 101, 5):  # partition 0 is read far ahead
+        silence.saw("b-1", t * S, partition=0)
+    assert silence.newly_silent() == []  # a-1 is 90 s behind b-1, but not behind its own partition
+    silence.saw("a-2", 30 * S, partition=1)  # partition 1 moves on, a-1 stays quiet
+    assert [(node, ms // S) for node, ms in silence.newly_silent()] == [("a-1", 20)]
+    assert silence.newly_silent() == []  # raised once
+    assert silence.saw("a-1", 40 * S, partition=1) == 30 * S  # back, after 30 s
+    assert silence.offline == set()
+
+
+def test_nodes_of_revoked_partitions_are_forgotten() -> None:
+    silence = Silence(silence_ms=15 * S)
+    silence.saw("a-1", 10 * S, partition=1)
+    silence.saw("b-1", 10 * S, partition=0)
+    silence.forget({1})
+    assert set(silence.last_seen) == {"b-1"} and set(silence.clocks) == {0}
