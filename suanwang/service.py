@@ -45,11 +45,10 @@ async def consume(
 
     Offsets are committed (every COMMIT_EVERY_S, and at the end) only after all that was produced for the
     messages before them is delivered; the consumer must be made with `auto_commit=False`."""
-    codec = producer.codec
     last_commit = time.monotonic()
     try:
         while not stop.is_set():
-            await _consume_batch(consumer, topics, producer, component, handle, codec)
+            await _consume_batch(consumer, topics, producer, component, handle)
             if time.monotonic() - last_commit >= COMMIT_EVERY_S:
                 await _commit(consumer, producer, component)
                 last_commit = time.monotonic()
@@ -66,13 +65,13 @@ async def _commit(consumer: AIOKafkaConsumer, producer: EventProducer, component
 
 
 async def _consume_batch(
-    consumer: AIOKafkaConsumer, topics: Topics, producer: EventProducer, component: str, handle: Handler, codec: Any
+    consumer: AIOKafkaConsumer, topics: Topics, producer: EventProducer, component: str, handle: Handler
 ) -> None:
     batches = await consumer.getmany(timeout_ms=100, max_records=500)
     for messages in batches.values():
         for msg in messages:
             try:
-                record = codec.decode_as(topics.spec(msg.topic).schema, msg.value)
+                record = producer.codec.decode_as(topics.spec(msg.topic).schema, msg.value)
             except DecodeError as exc:
                 await producer.dead_letter(component, msg, str(exc))
                 continue

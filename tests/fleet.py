@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from suanwang.bus import EventProducer, event, now_ms
 from suanwang.schemas.topics import REGISTRY, TELEMETRY
+from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration
 
@@ -51,3 +54,15 @@ async def send_telemetry(producer: EventProducer, records: list[dict[str, Any]])
     for record in records:
         await producer.send(TELEMETRY, record)
     await producer.flush()
+
+
+async def send_raw(settings: Settings, topic: str, payloads: list[bytes], key_prefix: str) -> None:
+    """Bytes as a broken producer would send them, bypassing the contract's encoder."""
+    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await raw.start()
+    try:
+        for i, payload in enumerate(payloads):
+            await raw.send(topic, payload, key=f"{key_prefix}{i}".encode())
+        await raw.flush()
+    finally:
+        await raw.stop()

@@ -12,7 +12,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +23,7 @@ from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.trace import TASK_COLUMNS, read_tasks
-from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry
+from tests.fleet import closed_minute, fleet, register, send_raw, send_telemetry, telemetry
 from tests.samples import sample_record
 from tests.test_worker import wait_for
 
@@ -142,14 +141,9 @@ def test_fuzzed_payloads_each_end_stored_or_dead_lettered_and_the_stream_flows(
         producer = EventProducer(settings)
         await producer.start()
         await register(producer, regs)
-        raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-        await raw.start()
         await send_telemetry(producer, good[:18])
-        for i, payload in enumerate(fuzz):
-            await raw.send(topic, payload, key=f"fuzz-{i}".encode())
-        await raw.flush()
+        await send_raw(settings, topic, fuzz, "fuzz-")
         await send_telemetry(producer, good[18:])
-        await raw.stop()
         await producer.stop()
         app, _ctx = create_app(settings, store)
         await app.start()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaProducer
-
 from suanwang.bus import EventProducer, ensure_topics, now_ms
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import ROLLUP, TELEMETRY, Topics
@@ -15,7 +13,7 @@ from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.streams.facts import Facts
-from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_telemetry, telemetry
+from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_raw, send_telemetry, telemetry
 from tests.samples import sample_record
 
 
@@ -85,13 +83,9 @@ def test_worker_stores_counts_and_dead_letters_exactly_once(settings: Settings, 
         producer = EventProducer(settings)
         await producer.start()
         await register(producer, regs)
-        raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-        await raw.start()
         await send_telemetry(producer, good[:100])
-        for i, payload in enumerate(garbage.values()):
-            await raw.send_and_wait(telemetry_topic, payload, key=f"bad{i}".encode())
+        await send_raw(settings, telemetry_topic, list(garbage.values()), "bad")
         await send_telemetry(producer, [*bad_values.values(), *good[100:], *clock_movers])
-        await raw.stop()
         await producer.stop()
 
         def all_in() -> bool:
