@@ -49,7 +49,6 @@ class AuditLog:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.rows: list[dict[str, Any]] = []
-        self.dropped = 0
 
     def record(self, request: web.Request, principal: Principal | None, status: int, reason: str) -> None:
         query = [(k, v) for k, v in request.query.items() if k != TOKEN_QUERY]
@@ -68,7 +67,7 @@ class AuditLog:
             }
         )
         if len(self.rows) > AUDIT_MAX_BACKLOG:
-            self.dropped += len(self.rows) - AUDIT_MAX_BACKLOG
+            log.error("audit backlog over %d rows while ClickHouse is away: the oldest is dropped", AUDIT_MAX_BACKLOG)
             del self.rows[: len(self.rows) - AUDIT_MAX_BACKLOG]
 
     async def flush(self) -> None:
