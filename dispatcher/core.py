@@ -13,7 +13,7 @@ from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
-from suanwang.topology import Network
+from suanwang.topology import PRECISIONS, Network
 
 MAX_TASK_HOURS = 24 * 365
 ESCALATED = "ESCALATED"  # a tier's rejection code: the request went on to the national dispatcher
@@ -82,6 +82,7 @@ def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) ->
             req["input_gb"] or 0,
             req["budget_yuan"] or 0,
             fragmentation_weight,
+            PRECISIONS.index(req.get("precision", "fp32")),
         ],
         dtype=np.float64,
     )
@@ -274,6 +275,8 @@ class Dispatcher:
         duration = req["duration_s"]
         if duration is not None and not 0 < duration <= MAX_TASK_HOURS * 3600:
             raise Invalid("INVALID_RESOURCES", f"duration_s={duration} is not in (0, one year]")
+        if req.get("precision", "fp32") not in PRECISIONS:
+            raise Invalid("UNKNOWN_PRECISION", f"precision {req['precision']!r} is not one of {', '.join(PRECISIONS)}")
         if req["latency_tier_ms"] is not None and req["latency_tier_ms"] <= 0:
             raise Invalid("INVALID_RESOURCES", f"latency_tier_ms={req['latency_tier_ms']} must be positive")
         if (req["input_gb"] or 0) < 0:
@@ -353,6 +356,11 @@ class Dispatcher:
             saved_carbon_kg=local_carbon - parts["carbon_kg"] if local >= 0 else 0.0,
             feasible_nodes=c.feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
+            precision=req.get("precision", "fp32"),
+            compute_class=t.classes.names[t.column(stages.CLASS)[best]],
+            chip_model=t.models.names[t.column(stages.MODEL)[best]],
+            input_gb=req["input_gb"] or 0.0,
+            **quote(t, best, d.ask, w),
         )
         record["start_at"] = start_at
         return PLACEMENT, record
@@ -370,20 +378,35 @@ class Dispatcher:
         )
 
 
-def breakdown(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> dict[str, float]:
-    """The parts of a placement's cost on node `row`, for the explained event (they sum to its total)."""
+def quote(t: NodeTable, row: int, ask: np.ndarray, w: Window) -> dict[str, float]:
+    """The prices a placement on node `row` is quoted at, per hour of the task's share: what the bill applies
+    to the hours metered."""
     node, figures, a = t.ints[row].tolist(), t.floats[row].tolist(), ask.tolist()  # Python scalars: cheap to read
     node_share = stages.share(
         node[stages.N_ACC], node[stages.CPU_TOTAL], a[stages.CPU], a[stages.ACC_COUNT], a[stages.ACC_MILLI]
     )
-    hours = node_share * a[stages.HOURS]
-    kwh = figures[stages.POWER_KW] * figures[stages.PUE] * hours
-    transfer = float(t.transfer_price[int(a[stages.DATA_HUB]), node[stages.HUB]])
-    price, green = w.grid(node[stages.PROVINCE])
+    cu = figures[stages.CU + int(a[stages.PRECISION])]
+    rate = stages.compute_rate(cu, figures[stages.UNIT_PRICE], figures[stages.PRICE_INDEX])
+    return {
+        "price_index": figures[stages.PRICE_INDEX],
+        "cu_per_hour": node_share * cu,
+        "compute_yuan_per_hour": node_share * rate,
+        "meter_kw": node_share * figures[stages.POWER_KW] * figures[stages.PUE],
+        "yuan_per_kwh": w.grid(node[stages.PROVINCE])[0],
+    }
+
+
+def breakdown(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> dict[str, float]:
+    """The parts of a placement's cost on node `row`, for the explained event (they sum to its total)."""
+    q, a = quote(t, row, ask, w), ask.tolist()
+    hours = a[stages.HOURS]
+    kwh = q["meter_kw"] * hours
+    transfer = float(t.transfer_price[int(a[stages.DATA_HUB]), int(t.ints[row, stages.HUB])])
+    green = w.grid(int(t.ints[row, stages.PROVINCE]))[1]
     carbon_kg = kwh * (1.0 - green) * t.emission_kg_per_kwh
     return {
-        "compute_cost": figures[stages.UNIT_PRICE] * figures[stages.THROUGHPUT] * hours,
-        "energy_cost": kwh * price,
+        "compute_cost": q["compute_yuan_per_hour"] * hours,
+        "energy_cost": kwh * q["yuan_per_kwh"],
         "transfer_cost": a[stages.INPUT_GB] * transfer,
         "carbon_cost": carbon_kg * carbon_price,
         "energy_kwh": kwh,
@@ -401,6 +424,7 @@ def warm_up(network: Network) -> None:
             hub=hub,
             cluster="c",
             province=province,
+            compute_class="GPU",
             chip_arch="x",
             chip_model="m",
             cpu_milli=1000,

@@ -43,8 +43,9 @@ def evaluate_numpy(
         fits = (best_share >= milli) | (whole > 0)
     else:
         fits = whole >= count
+    cu = s.CU + int(ask[s.PRECISION])
     ok = ints[:, s.HEALTHY] != 0
-    ok &= arch_ok[ints[:, s.ARCH]] != 0
+    ok &= (arch_ok[ints[:, s.ARCH]] != 0) & (floats[:, cu] > 0)
     if ask[s.ANY_MODEL] == 0:
         ok &= model_ok[ints[:, s.MODEL]] != 0
     if ask[s.ANY_PROVINCE] == 0:
@@ -56,7 +57,8 @@ def evaluate_numpy(
         share = np.where(n_acc > 0, count * (milli / s.WHOLE) / np.maximum(n_acc, 1), cpu / ints[:, s.CPU_TOTAL])
     else:
         share = cpu / ints[:, s.CPU_TOTAL]
-    rate = floats[:, s.COMPUTE_RATE] + floats[:, s.METER_KW] * per_kwh[ints[:, s.PROVINCE]]
+    compute = floats[:, cu] * floats[:, s.UNIT_PRICE] * floats[:, s.PRICE_INDEX]
+    rate = compute + floats[:, s.METER_KW] * per_kwh[ints[:, s.PROVINCE]]
     cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub, hub]
     if ask[s.BUDGET_YUAN] > 0:
         ok &= ~(cost > ask[s.BUDGET_YUAN])
@@ -85,9 +87,12 @@ def choose_python(
     origin, data_hub, tier = int(ask[s.ORIGIN]), int(ask[s.DATA_HUB]), ask[s.TIER_MS]
     cpu, mem, count, milli = int(ask[s.CPU]), int(ask[s.MEM]), int(ask[s.ACC_COUNT]), int(ask[s.ACC_MILLI])
     any_model, any_province = ask[s.ANY_MODEL] > 0, ask[s.ANY_PROVINCE] > 0
+    cu = s.CU + int(ask[s.PRECISION])
     best, best_score = -1, math.inf
     for i, row in enumerate(rows):
         if row[s.HEALTHY] == 0 or not arch_ok[row[s.ARCH]] or not (any_model or model_ok[row[s.MODEL]]):
+            continue
+        if not figures[i][cu] > 0:
             continue
         if not (any_province or province_ok[row[s.PROVINCE]]):
             continue
@@ -103,7 +108,8 @@ def choose_python(
         if row[s.CPU_FREE] < cpu or row[s.MEM_FREE] < mem or not fits:
             continue
         share = count * (milli / s.WHOLE) / n_acc if count > 0 and n_acc > 0 else cpu / row[s.CPU_TOTAL]
-        rate = figures[i][s.COMPUTE_RATE] + figures[i][s.METER_KW] * per_kwh[row[s.PROVINCE]]
+        compute = figures[i][cu] * figures[i][s.UNIT_PRICE] * figures[i][s.PRICE_INDEX]
+        rate = compute + figures[i][s.METER_KW] * per_kwh[row[s.PROVINCE]]
         cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub][row[s.HUB]]
         if ask[s.BUDGET_YUAN] > 0 and cost > ask[s.BUDGET_YUAN]:
             continue

@@ -18,10 +18,12 @@ from suanwang.bus import (
     read_to_end,
 )
 from suanwang.dispatcher.core import ESCALATED, Dispatcher, warm_up
+from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
+    MARKET_PRICE,
     PLACEMENT,
     REGISTRY,
     REJECTION,
@@ -35,6 +37,7 @@ from suanwang.settings import Settings
 from suanwang.topology import load_network
 
 RELEASING_STATES = {"FINISHED", "FAILED", "CANCELLED"}
+STATE_TOPICS = (REGISTRY, GRID_SIGNAL, MARKET_PRICE)  # read whole at start, then followed
 
 
 def dispatcher_group(scope: Scope) -> str:
@@ -60,6 +63,8 @@ class DispatcherService:
             remembered_decisions=settings.dispatch_remembered_decisions,
         )
         self.producer = EventProducer(settings)
+        # the national dispatcher sets the market's prices; every tier applies them from `market.price`
+        self.prices = PriceSetter(network.market, self.core.nodes) if self.scope.kind == "national" else None
 
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
@@ -102,6 +107,8 @@ class DispatcherService:
             self.core.nodes.register(record)  # only this tier's nodes: no other dispatcher may promise them
         elif schema == "GridSignal":
             self.core.grid_signal(record)
+        elif schema == "MarketPrice":
+            self.core.nodes.set_price(record["hub"], record["compute_class"], record["price_index"])
 
     async def _on_event(self, topic: str, record: dict[str, Any]) -> None:
         spec = self.topics.spec(topic)
@@ -110,6 +117,8 @@ class DispatcherService:
                 return  # redelivered: its decision is on the dispatch topic already (sent, or read back at start)
             out_spec, out = self.core.decide(record)
             await self.producer.send(out_spec, out)
+            if self.prices is not None:
+                self.prices.observe(record, out)
             if out_spec is REJECTION and out["reason_code"] == ESCALATED:
                 escalated = {**record, "escalated_from": str(self.scope), "escalation_reason": out["reason"]}
                 await self.producer.send(TASK_REQUEST, escalated)  # the national request topic
@@ -130,13 +139,14 @@ class DispatcherService:
         events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group, auto_commit=False))
         try:
             await state.start()
-            await read_to_end(state, [self.topics.name(s) for s in (REGISTRY, GRID_SIGNAL)], self._on_state)
+            await read_to_end(state, [self.topics.name(s) for s in STATE_TOPICS], self._on_state)
             await self._rebuild()
             await events.start()
             announce_ready("dispatcher")
             await asyncio.gather(
                 follow(state, self._on_state, stop),
                 self._lapse_unstarted(stop),
+                self._set_prices(stop),
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
             )
         finally:
@@ -154,3 +164,12 @@ class DispatcherService:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _set_prices(self, stop: asyncio.Event) -> None:
+        """Every market interval, the national dispatcher publishes each hub and class's new price."""
+        while self.prices is not None and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.market_interval_s)
+            if not stop.is_set():
+                for price in self.prices.step():
+                    await self.producer.send(MARKET_PRICE, price)

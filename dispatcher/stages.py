@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from numba import njit
 
+from suanwang.topology import PRECISIONS
+
 WHOLE = 1000  # an accelerator's capacity in thousandths
 
 # verdicts: FEASIBLE, or the first filter a node fails
@@ -28,17 +30,20 @@ FILTER_NAMES = ("unhealthy", "wrong architecture", "data residency", "latency ti
 
 # columns of the int matrix
 HEALTHY, ARCH, MODEL, HUB, PROVINCE, CPU_TOTAL, CPU_FREE, MEM_TOTAL, MEM_FREE, N_ACC, WHOLE_FREE, BEST_SHARE = range(12)
-INT_FIELDS = 12
-# columns of the float matrix: COMPUTE_RATE is yuan per hour of the whole node's compute, METER_KW the
-# power the whole node draws at the meter (power x PUE); energy and carbon follow the grid of the hours run
-THROUGHPUT, POWER_KW, PUE, UNIT_PRICE, COMPUTE_RATE, METER_KW = range(6)
-FLOAT_FIELDS = 6
+CLASS = 12  # compute class (CPU, GPU, NPU, HPC): with HUB, what a market price applies to
+INT_FIELDS = 13
+# columns of the float matrix: METER_KW is the power the whole node draws at the meter (power x PUE), and
+# CU + p the compute units the whole node does per hour at precision p (topology.PRECISIONS order; 0: it
+# cannot). Compute costs CU x UNIT_PRICE x PRICE_INDEX (the market's index of the node's hub and class) per
+# hour; energy and carbon follow the grid of the hours run
+THROUGHPUT, POWER_KW, PUE, UNIT_PRICE, PRICE_INDEX, METER_KW, CU = range(7)
+FLOAT_FIELDS = CU + len(PRECISIONS)
 # fields of `ask`, the request as numbers
 ANY_MODEL, ANY_PROVINCE, ORIGIN, DATA_HUB, TIER_MS, CPU, MEM, ACC_COUNT, ACC_MILLI, HOURS, INPUT_GB, BUDGET_YUAN = (
     range(12)
 )
-FRAG_WEIGHT = 12
-ASK_FIELDS = 13
+FRAG_WEIGHT, PRECISION = 12, 13
+ASK_FIELDS = 14
 
 
 @njit(cache=True)
@@ -91,6 +96,12 @@ def share(n_acc, cpu_total, cpu, count, milli):
 
 
 @njit(cache=True)
+def compute_rate(cu_per_hour, unit_price, price_index):
+    """Price: yuan per hour of the whole node's compute at the task's precision, at the market's index."""
+    return cu_per_hour * unit_price * price_index
+
+
+@njit(cache=True)
 def cost(node_share, hours, rate, input_gb, transfer_price):
     """Score: expected yuan, compute + energy + carbon for the hours the task runs, plus moving its data."""
     return node_share * hours * rate + input_gb * transfer_price
@@ -140,6 +151,7 @@ def choose(
     origin, data_hub, tier = int(ask[ORIGIN]), int(ask[DATA_HUB]), ask[TIER_MS]
     cpu, mem, count, milli = int(ask[CPU]), int(ask[MEM]), int(ask[ACC_COUNT]), int(ask[ACC_MILLI])
     hours, input_gb, budget, weight = ask[HOURS], ask[INPUT_GB], ask[BUDGET_YUAN], ask[FRAG_WEIGHT]
+    cu = CU + int(ask[PRECISION])
     best = second = local = -1
     best_score = second_score = local_score = 0.0
     for k in range(counts.shape[0]):
@@ -154,7 +166,7 @@ def choose(
             hub = ints[i, HUB]
             v = verdict(
                 ints[i, HEALTHY],
-                True,
+                floats[i, cu] > 0,
                 any_model or model_ok[ints[i, MODEL]] != 0,
                 any_province or province_ok[ints[i, PROVINCE]] != 0,
                 rtt[origin, hub],
@@ -171,7 +183,8 @@ def choose(
             c = 0.0
             if v == FEASIBLE:
                 node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-                rate = floats[i, COMPUTE_RATE] + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
+                compute = compute_rate(floats[i, cu], floats[i, UNIT_PRICE], floats[i, PRICE_INDEX])
+                rate = compute + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
                 c = cost(node_share, hours, rate, input_gb, transfer[data_hub, hub])
                 if budget > 0 and c > budget:
                     v = BUDGET
@@ -199,7 +212,8 @@ def choose(
         i = picks[k]
         if i >= 0:
             node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-            rate = floats[i, COMPUTE_RATE] + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
+            compute = compute_rate(floats[i, cu], floats[i, UNIT_PRICE], floats[i, PRICE_INDEX])
+            rate = compute + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
             costs[k] = cost(node_share, hours, rate, input_gb, transfer[data_hub, ints[i, HUB]])
     return counts[FEASIBLE]
 

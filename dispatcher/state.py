@@ -8,7 +8,7 @@ import numpy as np
 
 from suanwang.bus import HOUR_MS
 from suanwang.dispatcher import stages as s
-from suanwang.topology import Network
+from suanwang.topology import PRECISIONS, Metering, Network
 
 MAX_ACCELERATORS = 16
 
@@ -130,6 +130,9 @@ class NodeTable:
         self.provinces = Vocabulary(list(network.provinces))
         self.archs = Vocabulary()
         self.models = Vocabulary()
+        self.classes = Vocabulary()
+        self.metering: Metering = network.metering
+        self.price_index: dict[tuple[int, int], float] = {}  # (hub, class) -> the market's index; absent: 1
         self.node_ids: list[str] = []
         self.row: dict[str, int] = {}
         self.clusters: list[str] = []
@@ -207,16 +210,31 @@ class NodeTable:
         ints[i, s.MODEL] = self.models.add(reg["chip_model"])
         ints[i, s.HUB] = self.hubs.ids[reg["hub"]]
         ints[i, s.PROVINCE] = self.provinces.ids[reg["province"]]
+        ints[i, s.CLASS] = self.classes.add(reg["compute_class"])
         ints[i, s.CPU_TOTAL] = reg["cpu_milli"]
         ints[i, s.MEM_TOTAL] = reg["memory_mib"]
         floats[i, s.THROUGHPUT] = reg["throughput"]
         floats[i, s.POWER_KW] = reg["power_kw"]
         floats[i, s.PUE] = reg["pue"]
         floats[i, s.UNIT_PRICE] = reg["unit_price"]
-        floats[i, s.COMPUTE_RATE] = reg["unit_price"] * reg["throughput"]
+        floats[i, s.PRICE_INDEX] = self.price_index.get((ints[i, s.HUB], ints[i, s.CLASS]), 1.0)
         floats[i, s.METER_KW] = reg["power_kw"] * reg["pue"]
+        for p, precision in enumerate(PRECISIONS):
+            floats[i, s.CU + p] = reg["throughput"] * self.metering.factor(reg["chip_model"], precision)
         s.summarise_accelerators(i, ints, self._acc)
         return i
+
+
+    def set_price(self, hub: str, compute_class: str, index: float) -> int:
+        """Applies a market index to every node of the hub and class (and to those that register later);
+        how many nodes it priced."""
+        if hub not in self.hubs.ids:
+            return 0
+        key = (self.hubs.ids[hub], self.classes.add(compute_class))
+        self.price_index[key] = index
+        rows = (self.column(s.HUB) == key[0]) & (self.column(s.CLASS) == key[1])
+        self._floats[: self.size, s.PRICE_INDEX][rows] = index
+        return int(rows.sum())
 
 
 def epoch_ms(value: Any) -> Any:

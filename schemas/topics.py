@@ -32,6 +32,7 @@ ALERT = TopicSpec("monitor.alert", "Alert", "alert_key", "alerts")
 PANE = TopicSpec("monitor.pane", "Pane", "shard", None)
 LATENCY = TopicSpec("monitor.latency", "LatencyRollup", "scope_key", "latency_rollups")
 GRID_SIGNAL = TopicSpec("grid.signal", "GridSignal", "province", "grid_signals")
+MARKET_PRICE = TopicSpec("market.price", "MarketPrice", "price_key", "market_prices", compacted=True)
 NETWORK_PROBE = TopicSpec("network.probe", "NetworkProbe", "from_hub", "hub_latency")
 DEADLETTER = TopicSpec("deadletter", "DeadLetter", None, "dead_letters")
 
@@ -48,6 +49,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     LATENCY,
     GRID_SIGNAL,
     NETWORK_PROBE,
+    MARKET_PRICE,
     DEADLETTER,
 )
 

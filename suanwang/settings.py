@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         50_000, ge=1, description="Newest decisions kept to answer a redelivered request the same way."
     )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
+    market_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between two price updates of the market (network.yaml `market`)."
+    )
+    # Billing
+    tenants_file: Path | None = Field(
+        None, description="YAML file of tenants and their vouchers; unset: the shipped book of the simulator's tenants."
+    )
+    billing_interval_s: float = Field(5.0, gt=0, description="Seconds between two billing runs of the worker.")
+    billing_grace_s: float = Field(
+        60.0, ge=0, description="Seconds a task's last event waits for late ones before the task is billed."
+    )
     # Monitoring
     worker_drain_s: float = Field(
         45.0, ge=0, description="Seconds a stopping worker may take to store what it has read."

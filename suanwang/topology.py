@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError, model_validator
 from suanwang.errors import SuanwangError
 
 Role = Literal["east", "west", "central"]
+PRECISIONS = ("fp64", "fp32", "fp16", "int8")  # the arithmetic a task names; metered per chip (network.yaml)
 
 
 class Names(BaseModel):
@@ -92,9 +93,55 @@ class Grid(BaseModel):
     valley_multiplier: float
 
 
+class Metering(BaseModel):
+    """The conversion of every chip model and precision to compute units (see network.yaml)."""
+
+    weights: dict[str, float]
+    peaks: dict[str, dict[str, float]]
+
+    @model_validator(mode="after")
+    def _complete(self) -> Metering:
+        if set(self.weights) != set(PRECISIONS):
+            raise ValueError(f"metering weights must name exactly the precisions {PRECISIONS}")
+        for model, peaks in self.peaks.items():
+            if set(peaks) != set(PRECISIONS) or peaks["fp32"] <= 0 or min(peaks.values()) < 0:
+                raise ValueError(f"metering peaks of {model} must give every precision, fp32 above 0")
+        return self
+
+    def factor(self, chip_model: str, precision: str) -> float:
+        """CU per hour at `precision` for each CU per hour at FP32; 0 when the chip cannot run it."""
+        peaks = self.peaks.get(chip_model)
+        if peaks is None:
+            return 1.0
+        return peaks[precision] / peaks["fp32"] * self.weights[precision]
+
+
+class Market(BaseModel):
+    target_utilisation: float
+    utilisation_gain: float
+    pressure_gain: float
+    max_step: float
+    min_index: float
+    max_index: float
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Market:
+        if not 0 < self.min_index <= 1.0 <= self.max_index:
+            raise ValueError("market bounds must hold the base price: 0 < min_index <= 1 <= max_index")
+        return self
+
+
+class Billing(BaseModel):
+    storage_yuan_per_gb_month: float
+    network_operators: dict[str, str]
+
+
 class Network(BaseModel):
     latency: Latency
     grid: Grid
+    metering: Metering
+    market: Market
+    billing: Billing
     pools: dict[str, Pool]
     mixes: dict[Role, dict[str, float]]
     provinces: dict[str, Province]
@@ -124,6 +171,12 @@ class Network(BaseModel):
             for cluster in industry.clusters:
                 if cluster not in clusters:
                     raise ValueError(f"industry {industry_id} names unknown cluster {cluster!r}")
+        for pool_id, pool in self.pools.items():
+            if pool.chip_model not in self.metering.peaks:
+                raise ValueError(f"pool {pool_id}'s chip {pool.chip_model!r} has no metering peaks")
+        for hub_id in self.hubs:
+            if hub_id not in self.billing.network_operators:
+                raise ValueError(f"hub {hub_id} has no network operator for billing")
         for what in ("share", "demand"):
             if not math.isclose(sum(getattr(h, what) for h in self.hubs.values()), 1.0, abs_tol=1e-6):
                 raise ValueError(f"hub {what}s do not sum to 1")

@@ -194,6 +194,7 @@ class TaskKind:
     input_gb: tuple[float, float]
     residency: float  # probability the data may not leave its province
     shiftable: bool
+    precision: str = "fp32"  # the arithmetic it runs in (metered per chip: network.yaml `metering`)
 
 
 GPU = (("cuda",), ())
@@ -205,9 +206,11 @@ HPC = (("x86_64",), ("EPYC-9654",))
 
 KINDS: dict[str, TaskKind] = {
     "inference": TaskKind(
-        0.28, (5, 5, 20), (GPU, NPU, ANY_ACC), (4, 8), (1,), (250, 500, 1000), (0.1, 1.0), (0.05, 2), 0.1, False
+        0.28, (5, 5, 20), (GPU, NPU, ANY_ACC), (4, 8), (1,), (250, 500, 1000), (0.1, 1.0), (0.05, 2), 0.1, False, "int8"
     ),
-    "autonomous_driving": TaskKind(0.05, (1, 5), (GPU,), (8, 16), (1,), (500, 1000), (0.05, 0.5), (1, 5), 0.5, False),
+    "autonomous_driving": TaskKind(
+        0.05, (1, 5), (GPU,), (8, 16), (1,), (500, 1000), (0.05, 0.5), (1, 5), 0.5, False, "int8"
+    ),
     "interactive": TaskKind(0.15, (5, 20), (CPU,), (4, 16), (0,), (1000,), (0.2, 2.0), (0.1, 2), 0.1, False),
     "training": TaskKind(
         0.10,
@@ -220,6 +223,7 @@ KINDS: dict[str, TaskKind] = {
         (50, 500),
         0.1,
         True,
+        "fp16",
     ),
     "rendering": TaskKind(0.10, (None,), (X86, GPU), (16, 64), (0, 1), (1000,), (1.0, 6.0), (5, 50), 0.0, True),
     "genomics": TaskKind(0.06, (None,), (HPC,), (64, 128), (0,), (1000,), (2.0, 12.0), (100, 300), 0.3, True),
@@ -281,6 +285,7 @@ class TaskGenerator:
             memory_mib=rng.choice((8, 16, 32, 64, 128)) * GIB,
             accelerators=acc,
             accelerator_milli=milli,
+            precision=kind.precision,
             duration_s=hours * 3600,
             latency_tier_ms=rng.choice(kind.tiers),
             input_gb=round(rng.uniform(*kind.input_gb), 2),
