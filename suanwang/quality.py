@@ -5,6 +5,12 @@ node when a task's duration has passed. Costs are the dispatcher's cost model (c
 transfer + carbon); violations are counted by an independent check of each placement against the
 request and the node's capacity. The bound is the LP relaxation of placing one batch on the empty
 table (HiGHS through SciPy): no assignment of that batch can cost less.
+
+`default_priced` is the default policy under the market (dispatcher/market.py), prices updated every
+ten simulated minutes. Its cost is counted at base prices, like every other policy's, so the comparison is
+of resources used; `billed_cost` adds what the market charged on top. Load spread is sampled at each price
+update: the peak share of any hub's class promised, the share of samples above 90 % (where queues form) and
+the 90th percentile.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ from suanwang.dispatcher.core import (
     reserve,
     window_of,
 )
+from suanwang.dispatcher.market import PriceSetter, utilisation
 from suanwang.dispatcher.reference import evaluate_numpy
 from suanwang.dispatcher.state import HOUR_MS, NodeTable, epoch_ms
 from suanwang.topology import Network, load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, grid_signal, registration
 
 DAY_START_MS = 1_795_017_600_000  # 2026-11-18 00:00 China Standard Time
+MARKET_STEP_MS = 10 * 60_000  # simulated minutes between two price updates (and utilisation samples)
+HOT = 0.9  # a hub's class above this share promised is where queues form
 PARTS = ("compute_cost", "energy_cost", "transfer_cost", "carbon_cost", "energy_kwh", "carbon_kg")
 Picker = Callable[[NodeTable, Demand, Window, np.ndarray], int]
 
@@ -84,9 +93,12 @@ class Tally:
     energy_kwh: float = 0.0
     carbon_kg: float = 0.0
     violations: int = 0
+    billed: float = 0.0  # what tenants pay: compute at the market's index (the cost above is at base prices)
     used: dict[str, list[int]] = field(default_factory=dict)
+    samples: list[np.ndarray] = field(default_factory=list)  # utilisation of every hub and class, per step
 
     def summary(self) -> dict[str, Any]:
+        load = np.concatenate(self.samples) if self.samples else np.zeros(1)
         return {
             "total_cost": self.total_cost,
             "cost_per_task": self.total_cost / max(self.placed, 1),
@@ -95,6 +107,10 @@ class Tally:
             "carbon_kg": self.carbon_kg,
             "acceptance": self.placed / max(self.tasks, 1),
             "violations": self.violations,
+            "billed_cost": self.billed,
+            "peak_utilisation": float(load.max()),
+            "hot_share": float((load > HOT).mean()),
+            "utilisation_p90": float(np.quantile(load, 0.9)),
         }
 
 
@@ -121,10 +137,14 @@ def _run_day(
     picker: Picker | None,
     console: Console,
     label: str,
+    priced: bool = False,
 ) -> Tally:
-    """One policy through the day; `picker` None is the dispatcher's own decision."""
+    """One policy through the day; `picker` None is the dispatcher's own decision, `priced` with the
+    market's prices updated every MARKET_STEP_MS as the national dispatcher does."""
     dispatcher = Dispatcher(network)
     t = dispatcher.nodes
+    market = PriceSetter(network.market, t)
+    next_step = DAY_START_MS
     for spec in scaled_nodes(network, nodes):
         t.register(registration(spec, network))
     for signal in grid:
@@ -138,14 +158,21 @@ def _run_day(
             task_id = heapq.heappop(running)[1]
             free[dispatcher.reservations[task_id].row] += tally.used.pop(task_id)
             dispatcher.release(task_id)
+        if now >= next_step:
+            next_step += MARKET_STEP_MS
+            tally.samples.append(np.array([u for u, _, _ in utilisation(t).values()]))
+            for price in market.step() if priced else ():
+                t.set_price(price["hub"], price["compute_class"], price["price_index"])
         d = demand_of(t, req, dispatcher.fragmentation_weight)
         end = now + int(1000 * (req["duration_s"] or 3600))
         if picker is None:
             _, record = dispatcher.decide(req, now)
+            market.observe(req, record)
             if "node_id" not in record:
                 continue
             row = t.row[record["node_id"]]
             parts = {k: record[k] for k in PARTS}
+            index = record["price_index"]
             end += epoch_ms(record["start_at"]) - now  # deferred: capacity is held from now until it ends
         else:  # baselines do not shift work in time
             w = window_of(t, {**req, "deadline": None}, now, dispatcher.carbon_price)
@@ -158,12 +185,15 @@ def _run_day(
             chosen = reserve(t, row, d)
             dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
             parts = breakdown(t, row, d.ask, w, dispatcher.carbon_price)
+            index = 1.0  # baselines run without the market
         taken = [d.cpu, d.mem, d.acc_count * d.acc_milli]
         free[row] -= taken
         tally.used[req["task_id"]] = taken
         tally.violations += _violations(t, row, req, free[row])
         tally.placed += 1
-        tally.total_cost += parts["compute_cost"] + parts["energy_cost"] + parts["transfer_cost"] + parts["carbon_cost"]
+        billed = parts["compute_cost"] + parts["energy_cost"] + parts["transfer_cost"] + parts["carbon_cost"]
+        tally.billed += billed
+        tally.total_cost += billed - parts["compute_cost"] * (1 - 1 / index)  # compute at its base price
         tally.transfer_cost += parts["transfer_cost"]
         tally.energy_kwh += parts["energy_kwh"]
         tally.carbon_kg += parts["carbon_kg"]
@@ -254,13 +284,14 @@ def bench_quality(nodes: int, tasks: int, batch: int, batch_nodes: int, seed: in
     requests, grid = _day(network, tasks, seed)
     pickers: dict[str, Picker | None] = {
         "default": None,
+        "default_priced": None,
         "local_first": _local_first,
         "cheapest_power": _cheapest_power,
         "random": _Random(seed),
         "round_robin": _RoundRobin(),
     }
     policies = {
-        name: _run_day(network, nodes, requests, grid, picker, console, name).summary()
+        name: _run_day(network, nodes, requests, grid, picker, console, name, priced=name == "default_priced").summary()
         for name, picker in pickers.items()
     }
     return {

@@ -15,13 +15,17 @@ BASELINES = ("local_first", "cheapest_power", "random", "round_robin")
 def test_the_default_policy_beats_every_baseline_without_violations() -> None:
     figures = bench_quality(nodes=300, tasks=1500, batch=200, batch_nodes=80, seed=3, console=Console(quiet=True))
     policies = figures["policies"]
-    assert set(policies) == {"default", *BASELINES} and figures["default_policy"] == "default"
+    assert set(policies) == {"default", "default_priced", *BASELINES} and figures["default_policy"] == "default"
     for name, row in policies.items():
         assert row["violations"] == 0, name
         assert 0.5 < row["acceptance"] <= 1.0, name
         assert row["total_cost"] > row["transfer_cost"] > 0 and row["carbon_kg"] < row["energy_kwh"], name
     for name in BASELINES:
         assert policies["default"]["cost_per_task"] < policies[name]["cost_per_task"], name
+    priced, plain = policies["default_priced"], policies["default"]
+    assert priced["hot_share"] < plain["hot_share"]  # the market's prices move work off capacity near its limit
+    assert priced["cost_per_task"] <= 1.01 * plain["cost_per_task"]  # at no more than 1 % more in resources
+    assert priced["billed_cost"] >= priced["total_cost"]  # the index never falls below the base price
     assert figures["batch_placed"] <= 200
     assert figures["lower_bound_gap"] >= -1e-9  # no placement of the batch costs less than the LP optimum
     assert figures["batch_cost"] >= figures["batch_lower_bound"] - 1e-6
