@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,10 +12,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
+from suanwang.billing.book import load_book
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
-from suanwang.dashboards.access import ANONYMOUS, ROLES, Principal, Role, load_tokens
-from suanwang.dashboards.guard import AUDIT_DETAIL, AUDIT_SCOPE, PRINCIPAL, AuditLog, describe, guard, http_error
+from suanwang.dashboards.access import ROLES, Principal, Role, load_tokens
+from suanwang.dashboards.billing import BOOK, billing_statements, prices
+from suanwang.dashboards.common import STORE, caller_of, json_default, limit_of, reply, rows_of, scope_of
+from suanwang.dashboards.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_error
 from suanwang.dashboards.openapi import openapi_document
 from suanwang.dashboards.scopes import ScopeView
 from suanwang.dashboards.stream import Client, Fanout, sse
@@ -31,7 +32,6 @@ from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network
 
-STORE = web.AppKey("store", Store)
 PRODUCER = web.AppKey("producer", EventProducer)
 FANOUT = web.AppKey("fanout", Fanout)
 FANOUT_TASK = web.AppKey("fanout_task", asyncio.Task)
@@ -53,91 +53,47 @@ REQUESTS = Counter("suanwang_api_requests_total", "API requests answered", ["met
 SUMMARY_TABLES = ("telemetry", "task_requests", "placements", "rejections", "alerts", "rollups", "dead_letters")
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=_default))
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):  # the store's DateTime64 columns are UTC and come back naive
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(type(value).__name__)
-
-
-async def _rows(request: web.Request, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    store = request.app[STORE]
-    columns, rows = await store.run(store.query, sql, parameters)
-    return [dict(zip(columns, row, strict=True)) for row in rows]
-
-
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return reply({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        await _rows(request, "SELECT 1 AS ok")
+        await rows_of(request, "SELECT 1 AS ok")
     except SuanwangError as exc:
-        return _json({"status": "unavailable", "reason": str(exc)}, status=503)
-    return _json({"status": "ready"})
+        return reply({"status": "unavailable", "reason": str(exc)}, status=503)
+    return reply({"status": "ready"})
 
 
 async def summary(request: web.Request) -> web.Response:
     """Rows per history table: the dashboard's headline numbers."""
     union = " UNION ALL ".join(f"SELECT '{t}' AS table, count() AS rows FROM {DATABASE}.{t}" for t in SUMMARY_TABLES)
-    return _json({r["table"]: r["rows"] for r in await _rows(request, union)})
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise http_error(web.HTTPUnprocessableEntity, f"limit={raw!r} must be 1..1000")
-    return int(raw)
-
-
-def _caller(request: web.Request) -> Principal:
-    return request.get(PRINCIPAL, ANONYMOUS)
-
-
-def _scope(request: web.Request) -> ScopeView:
-    """The `scope` query parameter (default: the caller's first scope); 422 if unknown, 403 if not theirs."""
-    network, caller = load_network(), _caller(request)
-    text = request.query.get("scope")
-    try:
-        scope = parse_scope(text, network) if text else caller.scopes()[0]
-    except SuanwangError as exc:
-        raise http_error(web.HTTPUnprocessableEntity, str(exc)) from None
-    if not caller.may_see(scope):
-        allowed = ", ".join(str(s) for s in caller.scopes())
-        raise http_error(web.HTTPForbidden, f"{describe(caller)} may not see {scope}; it may see: {allowed}")
-    request[AUDIT_SCOPE] = str(scope)
-    return ScopeView.of(scope, network)
+    return reply({r["table"]: r["rows"] for r in await rows_of(request, union)})
 
 
 async def placements(request: web.Request) -> web.Response:
     """The newest placements of a scope; a tenant's own only."""
-    caller = _caller(request)
+    caller = caller_of(request)
     if caller.role == "tenant":
         where, params = "tenant = {tenant:String}", {"tenant": caller.tenant}
     else:
-        where, params = _scope(request).where("cluster")
+        where, params = scope_of(request).where("cluster")
     sql = f"SELECT * FROM {DATABASE}.placements WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
-    return _json(await _rows(request, sql, {**params, "n": _limit(request)}))
+    return reply(await rows_of(request, sql, {**params, "n": limit_of(request)}))
 
 
 async def alerts(request: web.Request) -> web.Response:
     """The newest alert events of a scope, raised and resolved."""
-    where, params = _scope(request).where("key")
+    where, params = scope_of(request).where("key")
     sql = f"SELECT * FROM {DATABASE}.alerts WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
-    return _json(await _rows(request, sql, {**params, "n": _limit(request)}))
+    return reply(await rows_of(request, sql, {**params, "n": limit_of(request)}))
 
 
 async def overview(request: web.Request) -> web.Response:
     """A scope's headline figures: tasks placed, what dispatch saved against local placement, open alerts."""
-    view = _scope(request)
+    view = scope_of(request)
     where, params = view.where("cluster")
-    totals = await _rows(
+    totals = await rows_of(
         request,
         "SELECT count() AS placements, countIf(hub != origin_hub) AS moved, sum(total_cost) AS total_cost, "
         "sum(saved_yuan) AS saved_yuan, sum(carbon_kg) AS carbon_kg, sum(saved_carbon_kg) AS saved_carbon_kg "
@@ -145,13 +101,13 @@ async def overview(request: web.Request) -> web.Response:
         params,
     )
     where, params = view.where("key")
-    open_alerts = await _rows(
+    open_alerts = await rows_of(
         request,
         f"SELECT countIf(NOT resolved) AS open FROM (SELECT alert_key, argMax(resolved, event_time) AS resolved "
         f"FROM {DATABASE}.alerts WHERE {where} GROUP BY alert_key)",
         params,
     )
-    return _json({"scope": str(view.scope), **totals[0], "open_alerts": open_alerts[0]["open"]})
+    return reply({"scope": str(view.scope), **totals[0], "open_alerts": open_alerts[0]["open"]})
 
 
 async def network_model(request: web.Request) -> web.Response:
@@ -160,10 +116,10 @@ async def network_model(request: web.Request) -> web.Response:
     scopes = [("national", {"en": "National", "zh": "全国"})]
     scopes += [(f"province:{p}", {"en": p, "zh": prov.zh}) for p, prov in network.provinces.items()]
     scopes += [(f"industry:{i}", ind.name.model_dump()) for i, ind in network.industries.items()]
-    caller = _caller(request)
+    caller = caller_of(request)
     scopes = [(text, names) for text, names in scopes if caller.may_see(parse_scope(text, network))]
     views = {text: ScopeView.of(parse_scope(text, network), network) for text, _ in scopes}
-    return _json(
+    return reply(
         {
             "hubs": {
                 hub_id: {
@@ -197,37 +153,37 @@ async def sql(request: web.Request) -> web.Response:
     body = await request.json()
     query = body.get("query") if isinstance(body, dict) else None
     if not isinstance(query, str) or not query.strip():
-        return _json({"error": 'body must be {"query": "SELECT ..."}'}, status=422)
+        return reply({"error": 'body must be {"query": "SELECT ..."}'}, status=422)
     request[AUDIT_DETAIL] = query
     store = request.app[STORE]
     try:
         columns, rows = await store.run(lambda: store.query(query, None, readonly=True))
     except SuanwangError as exc:
-        return _json({"error": str(exc)}, status=400)
-    return _json({"columns": columns, "rows": rows})
+        return reply({"error": str(exc)}, status=400)
+    return reply({"columns": columns, "rows": rows})
 
 
 async def submit_task(request: web.Request) -> web.Response:
     """Checks a task request against the Avro schema and puts it on `tasks.request`."""
     producer = request.app.get(PRODUCER)
     if producer is None:
-        return _json({"error": "this API has no Kafka producer (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
+        return reply({"error": "this API has no Kafka producer (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
     try:
         body = await request.json()
     except ValueError as exc:
-        return _json({"error": f"the body is not JSON: {exc}"}, status=400)
+        return reply({"error": f"the body is not JSON: {exc}"}, status=400)
     try:
         record = task_request(body)
     except BadRequest as bad:
-        return _json({"error": "the task request has bad fields", "fields": bad.problems}, status=422)
+        return reply({"error": "the task request has bad fields", "fields": bad.problems}, status=422)
     request[AUDIT_DETAIL] = f"task_id={record['task_id']} tenant={record['tenant']}"
-    refusal = _may_submit(_caller(request), record)
+    refusal = _may_submit(caller_of(request), record)
     if refusal:
         raise http_error(web.HTTPForbidden, refusal)
     await producer.send(TASK_REQUEST, record)
     await producer.flush()
     task_id = record["task_id"]
-    return _json({"task_id": task_id, "status": "SUBMITTED", "href": f"/api/tasks/{task_id}"}, status=202)
+    return reply({"task_id": task_id, "status": "SUBMITTED", "href": f"/api/tasks/{task_id}"}, status=202)
 
 
 def _may_submit(caller: Principal, record: dict[str, Any]) -> str | None:
@@ -267,11 +223,11 @@ async def task_status(request: web.Request) -> web.Response:
     found = {}
     for name, table in tables.items():
         sql = f"SELECT * FROM {DATABASE}.{table} WHERE task_id = {{t:String}} ORDER BY event_time"
-        found[name] = await _rows(request, sql, {"t": task_id})
+        found[name] = await rows_of(request, sql, {"t": task_id})
     if not any(found.values()):
-        return _json({"error": f"no task {task_id!r} in the history (yet: the sink stores within seconds)"}, status=404)
-    if not _may_see_task(_caller(request), found):
-        raise http_error(web.HTTPForbidden, f"{describe(_caller(request))} may not see task {task_id!r}")
+        return reply({"error": f"no task {task_id!r} in the history (yet: the sink stores within seconds)"}, status=404)
+    if not _may_see_task(caller_of(request), found):
+        raise http_error(web.HTTPForbidden, f"{describe(caller_of(request))} may not see task {task_id!r}")
     status = "SUBMITTED"
     if found["rejection"]:
         status = "ESCALATED" if found["rejection"][-1]["reason_code"] == "ESCALATED" else "REJECTED"
@@ -279,7 +235,7 @@ async def task_status(request: web.Request) -> web.Response:
         status = "PLACED"
     if found["events"]:
         status = found["events"][-1]["state"]
-    return _json(
+    return reply(
         {
             "task_id": task_id,
             "status": status,
@@ -313,7 +269,7 @@ async def nodes(request: web.Request) -> web.Response:
         "compute_class": _choice(request, "class", COMPUTE_CLASSES),
     }
     health = _choice(request, "health", {"healthy", "offline"})
-    in_scope, params = _scope(request).where("cluster")
+    in_scope, params = scope_of(request).where("cluster")
     where = " AND ".join(["active", in_scope] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
     if health:
         where += f" AND {'' if health == 'offline' else 'NOT '}has(o.offline, n.node_id)"
@@ -324,12 +280,12 @@ async def nodes(request: web.Request) -> web.Response:
         f"GROUP BY scope_key)) AS o WHERE {where} ORDER BY n.node_id LIMIT {{n:UInt32}}"
     )
     values = {k: v for k, v in filters.items() if v}
-    return _json(await _rows(request, sql, {**params, **values, "n": _limit(request)}))
+    return reply(await rows_of(request, sql, {**params, **values, "n": limit_of(request)}))
 
 
 async def hubs(request: web.Request) -> web.Response:
     """Each hub of a scope now: registered nodes and the newest one-minute rollup."""
-    in_scope, params = _scope(request).where("hub")
+    in_scope, params = scope_of(request).where("hub")
     latest = ", ".join(
         f"argMax({c}, rollups.window_end) AS {c}"
         for c in ("nodes_online", "cpu_util_mean", "accelerator_util_mean", "power_kw_mean", "pue", "green_share")
@@ -342,7 +298,7 @@ async def hubs(request: web.Request) -> web.Response:
         f"FROM {DATABASE}.rollups FINAL WHERE scope_kind = 'hub' AND window_s = 60 GROUP BY hub) AS r "
         "ON h.hub = r.hub ORDER BY hub"
     )
-    return _json(await _rows(request, sql, params))
+    return reply(await rows_of(request, sql, params))
 
 
 async def rollups(request: web.Request) -> web.Response:
@@ -350,24 +306,24 @@ async def rollups(request: web.Request) -> web.Response:
     kind = _choice(request, "scope_kind", {"node", "cluster", "hub", "province"}) or "hub"
     window = _choice(request, "window_s", {"60", "300"}) or "60"
     key = request.query.get("scope_key")
-    in_scope, params = _scope(request).where("key")
+    in_scope, params = scope_of(request).where("key")
     where = f"scope_kind = {{k:String}} AND window_s = {{w:Int32}} AND {in_scope}"
     where += " AND scope_key = {key:String}" if key else ""
     sql = f"SELECT * FROM {DATABASE}.rollups FINAL WHERE {where} ORDER BY window_end DESC LIMIT {{n:UInt32}}"
-    values = {"k": kind, "w": int(window), "key": key or "", "n": _limit(request)}
-    return _json(await _rows(request, sql, {**params, **values}))
+    values = {"k": kind, "w": int(window), "key": key or "", "n": limit_of(request)}
+    return reply(await rows_of(request, sql, {**params, **values}))
 
 
 async def latency(request: web.Request) -> web.Response:
     """The hub latency matrix of a scope (pairs with either end in it): each pair's newest minute and its tier."""
-    in_scope, params = _scope(request).where("pair")
+    in_scope, params = scope_of(request).where("pair")
     sql = (
         f"SELECT scope_key AS pair, argMax(tuple(window_end, samples, p50_ms, p99_ms, tier_ms), window_end) AS t "
         f"FROM {DATABASE}.latency_rollups FINAL WHERE scope_kind = 'hub_pair' AND {in_scope} "
         "GROUP BY pair ORDER BY pair"
     )
     out = []
-    for row in await _rows(request, sql, params):
+    for row in await rows_of(request, sql, params):
         (a, b), (end, samples, p50, p99, tier) = row["pair"].split(">"), row["t"]
         out.append(
             {
@@ -380,7 +336,7 @@ async def latency(request: web.Request) -> web.Response:
                 "tier_ms": tier,
             }
         )
-    return _json(out)
+    return reply(out)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -392,18 +348,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events (placement, alert, rollup) of one scope, with a keep-alive comment every 15 s."""
     fanout = request.app.get(FANOUT)
     if fanout is None:
-        return _json({"error": "this API reads no Kafka (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
-    view = _scope(request)
+        return reply({"error": "this API reads no Kafka (SUANWANG_KAFKA_BOOTSTRAP unset)"}, status=503)
+    view = scope_of(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     client = Client(view.accepts)
     fanout.clients.add(client)
     try:
         await fanout.ready.wait()
-        await response.write(sse("ready", {"scope": str(view.scope)}, default=_default))
+        await response.write(sse("ready", {"scope": str(view.scope)}, default=json_default))
         while not client.closed:
             got = await client.next(timeout_s=KEEP_ALIVE_S)
-            await response.write(sse(*got, default=_default) if got else b": keep-alive\n\n")
+            await response.write(sse(*got, default=json_default) if got else b": keep-alive\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away
     finally:
@@ -412,7 +368,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document())
+    return reply(openapi_document())
 
 
 @web.middleware
@@ -437,20 +393,20 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.content_type == "application/json":
             raise
         text = exc.text or exc.reason
-        return _json({"error": exc.reason if text.startswith(f"{exc.status}: ") else text}, status=exc.status)
+        return reply({"error": exc.reason if text.startswith(f"{exc.status}: ") else text}, status=exc.status)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        return _json({"error": "internal error; the server log has the details"}, status=500)
+        return reply({"error": "internal error; the server log has the details"}, status=500)
 
 
 async def vendor(request: web.Request) -> web.StreamResponse:
     """A third-party asset of the dashboard, from the installed npm packages."""
     asset = request.match_info["asset"]
     if asset not in VENDOR:
-        return _json({"error": f"no dashboard asset {asset!r}; known: {', '.join(VENDOR)}"}, status=404)
+        return reply({"error": f"no dashboard asset {asset!r}; known: {', '.join(VENDOR)}"}, status=404)
     path = request.app[ASSETS] / VENDOR[asset]
     if not path.is_file():
-        return _json(
+        return reply(
             {
                 "error": f"dashboard asset {asset!r} is not installed at {path}: run `make` (npm ci --prefix "
                 "dashboards/web) or set SUANWANG_WEB_ASSETS_DIR to a node_modules that has it"
@@ -491,6 +447,8 @@ ROUTES: list[tuple[str, str, Any, tuple[Role, ...] | None]] = [
     ("GET", "/api/hubs", hubs, READERS),
     ("GET", "/api/rollups", rollups, READERS),
     ("GET", "/api/latency", latency, READERS),
+    ("GET", "/api/prices", prices, ROLES),
+    ("GET", "/api/statements", billing_statements, ROLES),
     ("GET", "/api/stream", stream, READERS),
     ("GET", "/api/summary", summary, EVERYWHERE),
     ("POST", "/api/sql", sql, EVERYWHERE),
@@ -507,6 +465,7 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
         middlewares=[count_requests, json_errors, guard(tokens, audit, route_roles)], client_max_size=MAX_BODY_BYTES
     )
     app[STORE] = store
+    app[BOOK] = load_book(settings.tenants_file if settings is not None else None)
     app[ASSETS] = web_assets_dir(settings)
     app[AUDIT] = audit
 

@@ -197,6 +197,32 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/prices": _scoped(
+                {
+                    "get": {
+                        "summary": "The market price in force per hub and compute class of a scope",
+                        "responses": {"200": _answer("Prices", {"type": "array", "items": ok})},
+                    }
+                }
+            ),
+            "/api/statements": {
+                "get": {
+                    "summary": "A month's statements per tenant, provider and network operator, reconciled to the "
+                    "ledger (a tenant sees its own; a provincial or industry operator the providers in its scope)",
+                    "parameters": [
+                        {
+                            "name": "period",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                        },
+                        SCOPE,
+                    ],
+                    "responses": {
+                        "200": _answer("Statements and checks", ok),
+                        "422": _answer("A period not written YYYY-MM, or an unknown scope", ERROR),
+                    },
+                }
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}
             },

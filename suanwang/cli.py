@@ -345,6 +345,61 @@ def sql(
         Console().print(table)
 
 
+@app.command()
+def settle(
+    period: Annotated[str, typer.Option(help="The month, YYYY-MM (China Standard Time).")],
+    data_dir: DataDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """A month's statements per tenant, provider and network operator, reconciled to the ledger to the fen."""
+    from suanwang.billing.settle import settle as run
+
+    _quiet_client_libraries()
+    report = run(load_settings(data_dir=data_dir), period)
+    if json_out:
+        print(json.dumps(report, default=str))
+    else:
+        _print_statements(report)
+    if not report["balanced"]:
+        err.print(f"[bold red]the statements of {period} do not reconcile:[/] {report['checks']}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _yuan(fen: int) -> str:
+    return f"{fen / 100:,.2f}"
+
+
+def _print_statements(report: dict[str, Any]) -> None:
+    out = Console()
+    groups = (("tenants", "payable_fen"), ("providers", "earned_fen"), ("network_operators", "earned_fen"))
+    for group, total in groups:
+        table = Table(title=f"{report['period']} {group.replace('_', ' ')} (yuan)")
+        for column in ("account", "records", "CU-hours", "compute", "energy", "transfer", "storage", "vouchers"):
+            table.add_column(column, justify="left" if column == "account" else "right")
+        table.add_column(total.removesuffix("_fen"), justify="right")
+        table.add_column("ledger", justify="right")
+        for s in report[group]:
+            lines = [_yuan(s["lines_fen"][c]) for c in ("compute", "energy", "transfer", "storage")]
+            vouchers = _yuan(-s["vouchers_fen"]) if "vouchers_fen" in s else ""
+            mark = "" if s["reconciled"] else " ✗"
+            table.add_row(
+                s["account"],
+                str(s["usage_records"]),
+                f"{s['cu_hours']:,.1f}",
+                *lines,
+                vouchers,
+                _yuan(s[total]),
+                _yuan(s["ledger_fen"]) + mark,
+            )
+        out.print(table)
+    c = report["checks"]
+    out.print(
+        f"ledger sum {c['ledger_sum_fen']} fen; {c['unbalanced_transactions']} unbalanced transactions; "
+        f"{c['reconciled']}/{c['statements']} statements reconcile"
+        + ("" if report["balanced"] else f"; unposted accounts: {c['unposted_accounts']}")
+    )
+
+
 token_app = typer.Typer(no_args_is_help=True, help="API tokens: each has a role and the scopes it covers.")
 app.add_typer(token_app, name="token")
 Role = Annotated[

@@ -35,7 +35,18 @@ COUNTED = {
     REJECTION: "rejections",
     ALERT: "alerts",
 }
-HISTORY_TABLES = ("telemetry", "placements", "rejections", "alerts", "rollups", "grid_signals", "hub_latency")
+HISTORY_TABLES = (
+    "telemetry",
+    "placements",
+    "rejections",
+    "alerts",
+    "rollups",
+    "grid_signals",
+    "hub_latency",
+    "market_prices",
+    "usage",
+    "ledger",
+)
 
 
 class Child:

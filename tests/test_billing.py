@@ -21,6 +21,7 @@ from suanwang.billing.statements import balanced, statements
 from suanwang.bus import now_ms
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.errors import SuanwangError
+from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
@@ -29,6 +30,7 @@ NETWORK = load_network()
 STORAGE = NETWORK.billing.storage_yuan_per_gb_month
 _months = itertools.count(1)
 _ids = itertools.count()
+DAY = 24 * HOUR_MS
 
 
 def fresh_month() -> tuple[str, int]:
@@ -328,5 +330,134 @@ def test_the_run_finds_changed_tasks_by_itself(store: Store) -> None:
 def posted_for(store: Store, task_id: str) -> list[tuple[str, int]]:
     _, rows = store.query(
         f"SELECT account, amount_fen FROM {DATABASE}.ledger WHERE task_id = {{t:String}}", {"t": task_id}
+    )
+    return [(a, int(x)) for a, x in rows]
+
+
+# ---- the API
+
+
+def test_statements_and_prices_through_the_api_keep_to_each_callers_view(store: Store, settings: Settings) -> None:
+    from tests.test_access import ask, tokens_yaml
+
+    secured = Settings(**(settings.model_dump() | {"api_tokens": tokens_yaml()}))
+    period, t0 = fresh_month()
+    mine = [placed(t0, tenant="tenant-07", origin_hub=hub) for hub in ("gansu", "gba", "yangtze")]
+    theirs = placed(t0, tenant="tenant-08")
+    store_history(store, [*mine, theirs], [e for p in (*mine, theirs) for e in lifecycle(p, t0, 1.5)])
+    BillingRun(store, NETWORK, load_book(), grace_s=0).bill([p["task_id"] for p in (*mine, theirs)], t0 + DAY)
+
+    status, everything = ask(store, secured, "nation", "GET", f"/api/statements?period={period}")
+    assert status == 200 and everything["balanced"] is True
+    assert [t["account"] for t in everything["tenants"]] == ["tenant:tenant-07", "tenant:tenant-08"]
+    status, own = ask(store, secured, "tenant-07", "GET", f"/api/statements?period={period}")
+    assert status == 200 and [t["account"] for t in own["tenants"]] == ["tenant:tenant-07"]
+    assert own["providers"] == [] and {v["tenant"] for v in own["vouchers"]} == {"tenant-07"}
+    status, gansu = ask(store, secured, "gansu-desk", "GET", f"/api/statements?period={period}")
+    assert status == 200 and gansu["tenants"] == []
+    assert {p["account"] for p in gansu["providers"]} <= {"provider:qingyang"}
+    status, body = ask(store, secured, "nation", "GET", "/api/statements?period=2026-13")
+    assert status == 422 and "YYYY-MM" in body["error"]
+
+    store.insert_records(
+        "market_prices",
+        [
+            {
+                "event_id": f"price-{hub}-{period}",
+                "event_time": t0,
+                "price_key": f"{hub}/GPU",
+                "hub": hub,
+                "compute_class": "GPU",
+                "price_index": 1.25,
+                "yuan_per_cu_hour": 0.7,
+                "utilisation": 0.9,
+                "pressure": 0.1,
+                "nodes": 4,
+                "scope": "national",
+            }
+            for hub in ("gansu", "gba")
+        ],
+    )
+    status, prices = ask(store, secured, "gansu-desk", "GET", "/api/prices")
+    assert status == 200 and {p["hub"] for p in prices} == {"gansu"}
+    assert ask(store, secured, None, "GET", "/api/prices")[0] == 401
+
+
+# ---- through Kafka and the worker
+
+
+def test_the_worker_bills_a_broken_lifecycle_stream_once_and_balanced(settings: Settings, store: Store) -> None:
+    """Placements and a shuffled, duplicated, incomplete lifecycle stream (plus garbage) go through Kafka;
+    the worker stores them, dead-letters the garbage, and its billing run posts each task once; a second
+    worker run (a restart: it meters everything again) posts nothing more."""
+    import asyncio
+
+    from suanwang.bus import EventProducer, ensure_topics
+    from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, Topics
+    from suanwang.streams.app import create_app
+    from tests.fleet import send_raw
+    from tests.test_worker import wait_for
+
+    fast = settings.model_copy(update={"billing_interval_s": 0.5, "billing_grace_s": 0.0})
+    now = now_ms()
+    tasks = [placed(now - 3 * HOUR_MS, tenant="tenant-03" if k % 3 else "walk-in") for k in range(9)]
+    events = []
+    for k, p in enumerate(tasks):
+        started, ended = lifecycle(p, now - 3 * HOUR_MS + k * 1000, 1.0 + k / 10)
+        events += [ended] if k % 3 == 1 else [ended, started, started] if k % 3 == 2 else [started, ended]
+    ids = [p["task_id"] for p in tasks]
+
+    async def scenario() -> tuple[bool, int]:
+        await ensure_topics(fast)
+        producer = EventProducer(fast)
+        await producer.start()
+        try:
+            for p in tasks:
+                await producer.send(PLACEMENT, p)
+            for e in events:
+                await producer.send(TASK_LIFECYCLE, {**e, "detail": ""})
+            await producer.flush()
+        finally:
+            await producer.stop()
+        await send_raw(fast, Topics(fast.topic_prefix).name(TASK_LIFECYCLE), [b"\x00garbage"], "bad")
+        for _ in range(2):  # the second run starts afresh, as after a restart
+            app, _ = create_app(fast, store)
+            await app.start()
+            try:
+                billed = await wait_for(lambda: len(billed_tasks(store, ids)) == len(ids), 90)
+                await asyncio.sleep(2)  # a few more billing runs
+            finally:
+                await app.stop()
+            if not billed:
+                return False, 0
+        return True, len(posted_entries(store, ids))
+
+    billed, entries = asyncio.run(scenario())
+    assert billed, billed_tasks(store, ids)
+    _, rows = store.query(
+        f"SELECT txn_id, sum(amount_fen) FROM {DATABASE}.ledger WHERE task_id IN {{ids:Array(String)}} GROUP BY txn_id",
+        {"ids": ids},
+    )
+    assert len(rows) == len(ids) and all(total == 0 for _, total in rows)  # one balanced transaction per task
+    assert entries == len(posted_entries(store, ids))
+    suspense = [a for a, _ in posted_entries(store, ids) if a.startswith("suspense:")]
+    assert set(suspense) == {"suspense:walk-in"}
+    _, dead = store.query(
+        f"SELECT count() FROM {DATABASE}.dead_letters FINAL WHERE source_topic = {{t:String}}",
+        {"t": Topics(fast.topic_prefix).name(TASK_LIFECYCLE)},
+    )
+    assert dead[0][0] == 1
+
+
+def billed_tasks(store: Store, ids: list[str]) -> set[str]:
+    _, rows = store.query(
+        f"SELECT DISTINCT task_id FROM {DATABASE}.usage WHERE task_id IN {{ids:Array(String)}}", {"ids": ids}
+    )
+    return {r[0] for r in rows}
+
+
+def posted_entries(store: Store, ids: list[str]) -> list[tuple[str, int]]:
+    _, rows = store.query(
+        f"SELECT account, amount_fen FROM {DATABASE}.ledger WHERE task_id IN {{ids:Array(String)}}", {"ids": ids}
     )
     return [(a, int(x)) for a, x in rows]

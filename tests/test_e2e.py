@@ -9,6 +9,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -44,8 +45,15 @@ def _up(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+BILL_AS_YOU_GO = {  # prices every 2 s and bills every second, so a 20-s run has both
+    "SUANWANG_MARKET_INTERVAL_S": "2",
+    "SUANWANG_BILLING_INTERVAL_S": "1",
+    "SUANWANG_BILLING_GRACE_S": "1",
+}
+
+
 def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
-    summary = _up(tmp_path / "data")
+    summary = _up(tmp_path / "data", env=BILL_AS_YOU_GO)
     for key in (
         "telemetry_events",
         "task_requests",
@@ -64,6 +72,18 @@ def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
     assert rows["telemetry"] == summary["telemetry_events"]  # the sink lost and doubled nothing
     assert rows["placements"] == summary["placements"] and rows["alerts"] == summary["alerts"]
     assert rows["rollups"] > 0 and rows["hub_latency"] > 0 and rows["grid_signals"] > 0
+    assert rows["market_prices"] > 0 and rows["usage"] > 0 and rows["ledger"] > 0  # priced and billed as it ran
+    month = datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    settled = run_cli("settle", "--period", month, "--data-dir", str(tmp_path / "data"), "--json", env=BILL_AS_YOU_GO)
+    assert settled.returncode == 0, settled.stderr
+    report = json.loads(settled.stdout.strip().splitlines()[-1])
+    assert report["balanced"] and report["checks"]["statements"] == report["checks"]["reconciled"] > 0
+    assert report["tenants"] and report["providers"]
+    assert sum(t["charges_fen"] for t in report["tenants"]) == sum(
+        s["earned_fen"] for s in report["providers"] + report["network_operators"]
+    )
+    table = run_cli("settle", "--period", month, "--data-dir", str(tmp_path / "data"), env=BILL_AS_YOU_GO)
+    assert table.returncode == 0 and "statements reconcile" in table.stdout, table.stderr
 
     query = "SELECT hub, count() AS n FROM suanwang.placements GROUP BY hub ORDER BY hub"
     out = run_cli("sql", query, "--data-dir", str(tmp_path / "data"), "--format", "csv")
