@@ -71,6 +71,19 @@ def hub_window(hub: str, end_ms: int, cpu: float) -> dict[str, Any]:
     }
 
 
+def market_price(hub: str, compute_class: str, index: float, at: int) -> dict[str, Any]:
+    return sample_record("MarketPrice") | {
+        "event_time": at + 1_000_000,  # the newest price of its hub and class in the shared store
+        "price_key": f"{hub}/{compute_class}",
+        "hub": hub,
+        "compute_class": compute_class,
+        "price_index": index,
+        "yuan_per_cu_hour": 0.55 * index,
+        "utilisation": 0.92,
+        "pressure": 0.1,
+    }
+
+
 def seeded_cpu(window: int, hub: int) -> float:
     """CPU use of the history's windows: rising over time, a little apart per hub so the lines show."""
     return 0.3 + 0.04 * window + 0.01 * hub
@@ -86,6 +99,8 @@ def deployment(broker: EmbeddedBroker, store: Store, store_dir: Path) -> Setting
     ]
     store.insert_records("rollups", windows)
     store.insert_records("placements", [placement(f"hist-{i}", "qingyang") for i in range(5)])
+    prices = [market_price("gansu", "GPU", 1.25, now), market_price("gba", "NPU", 1.0, now)]
+    store.insert_records("market_prices", prices)
     return Settings(
         kafka_bootstrap=broker.bootstrap, topic_prefix=f"web{os.getpid()}.", data_dir=store_dir, session_timeout_ms=6000
     )
@@ -151,6 +166,9 @@ def test_the_page_loads_clean_and_shows_every_hub_on_the_map_and_in_the_table(
     assert tab.locator("#hubs tr[data-hub='gansu'] td.cpu").inner_text() == f"{round(newest_gansu * 100)}%"
     assert int(tab.locator("#kpi-placed").inner_text().replace(",", "")) >= 5
     assert tab.locator("#chart-cpu .scatterlayer .trace").count() == 8
+    gansu_gpu = tab.locator("#prices tr[data-price='gansu/GPU']")
+    assert "×1.25" in gansu_gpu.inner_text() and "92%" in gansu_gpu.inner_text()
+    assert gansu_gpu.get_attribute("class") == "dear"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     tab.screenshot(path=SCREENSHOTS / "dashboard-national.png", full_page=True)
     assert errors == [], errors
@@ -186,6 +204,7 @@ def test_the_scope_selector_filters_to_one_province(page: tuple[Page, list[str]]
     tab.select_option("#scope", "province:Gansu")
     tab.wait_for_selector("body[data-scope='province:Gansu'][data-live='on']", timeout=WAIT_MS)
     assert [r.get_attribute("data-hub") for r in tab.locator("#hubs tbody tr").all()] == ["gansu"]
+    assert {r.get_attribute("data-price").split("/")[0] for r in tab.locator("#prices tbody tr").all()} == {"gansu"}
     outside, inside = f"{live.tag}-guangdong", f"{live.tag}-gansu"
     live.send(PLACEMENT, placement(outside, "shaoguan"))
     live.send(PLACEMENT, placement(inside, "qingyang"))

@@ -44,11 +44,15 @@ def variable_queries() -> dict[str, str]:
     return out
 
 
-def test_four_dashboards_on_the_provisioned_datasource() -> None:
+def test_five_dashboards_on_the_provisioned_datasource() -> None:
     titles = {json.loads(p.read_text(encoding="utf-8"))["title"] for p in DASHBOARDS}
-    assert {"national overview", "provincial view", "dispatch analytics", "energy and carbon"} <= {
-        t.split(" ", 1)[1] for t in titles
-    }
+    assert {
+        "national overview",
+        "provincial view",
+        "dispatch analytics",
+        "energy and carbon",
+        "market and billing",
+    } <= {t.split(" ", 1)[1] for t in titles}
     provisioned = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/clickhouse.yaml").read_text())
     uid = provisioned["datasources"][0]["uid"]
     for path in DASHBOARDS:

@@ -11,6 +11,8 @@ const TEXT = {
     east: "东部", west: "西部", central: "中部", resolved: "已解除", none: "暂无",
     chart_cpu: "CPU 利用率 (1 分钟)", chart_power: "功率 kW (1 分钟)", chart_green: "绿电占比 (1 分钟)",
     chart_latency: "调度决策时延 µs", lag: "事件到屏幕", language: "EN", token: "访问令牌", sign_in: "进入",
+    prices: "算力价格 · 价格发现", class: "算力类型", index: "价格指数", per_cu: "¥ / 标准算力·时", used: "已承诺",
+    pressure: "供需压力",
   },
   en: {
     title: "suanwang · National Integrated Compute Network", motto: "monitoring as the base, dispatch as the core",
@@ -22,7 +24,8 @@ const TEXT = {
     saved: "Saved ¥", east: "east", west: "west", central: "central", resolved: "resolved", none: "none yet",
     chart_cpu: "CPU utilisation (1 min)", chart_power: "Power kW (1 min)", chart_green: "Green share (1 min)",
     chart_latency: "Dispatch decision µs", lag: "event to screen", language: "中文", token: "Access token",
-    sign_in: "Sign in",
+    sign_in: "Sign in", prices: "Compute prices · price discovery", class: "Class", index: "Index",
+    per_cu: "¥ per CU-hour", used: "Promised", pressure: "Pressure",
   },
 };
 const ROLE_COLOUR = { east: "#4da3ff", west: "#3ddc97", central: "#f5b942" };
@@ -31,12 +34,14 @@ const FLOW_MS = 2500;       // how long one dispatch flow takes to cross the map
 const KEEP_DECISIONS = 500; // decisions behind the latency figures and chart
 const KEEP_ROWS = 40;       // rows in the placements table and the alerts list
 const KEEP_WINDOWS = 60;    // one-minute windows per hub in the charts (10 minutes at a 10-s hop)
+const PRICES_EVERY_MS = 10000; // the market sets prices every 10 s by default
 
 const TOKEN_KEY = "suanwang-token"; // kept for this tab only
 const state = {
   lang: "zh", scope: "national", network: null, view: null, source: null,
   token: sessionStorage.getItem(TOKEN_KEY), asking: null,
   totals: null, decisions: [], placements: [], alerts: [], windows: new Map(), flows: [], renderQueued: false,
+  prices: [],
 };
 const $ = (selector) => document.querySelector(selector);
 const t = (key) => TEXT[state.lang][key];
@@ -92,6 +97,13 @@ async function start() {
   relabel();
   await switchScope(state.scope);
   setInterval(animateFlows, 100);
+  setInterval(refreshPrices, PRICES_EVERY_MS);
+}
+
+async function refreshPrices() {
+  const scope = state.scope;
+  const prices = await getJSON(`/api/prices?scope=${encodeURIComponent(scope)}`);
+  if (scope === state.scope) { state.prices = prices; queueRender(); }
 }
 
 function relabel() {
@@ -114,13 +126,14 @@ async function switchScope(scope) {
   setLive(false);
   if (state.source) state.source.close();
   const q = `scope=${encodeURIComponent(scope)}`;
-  const [totals, placements, alerts, windows] = await Promise.all([
+  const [totals, placements, alerts, windows, prices] = await Promise.all([
     getJSON(`/api/overview?${q}`), getJSON(`/api/placements?${q}&limit=${KEEP_DECISIONS}`),
     getJSON(`/api/alerts?${q}&limit=${KEEP_ROWS}`),
-    getJSON(`/api/rollups?scope_kind=hub&window_s=60&limit=${KEEP_WINDOWS * 8}`),
+    getJSON(`/api/rollups?scope_kind=hub&window_s=60&limit=${KEEP_WINDOWS * 8}`), getJSON(`/api/prices?${q}`),
   ]);
   if (scope !== state.scope) return; // the user picked another scope meanwhile
   state.totals = totals;
+  state.prices = prices;
   state.placements = placements.slice(0, KEEP_ROWS);
   state.decisions = placements.map((p) => ({ time: ms(p.event_time), us: p.decision_us })).reverse();
   state.alerts = alerts;
@@ -200,6 +213,7 @@ function render() {
   renderCharts();
   renderAlerts();
   renderPlacements();
+  renderPrices();
 }
 
 function percentile(values, q) {
@@ -286,6 +300,16 @@ function renderPlacements() {
     `<td class="n">${fmt(p.total_cost, 2)}</td><td class="n">${fmt(p.saved_yuan, 2)}</td>` +
     `<td class="n">${fmt(p.decision_us)}</td></tr>`).join("");
   state.placements.forEach((p) => { p.fresh = false; });
+}
+
+function renderPrices() {
+  const hubs = state.network.hubs;
+  $("#prices tbody").innerHTML = state.prices.length ? state.prices.map((p) =>
+    `<tr data-price="${esc(p.hub)}/${esc(p.compute_class)}"${p.price_index > 1 ? ' class="dear"' : ""}>` +
+    `<td>${esc(hubs[p.hub] ? nameOf(hubs[p.hub].name) : p.hub)}</td><td>${esc(p.compute_class)}</td>` +
+    `<td class="n index">×${fmt(p.price_index, 2)}</td><td class="n">${fmt(p.yuan_per_cu_hour, 3)}</td>` +
+    `<td class="n">${pct(p.utilisation)}</td><td class="n">${pct(p.pressure)}</td></tr>`).join("")
+    : `<tr><td colspan="6">${t("none")}</td></tr>`;
 }
 
 // The map: clusters and hub cities by coordinates on China's outline; trace 2 holds the flows, animated.
