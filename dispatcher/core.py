@@ -327,9 +327,9 @@ class Dispatcher:
         self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
         start_at = int(w.start_ms[t.column(stages.PROVINCE)[best]])
         self.unstarted[req["task_id"]] = start_at + self.start_timeout_ms
-        parts = breakdown(t, best, d.ask, w, self.carbon_price)
+        parts, quoted = explain(t, best, d.ask, w, self.carbon_price)
         local_cost = float(c.costs[2]) if local >= 0 else None
-        local_carbon = breakdown(t, local, d.ask, w, self.carbon_price)["carbon_kg"] if local >= 0 else 0.0
+        local_carbon = explain(t, local, d.ask, w, self.carbon_price)[0]["carbon_kg"] if local >= 0 else 0.0
         record = event(
             task_id=req["task_id"],
             tenant=req["tenant"],
@@ -360,7 +360,7 @@ class Dispatcher:
             compute_class=t.classes.names[t.column(stages.CLASS)[best]],
             chip_model=t.models.names[t.column(stages.MODEL)[best]],
             input_gb=req["input_gb"] or 0.0,
-            **quote(t, best, d.ask, w),
+            **quoted,
         )
         record["start_at"] = start_at
         return PLACEMENT, record
@@ -378,40 +378,35 @@ class Dispatcher:
         )
 
 
-def quote(t: NodeTable, row: int, ask: np.ndarray, w: Window) -> dict[str, float]:
-    """The prices a placement on node `row` is quoted at, per hour of the task's share: what the bill applies
-    to the hours metered."""
+def explain(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> tuple[dict, dict]:
+    """A placement on node `row`: the parts of its cost, for the explained event (they sum to its total), and
+    the prices it is quoted at per hour of the task's share, which the bill applies to the hours metered."""
     node, figures, a = t.ints[row].tolist(), t.floats[row].tolist(), ask.tolist()  # Python scalars: cheap to read
     node_share = stages.share(
         node[stages.N_ACC], node[stages.CPU_TOTAL], a[stages.CPU], a[stages.ACC_COUNT], a[stages.ACC_MILLI]
     )
     cu = figures[stages.CU + int(a[stages.PRECISION])]
-    rate = stages.compute_rate(cu, figures[stages.UNIT_PRICE], figures[stages.PRICE_INDEX])
-    return {
+    price, green = w.grid(node[stages.PROVINCE])
+    quoted = {
         "price_index": figures[stages.PRICE_INDEX],
         "cu_per_hour": node_share * cu,
-        "compute_yuan_per_hour": node_share * rate,
+        "compute_yuan_per_hour": node_share
+        * stages.compute_rate(cu, figures[stages.UNIT_PRICE], figures[stages.PRICE_INDEX]),
         "meter_kw": node_share * figures[stages.POWER_KW] * figures[stages.PUE],
-        "yuan_per_kwh": w.grid(node[stages.PROVINCE])[0],
+        "yuan_per_kwh": price,
     }
-
-
-def breakdown(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> dict[str, float]:
-    """The parts of a placement's cost on node `row`, for the explained event (they sum to its total)."""
-    q, a = quote(t, row, ask, w), ask.tolist()
     hours = a[stages.HOURS]
-    kwh = q["meter_kw"] * hours
-    transfer = float(t.transfer_price[int(a[stages.DATA_HUB]), int(t.ints[row, stages.HUB])])
-    green = w.grid(int(t.ints[row, stages.PROVINCE]))[1]
+    kwh = quoted["meter_kw"] * hours
     carbon_kg = kwh * (1.0 - green) * t.emission_kg_per_kwh
-    return {
-        "compute_cost": q["compute_yuan_per_hour"] * hours,
-        "energy_cost": kwh * q["yuan_per_kwh"],
-        "transfer_cost": a[stages.INPUT_GB] * transfer,
+    parts = {
+        "compute_cost": quoted["compute_yuan_per_hour"] * hours,
+        "energy_cost": kwh * price,
+        "transfer_cost": a[stages.INPUT_GB] * float(t.transfer_price[int(a[stages.DATA_HUB]), node[stages.HUB]]),
         "carbon_cost": carbon_kg * carbon_price,
         "energy_kwh": kwh,
         "carbon_kg": carbon_kg,
     }
+    return parts, quoted
 
 
 def warm_up(network: Network) -> None:

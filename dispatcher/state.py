@@ -224,7 +224,6 @@ class NodeTable:
         s.summarise_accelerators(i, ints, self._acc)
         return i
 
-
     def set_price(self, hub: str, compute_class: str, index: float) -> int:
         """Applies a market index to every node of the hub and class (and to those that register later);
         how many nodes it priced."""

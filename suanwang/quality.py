@@ -33,8 +33,8 @@ from suanwang.dispatcher.core import (
     Dispatcher,
     Reservation,
     Window,
-    breakdown,
     demand_of,
+    explain,
     reserve,
     window_of,
 )
@@ -184,7 +184,7 @@ def _run_day(
             row = picker(t, d, w, ok)
             chosen = reserve(t, row, d)
             dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
-            parts = breakdown(t, row, d.ask, w, dispatcher.carbon_price)
+            parts = explain(t, row, d.ask, w, dispatcher.carbon_price)[0]
             index = 1.0  # baselines run without the market
         taken = [d.cpu, d.mem, d.acc_count * d.acc_milli]
         free[row] -= taken

@@ -167,3 +167,71 @@ def test_a_restarted_dispatcher_keeps_its_decisions_and_the_capacity_still_held(
     assert decided[("b", REJECTION.name)]["filtered"] == {"capacity": 1}
     c = next(r for t, r in third if r["task_id"] == "c")
     assert c["node_id"] == "solo" and c["accelerator_indices"] == [0]
+
+
+def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_them(settings: Settings) -> None:
+    """Prices on `market.price` each interval for every hub and class; a dispatcher started later applies the
+    newest price of each from the compacted topic, and a running one each new price as it comes."""
+    from suanwang.dispatcher import stages
+    from suanwang.schemas.topics import MARKET_PRICE
+
+    network = load_network()
+    regs = [registration(spec, network) for spec in scaled_nodes(network, 60)]
+    pairs = {(r["hub"], r["compute_class"]) for r in regs}
+
+    def price(index: float) -> dict:
+        return event(
+            price_key="gansu/GPU",
+            hub="gansu",
+            compute_class="GPU",
+            price_index=index,
+            yuan_per_cu_hour=0.55 * index,
+            utilisation=0.95,
+            pressure=0.3,
+            nodes=3,
+            scope="test",
+        )
+
+    def gansu_gpu(service: DispatcherService) -> float:
+        t = service.core.nodes
+        rows = (t.column(stages.HUB) == t.hubs.ids["gansu"]) & (t.column(stages.CLASS) == t.classes.ids["GPU"])
+        return float(t.floats[rows, stages.PRICE_INDEX][0])
+
+    async def scenario() -> tuple[list[dict], float, float]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        for reg in regs:
+            await producer.send(REGISTRY, reg)
+        await producer.flush()
+        stop = asyncio.Event()
+        setter = asyncio.create_task(
+            DispatcherService(settings.model_copy(update={"market_interval_s": 0.5})).run(stop)
+        )
+        prices = await _collect(settings, [MARKET_PRICE], want=len(pairs))
+        stop.set()
+        await setter
+        await producer.send(MARKET_PRICE, price(1.5))
+        await producer.flush()
+        quiet = settings.model_copy(update={"market_interval_s": 3600.0})  # sets no price during the test
+        later, stop = DispatcherService(quiet), asyncio.Event()
+        running = asyncio.create_task(later.run(stop))
+        while later.core.nodes.size < len(regs):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        after_start = gansu_gpu(later)
+        await producer.send(MARKET_PRICE, price(1.2))
+        await producer.flush()
+        for _ in range(300):  # followed once the service has rebuilt its decisions and joined its group
+            if gansu_gpu(later) == 1.2:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await running
+        await producer.stop()
+        return [r for _, r in prices], after_start, gansu_gpu(later)
+
+    prices, after_start, after_update = asyncio.run(scenario())
+    assert {(p["hub"], p["compute_class"]) for p in prices} == pairs
+    assert all(p["scope"] == "national" and 1.0 <= p["price_index"] <= network.market.max_index for p in prices)
+    assert (after_start, after_update) == (1.5, 1.2)
