@@ -15,8 +15,9 @@ from suanwang.topology import load_network
 
 
 def settle(settings: Settings, period: str) -> dict[str, Any]:
-    """The period's statements; with the store to itself, after metering every task that ran in it. While a
-    running platform holds the embedded store, its API answers (its worker bills as it goes)."""
+    """The period's statements; on the embedded store it has to itself, after metering every task that ran in
+    it. While a running platform holds that store, its API answers (its worker bills as it goes); on a
+    ClickHouse server the statements are only read, since the workers' leader is the one billing writer."""
     book = load_book(settings.tenants_file)
     try:
         store = Store(settings)
@@ -26,10 +27,13 @@ def settle(settings: Settings, period: str) -> dict[str, Any]:
         return call_api(settings, f"/api/statements?period={period}", exc)
     try:
         store.migrate()
-        closed = BillingRun(store, load_network(), book, settings.billing_grace_s).close(period)
+        metered = None
+        if not settings.clickhouse_url:
+            closed = BillingRun(store, load_network(), book, settings.billing_grace_s).close(period)
+            metered = {"tasks": closed.tasks, "transactions": closed.transactions, "entries": closed.entries}
         report = statements(store, book, period)
         report["balanced"] = balanced(report)
-        report["metered"] = {"tasks": closed.tasks, "transactions": closed.transactions, "entries": closed.entries}
+        report["metered"] = metered
         return report
     finally:
         store.close()

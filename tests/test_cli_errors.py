@@ -96,3 +96,17 @@ def test_standalone_service_needs_kafka() -> None:
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_settle_names_a_bad_period_and_a_bad_tenants_file(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    _one_clear_line(run_cli("settle", "--period", "2026-13", "--data-dir", data), "'2026-13'", "YYYY-MM")
+    book = tmp_path / "tenants.yaml"
+    book.write_text("tenants: {}\nvouchers: [{id: v, tenant: ghost}]\n")
+    _one_clear_line(
+        run_cli("settle", "--period", "2026-11", "--data-dir", data, env={"SUANWANG_TENANTS_FILE": str(book)}),
+        f"{book} is invalid",
+    )
+    empty = run_cli("settle", "--period", "2026-11", "--data-dir", data, "--json")
+    assert empty.returncode == 0, empty.stderr
+    assert '"balanced": true' in empty.stdout and '"statements": 0' in empty.stdout
