@@ -82,7 +82,9 @@ async def consumer_lag(settings: Settings) -> dict[str, int]:
             parts = [TopicPartition(n, p) for n in names for p in ends.partitions_for_topic(n) or ()]
             committed = await admin.list_consumer_group_offsets(group, partitions=parts)
             latest = await ends.end_offsets(parts)
-            lag[name] = sum(latest[tp] - max(0, committed[tp].offset if tp in committed else 0) for tp in parts)
+            done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}
+            # an end offset read from another broker view can trail a commit made a moment before: never below 0
+            lag[name] = sum(max(0, latest[tp] - done[tp]) for tp in parts)
         return lag
     finally:
         await ends.stop()

@@ -364,7 +364,7 @@ def test_statements_and_prices_through_the_api_keep_to_each_callers_view(store: 
         [
             {
                 "event_id": f"price-{hub}-{period}",
-                "event_time": t0,
+                "event_time": 1_000_000_000_000,  # long ago: never the price in force for another test
                 "price_key": f"{hub}/GPU",
                 "hub": hub,
                 "compute_class": "GPU",
