@@ -111,9 +111,7 @@ class BillingRun:
                 usages.append(self._usage_row(u, now))
             for a in dict.fromkeys(found):  # each rule and detail once per task
                 report.anomalies[a.rule] += 1
-                anomalies.append(
-                    {"task_id": task_id, "usage_id": "", "rule": a.rule, "detail": a.detail, "seen_at": now}
-                )
+                anomalies.append({"task_id": task_id, "rule": a.rule, "detail": a.detail, "seen_at": now})
         # the ledger first: a crash before the usage rows leaves postings the next run finds and keeps
         self.store.insert_records("ledger", [{**asdict(e), "posted_at": now} for e in entries])
         self.store.insert_records("usage", usages)

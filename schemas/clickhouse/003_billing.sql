@@ -99,7 +99,6 @@ ORDER BY (account, period, usage_id, entry_id);
 CREATE TABLE IF NOT EXISTS suanwang.billing_exceptions
 (
     task_id String,
-    usage_id String,
     rule LowCardinality(String),
     detail String,
     seen_at DateTime64(3, 'UTC')
