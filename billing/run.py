@@ -23,6 +23,7 @@ from suanwang.topology import Network
 
 log = logging.getLogger("suanwang.billing")
 BATCH = 2000  # tasks metered per query
+OVERLAP_MS = 2000  # rows of an insert under way when a run reads may carry an ingested_at just before its newest
 
 
 @dataclass
@@ -56,7 +57,7 @@ class BillingRun:
             since_event = period_bounds(period_of(period_bounds(period_of(now))[0] - 1))[0]
             tasks, newest = self._changed(f"event_time >= fromUnixTimestamp64Milli({since_event})")
         else:
-            tasks, newest = self._changed(f"ingested_at > fromUnixTimestamp64Milli({self.read_upto - 5000})")
+            tasks, newest = self._changed(f"ingested_at > fromUnixTimestamp64Milli({self.read_upto - OVERLAP_MS})")
         due = [t for t, at in self.recheck.items() if at <= now]
         report = self.bill(sorted(set(tasks) | set(due)), now)
         self.read_upto = max(newest, self.read_upto or 0)
