@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,14 @@ def test_compose_images_are_pinned() -> None:
         if "image" in svc:
             assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", svc["image"]), f"{name}: {svc['image']} is not pinned"
     assert re.search(r"^FROM python:\d+\.\d+\.\d+", (ROOT / "Dockerfile").read_text(), re.M)
+
+
+def test_the_image_has_every_package_directory() -> None:
+    """A package directory pyproject maps but the Dockerfile does not copy would break the image's install."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for folder in set(pyproject["tool"]["setuptools"]["package-dir"].values()):
+        assert re.search(rf"^COPY {folder} \./{folder}$", dockerfile, re.M), f"the Dockerfile does not copy {folder}/"
 
 
 def test_readme_documents_every_setting() -> None:
