@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from suanwang.billing.book import Book, period_bounds, period_of
@@ -85,6 +85,7 @@ class BillingRun:
     def _bill_batch(self, task_ids: list[str], now: int, left: dict[str, int], report: Report) -> None:
         placements, events = self._history(task_ids)
         posted, txns = self._posted(task_ids)
+        stored = self._stored_hours(task_ids)
         entries: list[Entry] = []
         usages: list[dict[str, Any]] = []
         anomalies: list[dict[str, Any]] = []
@@ -109,12 +110,13 @@ class BillingRun:
                         left[e.account.removeprefix("voucher:")] -= e.amount_fen  # (one since dropped: no budget)
                 entries += txn
                 report.transactions += bool(txn)
-                usages.append(self._usage_row(u, now))
+                if txn or stored.get(u.usage_id) != u.hours:  # new or changed: a new version of the row
+                    usages.append(self._usage_row(u, now))
             for a in dict.fromkeys(found):  # each rule and detail once per task
                 report.anomalies[a.rule] += 1
                 anomalies.append({"task_id": task_id, "rule": a.rule, "detail": a.detail, "seen_at": now})
         # the ledger first: a crash before the usage rows leaves postings the next run finds and keeps
-        self.store.insert_records("ledger", [{**asdict(e), "posted_at": now} for e in entries])
+        self.store.insert_records("ledger", [{**vars(e), "posted_at": now} for e in entries])
         self.store.insert_records("usage", usages)
         self.store.insert_records("billing_exceptions", anomalies)
         report.usages += len(usages)
@@ -125,7 +127,7 @@ class BillingRun:
         return f"{u.outcome.lower()} {u.hours:.4f} h" if not txns[u.usage_id] else f"revised: {u.hours:.4f} h"
 
     def _usage_row(self, u: Usage, now: int) -> dict[str, Any]:
-        row = {k: v for k, v in asdict(u).items() if k != "charges"}
+        row = {k: v for k, v in vars(u).items() if k != "charges"}
         row.update({f"{c}_fen": fen(y) for c, y in u.charges.items()})
         row.update(accounts(u, self.book, self.operators))
         row["metered_at"] = now
@@ -181,6 +183,15 @@ class BillingRun:
         )
         txns: dict[str, int] = defaultdict(int, {r[0]: int(r[1]) for r in rows})
         return posted, txns
+
+    def _stored_hours(self, task_ids: list[str]) -> dict[str, float]:
+        """The hours of each usage record's newest stored version: a record metered the same is not written again."""
+        _, rows = self.store.query(
+            f"SELECT usage_id, argMax(hours, metered_at) FROM {DATABASE}.usage "
+            "WHERE task_id IN {ids:Array(String)} GROUP BY usage_id",
+            {"ids": task_ids},
+        )
+        return {usage_id: hours for usage_id, hours in rows}
 
     def _voucher_left(self) -> dict[str, int]:
         """Each voucher's budget less what the ledger shows drawn on it, in fen."""
