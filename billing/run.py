@@ -47,6 +47,7 @@ class BillingRun:
         self.storage_price = network.billing.storage_yuan_per_gb_month
         self.grace_ms = int(grace_s * 1000)
         self.read_upto: int | None = None  # ingested_at (ms) of the newest row already considered
+        self.seen: dict[str, tuple[int, int]] = {}  # task -> (rows, newest ingested_at) when last read
         self.recheck: dict[str, int] = {}  # task -> when to meter it again without a new event
 
     def cycle(self, now: int | None = None) -> Report:
@@ -55,12 +56,14 @@ class BillingRun:
         now = now_ms() if now is None else now
         if self.read_upto is None:
             since_event = period_bounds(period_of(period_bounds(period_of(now))[0] - 1))[0]
-            tasks, newest = self._changed(f"event_time >= fromUnixTimestamp64Milli({since_event})")
+            marks = self._changed(f"event_time >= fromUnixTimestamp64Milli({since_event})")
         else:
-            tasks, newest = self._changed(f"ingested_at > fromUnixTimestamp64Milli({self.read_upto - OVERLAP_MS})")
+            marks = self._changed(f"ingested_at > fromUnixTimestamp64Milli({self.read_upto - OVERLAP_MS})")
+        tasks = [t for t, mark in marks.items() if self.seen.get(t) != mark]  # the overlap read again: only news
         due = [t for t, at in self.recheck.items() if at <= now]
         report = self.bill(sorted(set(tasks) | set(due)), now)
-        self.read_upto = max(newest, self.read_upto or 0)
+        self.seen = marks  # only once billed: a run that fails leaves them to the next
+        self.read_upto = max([self.read_upto or 0, *(at for _, at in marks.values())])
         return report
 
     def close(self, period: str, now: int | None = None) -> Report:
@@ -133,14 +136,14 @@ class BillingRun:
         row["metered_at"] = now
         return row
 
-    def _changed(self, where: str) -> tuple[list[str], int]:
-        """Tasks with a lifecycle event or placement stored matching `where`, and the newest ingested_at."""
+    def _changed(self, where: str) -> dict[str, tuple[int, int]]:
+        """Tasks with a lifecycle event or placement stored matching `where`: how many, and the newest ingested_at."""
         _, rows = self.store.query(
-            f"SELECT task_id, toUnixTimestamp64Milli(max(ingested_at)) FROM ("
+            f"SELECT task_id, count(), toUnixTimestamp64Milli(max(ingested_at)) FROM ("
             f"SELECT task_id, ingested_at FROM {DATABASE}.task_events WHERE {where} UNION ALL "
             f"SELECT task_id, ingested_at FROM {DATABASE}.placements WHERE {where}) GROUP BY task_id"
         )
-        return [r[0] for r in rows], max((int(r[1]) for r in rows), default=self.read_upto or 0)
+        return {task: (int(n), int(at)) for task, n, at in rows}
 
     def _history(self, task_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         """Each task's placement (the first, should one be stored twice) and lifecycle events."""

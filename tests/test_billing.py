@@ -323,6 +323,7 @@ def test_the_run_finds_changed_tasks_by_itself(store: Store) -> None:
     assert p["task_id"] in run.recheck and posted_for(store, p["task_id"]) == []
     run.cycle(now + 61_000)
     assert p["task_id"] not in run.recheck
+    assert run.cycle(now + 62_000).tasks == 0  # nothing new: the rows read again in the overlap are not re-billed
     postings = posted_for(store, p["task_id"])
     assert postings and sum(amount for _, amount in postings) == 0
 
