@@ -108,7 +108,8 @@ def test_a_provincial_operator_sees_only_their_province(store: Store, secured: S
     assert "acc-qingyang-1" in {n["node_id"] for n in nodes} and {n["province"] for n in nodes} == {"Gansu"}
     assert {h["hub"] for h in ask(store, secured, "gansu-desk", "GET", "/api/hubs")[1]} == {"gansu"}
     pairs = ask(store, secured, "gansu-desk", "GET", "/api/latency")[1]
-    assert {(p["from_hub"], p["to_hub"]) for p in pairs} == {("gansu", "gba")}
+    seen = {(p["from_hub"], p["to_hub"]) for p in pairs}  # other tests may add pairs of their own
+    assert ("gansu", "gba") in seen and ("gba", "yangtze") not in seen and all("gansu" in pair for pair in seen)
     assert len(ask(store, secured, "nation", "GET", "/api/latency")[1]) >= 2
 
 
