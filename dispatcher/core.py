@@ -392,7 +392,7 @@ def explain(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: fl
         "cu_per_hour": node_share * cu,
         "compute_yuan_per_hour": node_share
         * stages.compute_rate(cu, figures[stages.UNIT_PRICE], figures[stages.PRICE_INDEX]),
-        "meter_kw": node_share * figures[stages.POWER_KW] * figures[stages.PUE],
+        "meter_kw": node_share * figures[stages.METER_KW],
         "yuan_per_kwh": price,
     }
     hours = a[stages.HOURS]

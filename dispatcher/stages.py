@@ -36,7 +36,7 @@ INT_FIELDS = 13
 # CU + p the compute units the whole node does per hour at precision p (topology.PRECISIONS order; 0: it
 # cannot). Compute costs CU x UNIT_PRICE x PRICE_INDEX (the market's index of the node's hub and class) per
 # hour; energy and carbon follow the grid of the hours run
-THROUGHPUT, POWER_KW, PUE, UNIT_PRICE, PRICE_INDEX, METER_KW, CU = range(7)
+UNIT_PRICE, PRICE_INDEX, METER_KW, CU = range(4)
 FLOAT_FIELDS = CU + len(PRECISIONS)
 # fields of `ask`, the request as numbers
 ANY_MODEL, ANY_PROVINCE, ORIGIN, DATA_HUB, TIER_MS, CPU, MEM, ACC_COUNT, ACC_MILLI, HOURS, INPUT_GB, BUDGET_YUAN = (

@@ -213,9 +213,6 @@ class NodeTable:
         ints[i, s.CLASS] = self.classes.add(reg["compute_class"])
         ints[i, s.CPU_TOTAL] = reg["cpu_milli"]
         ints[i, s.MEM_TOTAL] = reg["memory_mib"]
-        floats[i, s.THROUGHPUT] = reg["throughput"]
-        floats[i, s.POWER_KW] = reg["power_kw"]
-        floats[i, s.PUE] = reg["pue"]
         floats[i, s.UNIT_PRICE] = reg["unit_price"]
         floats[i, s.PRICE_INDEX] = self.price_index.get((ints[i, s.HUB], ints[i, s.CLASS]), 1.0)
         floats[i, s.METER_KW] = reg["power_kw"] * reg["pue"]

@@ -167,7 +167,8 @@ def _run_day(
         end = now + int(1000 * (req["duration_s"] or 3600))
         if picker is None:
             _, record = dispatcher.decide(req, now)
-            market.observe(req, record)
+            if priced:
+                market.observe(req, record)
             if "node_id" not in record:
                 continue
             row = t.row[record["node_id"]]

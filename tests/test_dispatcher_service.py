@@ -13,6 +13,7 @@ from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, 
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration
+from tests.fleet import register
 
 
 def _request(task_id: str, **over) -> dict:
@@ -201,9 +202,7 @@ def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_t
         await ensure_topics(settings)
         producer = EventProducer(settings)
         await producer.start()
-        for reg in regs:
-            await producer.send(REGISTRY, reg)
-        await producer.flush()
+        await register(producer, regs)
         stop = asyncio.Event()
         setter = asyncio.create_task(
             DispatcherService(settings.model_copy(update={"market_interval_s": 0.5})).run(stop)

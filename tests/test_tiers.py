@@ -12,10 +12,10 @@ from suanwang.bus import EventProducer, ensure_topics
 from suanwang.dispatcher.service import DispatcherService
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
 from suanwang.errors import SuanwangError
-from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
+from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_REQUEST, Topics
 from suanwang.settings import Settings
 from suanwang.topology import load_network
-from tests.fleet import fleet
+from tests.fleet import fleet, register
 from tests.test_dispatcher_service import _collect, _request
 
 
@@ -60,9 +60,7 @@ def test_province_and_national_run_at_once_without_sharing_capacity(settings: Se
         await ensure_topics(settings)
         producer = EventProducer(settings)
         await producer.start()
-        for reg in regs:
-            await producer.send(REGISTRY, reg)
-        await producer.flush()
+        await register(producer, regs)
         stop = asyncio.Event()
         services = [asyncio.create_task(DispatcherService(s).run(stop)) for s in (settings, province)]
         province_topic = topics.requests(parse_scope("province:Gansu", load_network()).topic_suffix)
