@@ -29,7 +29,7 @@ PLACEMENT = TopicSpec("dispatch.placement", "Placement", "task_id", "placements"
 REJECTION = TopicSpec("dispatch.rejection", "Rejection", "task_id", "rejections")
 ROLLUP = TopicSpec("monitor.rollup", "Rollup", "scope_key", "rollups")
 ALERT = TopicSpec("monitor.alert", "Alert", "alert_key", "alerts")
-PANE = TopicSpec("monitor.pane", "Pane", "shard", None)
+PANE_CHUNK = TopicSpec("monitor.pane-chunk", "PaneChunk", "bucket", None)
 LATENCY = TopicSpec("monitor.latency", "LatencyRollup", "scope_key", "latency_rollups")
 GRID_SIGNAL = TopicSpec("grid.signal", "GridSignal", "province", "grid_signals")
 MARKET_PRICE = TopicSpec("market.price", "MarketPrice", "price_key", "market_prices", compacted=True)
@@ -45,7 +45,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     REJECTION,
     ROLLUP,
     ALERT,
-    PANE,
+    PANE_CHUNK,
     LATENCY,
     GRID_SIGNAL,
     NETWORK_PROBE,

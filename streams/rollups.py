@@ -1,38 +1,51 @@
 """Rolling utilisation, power, PUE, green share and free capacity per node, cluster, hub and province.
 
-Two steps, so that N workers can split the telemetry and still agree on one number per scope:
-`aggregate` (run by the telemetry intake) sums each worker's samples into 10-s panes with NumPy and hands
-each closed pane on to `monitor.pane`, keyed so one worker owns each scope; `scope_rollups` merges the
-partial panes into the hopping windows, publishes them on `monitor.rollup`, and judges the alerts that
-need a whole scope: sustained overload, PUE, green share, and tidal imbalance between hubs.
+Two steps, so that N workers can split the telemetry and still agree on one number per scope, and a worker
+killed mid-stream neither loses nor doubles a sample:
+
+- `aggregate` (run by the telemetry intake) sums each batch's samples into 10-s panes with NumPy, per
+  telemetry partition, and sends them as chunks on `monitor.pane-chunk`, one per bucket of scopes, tagged
+  with the offsets they sum. The batch is acked only after, and Faust flushes the producer before it
+  commits, so every committed offset's samples are in a delivered chunk.
+- `scope_rollups` keeps each scope's partial panes by chunk, merges them into the hopping windows,
+  publishes them on `monitor.rollup`, and judges the alerts that need a whole scope: sustained overload,
+  PUE, green share, and tidal imbalance between hubs. A chunk read again after a crash replaces its first
+  delivery, and a worker taking a chunk partition reads back what it held before its committed offset.
 """
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from suanwang.bus import event
-from suanwang.schemas.topics import PANE, ROLLUP
-from suanwang.streams.app import Context
+from suanwang.bus import client_kwargs, event, now_ms
+from suanwang.schemas.topics import PANE_CHUNK, ROLLUP
+from suanwang.streams.app import Context, worker_group
 from suanwang.streams.windows import (
     PANE_MS,
     SCOPE_KINDS,
+    Chunk,
     EventClock,
     HoppingWindows,
-    OpenPanes,
     Pane,
+    Run,
     Samples,
     Window,
+    keep_ms,
     pane_sums,
     rollup_fields,
 )
 
 CLOSE_EVERY_S = 1.0
 SHARED_SHARDS = {"hub", "province"}  # every hub on one worker, so it can compare them
+BUCKETS = 64  # scopes travel in this many buckets: at most this many workers share the windows
+READ_BACK_MARGIN_MS = 120_000  # beyond the panes kept: clock skew between a chunk's send and its panes
 UTIL_MARGIN = 0.1
 
 
@@ -64,31 +77,154 @@ def samples_of(records: list[dict[str, Any]], ctx: Context) -> Samples:
     )
 
 
-def register(ctx: Context) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
-    """Registers `scope_rollups` and returns the step that sums telemetry batches into panes."""
+def bucket_of(kind: str, key: str) -> str:
+    """The chunk bucket of a scope: its shard hashed, so one worker owns each scope and one owns every hub."""
+    shard = kind if kind in SHARED_SHARDS else key
+    return str(zlib.crc32(shard.encode()) % BUCKETS)
+
+
+class Intake:
+    """The run each telemetry partition is read in: a new one whenever its offsets do not follow on."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, Run] = {}
+        self.next_offset: dict[int, int] = {}
+
+    def chunk(self, partition: int, first: int, end: int) -> Chunk:
+        if self.next_offset.get(partition) != first:  # taken up, or read again from the committed offset
+            self.runs[partition] = Run(first, now_ms())
+        self.next_offset[partition] = end
+        return Chunk(partition, self.runs[partition], first)
+
+
+Aggregate = Callable[[list[Any], list[tuple[Any, dict[str, Any]]]], Awaitable[None]]
+
+
+def register(ctx: Context) -> Aggregate:
+    """Registers `scope_rollups` and returns the step that sums telemetry batches into pane chunks."""
     settings = ctx.settings
     lateness_ms = int(settings.window_lateness_s * 1000)
-    open_panes = OpenPanes(lateness_ms)
     windows = HoppingWindows(grace_ms=lateness_ms)
+    intake = Intake()
     telemetry_clock = EventClock()  # the newest telemetry aggregated here
-    pane_clock = EventClock()  # the end of the newest pane handed on, plus lateness, moving with the wall clock
+    chunk_clock = EventClock()  # the newest sender's clock among the chunks merged here
+    chunk_topic = ctx.topics.name(PANE_CHUNK)
+    reading_back: dict[int, asyncio.Task[int]] = {}  # chunk partition taken up -> offset read back up to
+    reading = asyncio.Lock()
 
-    async def hand_on_panes() -> None:
-        for kind, key, start, pane in open_panes.close(telemetry_clock.now_ms()):
-            shard = kind if kind in SHARED_SHARDS else key
-            await ctx.send(
-                PANE, event(shard=shard, scope_kind=kind, scope_key=key, pane_start=start, **pane.to_record())
-            )
-
-    async def aggregate(records: list[dict[str, Any]]) -> None:
-        """Sums a batch of valid telemetry into the open panes and hands on the panes now closed."""
-        if records:
-            batch = samples_of(records, ctx)
+    async def aggregate(events: list[Any], valid: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Sums a telemetry batch into panes, one chunk per partition and bucket; sent before the batch is acked."""
+        spans: dict[int, tuple[int, int]] = {}
+        for ev in events:
+            m = ev.message
+            first, end = spans.get(m.partition, (m.offset, m.offset + 1))
+            spans[m.partition] = (min(first, m.offset), max(end, m.offset + 1))
+        records: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for ev, record in valid:
+            records[ev.message.partition].append(record)
+        batches = {p: samples_of(rs, ctx) for p, rs in records.items()}
+        for batch in batches.values():
             telemetry_clock.saw(int(batch.event_ms.max()))
-            ctx.counts["samples_aggregated"] += len(records)
-            for kind, key, start, pane in pane_sums(batch):
-                open_panes.add(kind, key, start, pane)
-        await hand_on_panes()
+        watermark = telemetry_clock.now_ms()
+        for partition, (first, end) in spans.items():
+            chunk = intake.chunk(partition, first, end)
+            if partition not in batches:
+                continue
+            ctx.counts["samples_aggregated"] += len(records[partition])
+            buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for kind, key, start, pane, node_ids in pane_sums(batches[partition]):
+                scope = {"scope_kind": kind, "scope_key": key, "pane_start": start, "node_ids": node_ids}
+                buckets[bucket_of(kind, key)].append({**scope, **pane.to_record()})
+            for bucket, panes in buckets.items():
+                await ctx.send(
+                    PANE_CHUNK,
+                    event(
+                        bucket=bucket,
+                        source_partition=partition,
+                        run_offset=chunk.run.offset,
+                        run_started=chunk.run.started_ms,
+                        chunk_offset=first,
+                        chunk_end=end,
+                        watermark=watermark,
+                        panes=panes,
+                    ),
+                )
+
+    def merge(record: dict[str, Any], partition: int) -> None:
+        """Keeps a chunk's partial panes, each by its chunk."""
+        chunk_clock.saw(record["watermark"])
+        run = Run(record["run_offset"], record["run_started"])
+        chunk = Chunk(record["source_partition"], run, record["chunk_offset"])
+        for p in record["panes"]:
+            kind = p["scope_kind"]
+            outcome = windows.add(
+                kind, p["scope_key"], p["pane_start"], chunk, Pane.from_record(p), p["node_ids"],
+                chunk_clock.now_ms(), partition,
+            )  # fmt: skip
+            if outcome != "added":
+                ctx.counts[f"panes_{outcome}:{kind}"] += 1
+
+    async def read_back(partition: int, start: int | None, end: int | None) -> int:
+        """Merges the chunks of a partition this worker takes from `start` (or as far back as panes are kept)
+        up to `end` (or its group's committed offset), and lets go of the windows that went out meanwhile."""
+        async with reading:
+            return await _read_back(partition, start, end)
+
+    async def _read_back(partition: int, start: int | None, end: int | None) -> int:
+        tp = TopicPartition(chunk_topic, partition)
+        reader = AIOKafkaConsumer(**client_kwargs(settings), group_id=worker_group(settings), enable_auto_commit=False)
+        await reader.start()  # assigned by hand: it reads the group's offsets, never joins or commits
+        try:
+            reader.assign([tp])
+            if end is None:
+                end = await reader.committed(tp) or 0
+            if start is None:
+                oldest_ms = now_ms() - keep_ms(lateness_ms) - READ_BACK_MARGIN_MS
+                since = (await reader.offsets_for_times({tp: oldest_ms}))[tp]
+                start = since.offset if since is not None and since.timestamp >= 0 else end
+            published_by = 0
+            if start < end:
+                reader.seek(tp, start)
+                while (await reader.position(tp)) < end:
+                    for message in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
+                        if message.offset >= end:
+                            break
+                        record = ctx.codec.decode_as(PANE_CHUNK.schema, message.value)
+                        published_by = max(published_by, record["watermark"])
+                        merge(record, partition)
+                        ctx.counts["chunks_read_back"] += 1
+            windows.settle({partition}, published_by)
+            return end
+        finally:
+            await reader.stop()
+
+    @ctx.app.on_partitions_revoked.connect
+    async def let_go(app: Any, revoked: set[Any], **_: Any) -> None:
+        gone = {tp.partition for tp in revoked if tp.topic == chunk_topic}
+        for partition in gone:
+            task = reading_back.pop(partition, None)
+            if task is not None:
+                task.cancel()
+        windows.forget(gone)
+
+    @ctx.app.on_partitions_assigned.connect
+    async def take_up(app: Any, assigned: set[Any], **_: Any) -> None:
+        for tp in assigned:
+            if tp.topic == chunk_topic and tp.partition not in reading_back:
+                reading_back[tp.partition] = asyncio.create_task(read_back(tp.partition, None, None))
+
+    async def caught_up(partition: int, offset: int) -> None:
+        """Before the first chunk of a partition taken up: what it held before is read back."""
+        task = reading_back.pop(partition, None)
+        if task is None:
+            return
+        upto = await task
+        if offset > upto:  # resumed past the committed offset: what lies between was merged, then let go
+            await read_back(partition, upto, offset)
+
+    def due() -> list[Window]:
+        """Windows to publish now; none while a partition is read back, as its windows are still partial."""
+        return [] if reading.locked() else windows.close(chunk_clock.now_ms())
 
     async def publish(closed: list[Window]) -> None:
         by_end: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
@@ -159,23 +295,20 @@ def register(ctx: Context) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
                 f"{key} idle at {load:.0%} while {busiest} is at {loads[busiest]:.0%}: dispatch should move work",
             )
 
-    @ctx.app.agent(ctx.topic(PANE), name="scope_rollups")
+    @ctx.app.agent(ctx.topic(PANE_CHUNK), name="scope_rollups")
     async def scope_rollups(stream: Any) -> None:
         async for events in stream.take_events(settings.sink_batch_size, within=CLOSE_EVERY_S):
             for ev in events:
-                p = ctx.decode(ev)
-                if p is None:
+                record = ctx.decode(ev)
+                if record is None:
                     continue
-                pane_clock.saw(p["pane_start"] + PANE_MS + lateness_ms)
-                pane = Pane.from_record(p)
-                if not windows.add(p["scope_kind"], p["scope_key"], p["pane_start"], pane, pane_clock.now_ms()):
-                    ctx.counts[f"panes_too_late:{p['scope_kind']}"] += 1
-            await publish(windows.close(pane_clock.now_ms()))
+                await caught_up(ev.message.partition, ev.message.offset)
+                merge(record, ev.message.partition)
+            await publish(due())
 
     @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_windows")
     async def close_quiet_windows() -> None:
-        """Closes panes and windows of a stream that went quiet: the event clocks keep moving."""
-        await hand_on_panes()
-        await publish(windows.close(pane_clock.now_ms()))
+        """Closes the windows of a stream that went quiet: the event clock keeps moving."""
+        await publish(due())
 
     return aggregate

@@ -12,6 +12,7 @@ from typing import Any
 
 from suanwang.schemas.topics import TELEMETRY
 from suanwang.streams.app import Context
+from suanwang.streams.rollups import Aggregate
 from suanwang.streams.sink import Sink
 
 Valid = list[tuple[Any, dict[str, Any]]]
@@ -20,7 +21,7 @@ Valid = list[tuple[Any, dict[str, Any]]]
 def register(
     ctx: Context,
     sink: Sink,
-    aggregate: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    aggregate: Aggregate,
     watch: Callable[[Valid], Awaitable[None]],
 ) -> None:
     @ctx.app.agent(ctx.topic(TELEMETRY), name="telemetry_intake")
@@ -28,5 +29,5 @@ def register(
         await ctx.facts.ready.wait()
         async for events in stream.take_events(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
             valid = await sink.store(events)
-            await aggregate([record for _ev, record in valid])
+            await aggregate(events, valid)
             await watch(valid)

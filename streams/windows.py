@@ -1,8 +1,10 @@
 """Event-time windows without Faust: 10-s panes summed with NumPy, merged into hopping windows.
 
-Telemetry is first summed into tumbling 10-s panes per scope (node, cluster, hub, province). Panes are
-additive, so partial panes from several workers, or from one worker at several times, merge exactly;
-the hopping windows (1 min every 10 s, 5 min every minute) are sums of the panes they cover.
+Telemetry is summed into tumbling 10-s panes per scope (node, cluster, hub, province), one chunk of
+telemetry offsets at a time. Panes are additive, so partials from several workers, or from one worker at
+several times, merge exactly; each partial is kept by the chunk it sums, so a chunk read again after a
+crash replaces its first delivery instead of adding to it. The hopping windows (1 min every 10 s, 5 min
+every minute) are sums of the panes they cover.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,9 +46,9 @@ class EventClock:
         return self.max_event_ms + int((time.monotonic() - self._wall_at_max) * 1000)
 
 
-@dataclass
+@dataclass(slots=True)
 class Pane:
-    """Sums over the samples of one scope in one 10-s pane; `nodes` are the distinct nodes seen."""
+    """Sums over the samples of one scope in one 10-s pane; `nodes` is how many distinct nodes they came from."""
 
     samples: int = 0
     nodes: int = 0
@@ -69,18 +71,22 @@ class Pane:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in _MAXES:
             setattr(self, name, max(getattr(self, name), getattr(other, name)))
-        self.nodes += other.nodes  # workers own disjoint nodes; one worker sends a node's pane once
+        self.nodes += other.nodes  # panes of one scope and time have disjoint nodes; parts of one pane count none
         self.load_min = min(self.load_min, other.load_min)
         for mine, theirs in ((self.free_cpu, other.free_cpu), (self.free_acc, other.free_acc)):
             for cls, value in theirs.items():
                 mine[cls] = mine.get(cls, 0.0) + value
 
     def to_record(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The ScopePane fields of this pane but its nodes, which travel as their ids."""
+        return {name: getattr(self, name) for name in _PART_FIELDS}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Pane:
-        return cls(**{f.name: record[f.name] for f in fields(cls)})
+        return cls(**{name: record[name] for name in _PART_FIELDS})
+
+
+_PART_FIELDS = tuple(f.name for f in fields(Pane) if f.name != "nodes")
 
 
 @dataclass
@@ -100,8 +106,10 @@ class Samples:
     accelerators: np.ndarray
 
 
-def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane]]:
-    """(scope kind, scope key, pane start, partial pane) for every scope and pane the batch touches."""
+def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, list[str]]]:
+    """(scope kind, scope key, pane start, partial pane, its node ids) for every scope and pane the batch touches.
+
+    A node scope's ids are empty: its one node is the scope."""
     pane_start = batch.event_ms - batch.event_ms % PANE_MS
     load = np.maximum(batch.cpu, batch.acc)
     facility = batch.power_kw * batch.pue
@@ -138,21 +146,21 @@ def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane]]:
             for cls in np.unique(classes)
         }
         present = {cls: _total(inverse, n, (classes == cls).astype(np.float64)) > 0 for cls in free_by_class}
-        nodes = _distinct_nodes(inverse, node_ids, n)
+        nodes = [[]] * n if kind == "node" else _nodes_of(inverse, node_ids, n)
         sample_of = np.empty(n, dtype=np.int64)
         sample_of[inverse] = np.arange(len(inverse))  # any sample of each group: it names the key and pane
         for g in range(n):
             i = sample_of[g]
             pane = Pane(
                 samples=int(counts[g]),
-                nodes=int(nodes[g]),
+                nodes=len(nodes[g]) or 1,
                 load_min=float(load_min[g]),
                 **{k: float(v[g]) for k, v in sums.items()},
                 **{k: float(v[g]) for k, v in maxes.items()},
                 free_cpu={c: float(cpu[g]) for c, (cpu, _) in free_by_class.items() if present[c][g]},
                 free_acc={c: float(acc[g]) for c, (_, acc) in free_by_class.items() if present[c][g]},
             )
-            yield kind, str(key_values[key_index[i]]), int(pane_start[i]), pane
+            yield kind, str(key_values[key_index[i]]), int(pane_start[i]), pane, nodes[g]
 
 
 def _total(inverse: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
@@ -165,11 +173,12 @@ def _extreme(inverse: np.ndarray, n: int, values: np.ndarray, ufunc: np.ufunc, s
     return out
 
 
-def _distinct_nodes(inverse: np.ndarray, node_ids: np.ndarray, n: int) -> np.ndarray:
-    """How many distinct nodes each group holds."""
-    _, node_index = np.unique(node_ids, return_inverse=True)
-    pairs = np.unique(inverse.astype(np.int64) * (len(node_ids) + 1) + node_index)
-    return np.bincount(pairs // (len(node_ids) + 1), minlength=n)
+def _nodes_of(inverse: np.ndarray, node_ids: np.ndarray, n: int) -> list[list[str]]:
+    """The distinct node ids of each group."""
+    names, node_index = np.unique(node_ids, return_inverse=True)
+    pairs = np.unique(inverse.astype(np.int64) * len(names) + node_index)
+    cuts = np.searchsorted(pairs // len(names), np.arange(1, n))
+    return [names[members].tolist() for members in np.split(pairs % len(names), cuts)]
 
 
 def windows_of(pane_start: int) -> Iterator[tuple[int, int]]:
@@ -181,25 +190,68 @@ def windows_of(pane_start: int) -> Iterator[tuple[int, int]]:
             end += hop
 
 
-class OpenPanes:
-    """Panes a worker is still filling; each is handed on once the event clock passes its end plus lateness."""
+@dataclass(frozen=True, order=True)
+class Run:
+    """One worker's uninterrupted pass over a telemetry partition, from `offset` (where it took the partition
+    up); runs of one partition sort in the order they happened: commits only move forward."""
 
-    def __init__(self, lateness_ms: int) -> None:
-        self.lateness_ms = lateness_ms
-        self.panes: dict[tuple[str, str, int], Pane] = {}
+    offset: int
+    started_ms: int
 
-    def add(self, kind: str, key: str, start: int, pane: Pane) -> None:
-        """A late sample opens its pane again: handed on as one more partial, merged downstream."""
-        slot = self.panes.get((kind, key, start))
-        if slot is None:
-            self.panes[(kind, key, start)] = pane
-        else:
-            slot.merge(pane)
 
-    def close(self, now_ms: int) -> list[tuple[str, str, int, Pane]]:
-        """Panes whose end plus the allowed lateness the clock has passed, removed from the open set."""
-        due = [k for k in self.panes if k[2] + PANE_MS + self.lateness_ms <= now_ms]
-        return [(kind, key, start, self.panes.pop((kind, key, start))) for kind, key, start in due]
+@dataclass(frozen=True)
+class Chunk:
+    """What a partial pane sums: the offsets from `start` of one telemetry partition, read in one run."""
+
+    partition: int
+    run: Run
+    start: int
+
+
+class Runs:
+    """The runs seen per telemetry partition. A newer run reads every offset from its start again, so a chunk
+    of an older run at or past that start is superseded: its samples come again in the newer run's chunks."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, set[Run]] = defaultdict(set)
+
+    def see(self, partition: int, run: Run) -> bool:
+        """Records a run; True the first time it is seen."""
+        if run in self.seen[partition]:
+            return False
+        self.seen[partition].add(run)
+        return True
+
+    def superseded(self, chunk: Chunk) -> bool:
+        return any(run > chunk.run and run.offset <= chunk.start for run in self.seen[chunk.partition])
+
+
+class PaneParts:
+    """One scope's pane as its partials, kept apart by chunk: a chunk delivered twice counts once."""
+
+    def __init__(self) -> None:
+        self.parts: dict[Chunk, Pane] = {}
+        self.nodes: set[str] = set()  # a node's samples may span chunks: counted once in the union
+        self._total: Pane | None = None
+
+    def put(self, chunk: Chunk, part: Pane, node_ids: list[str]) -> None:
+        self.parts[chunk] = part
+        self.nodes.update(node_ids)
+        self._total = None
+
+    def drop(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            del self.parts[chunk]
+        self._total = None
+
+    def total(self) -> Pane:
+        if self._total is None:
+            total = Pane(load_min=1.0)
+            for part in self.parts.values():
+                total.merge(part)
+            total.nodes = len(self.nodes) or min(total.samples, 1)  # a node scope sends no ids: it is its node
+            self._total = total
+        return self._total
 
 
 @dataclass
@@ -214,35 +266,80 @@ class Window:
     total: Pane
 
 
-class HoppingWindows:
-    """Merges partial panes per scope and publishes each hopping window once its end is safely past.
+Outcome = Literal["added", "too_late", "superseded"]
 
-    A partial arriving after its windows went out reopens them: they are published again, corrected,
-    and the newer version replaces the older (the rollups table keeps the latest per window)."""
+
+class HoppingWindows:
+    """Merges the partial panes of the scopes this worker owns and publishes each hopping window once its end
+    is safely past.
+
+    A partial arriving after its windows went out reopens them: they are published again, corrected, and
+    the newer version replaces the older (the rollups table keeps the latest per window). Scopes are
+    remembered by the chunk-topic partition they arrive on, so a worker can let go of a partition's."""
 
     def __init__(self, grace_ms: int) -> None:
         self.grace_ms = grace_ms
-        self.panes: dict[tuple[str, str], dict[int, Pane]] = defaultdict(dict)
+        self.runs = Runs()
+        self.panes: dict[tuple[str, str], dict[int, PaneParts]] = defaultdict(dict)
+        self.partition_of: dict[tuple[str, str], int] = {}
         self.pending: set[tuple[str, str, int, int]] = set()
 
     def oldest_kept_ms(self, now_ms: int) -> int:
         """The lateness bound: panes before this start are dropped, so a late one never half-rewrites a window.
 
         Twice the longest window: a partial reaching this worker a window behind the others still counts."""
-        return now_ms - self.grace_ms - 2 * max(length for length, _hop in HOPPING_MS) - PANE_MS
+        return now_ms - keep_ms(self.grace_ms)
 
-    def add(self, kind: str, key: str, start: int, pane: Pane, now_ms: int) -> bool:
-        """Merges a partial pane; False (and nothing changes) when it is later than the lateness bound."""
+    def add(
+        self,
+        kind: str,
+        key: str,
+        start: int,
+        chunk: Chunk,
+        part: Pane,
+        node_ids: list[str],
+        now_ms: int,
+        partition: int,
+    ) -> Outcome:
+        """Keeps a partial pane by its chunk, replacing an earlier delivery of the same chunk."""
         if start < self.oldest_kept_ms(now_ms):
-            return False
+            return "too_late"
+        if self.runs.see(chunk.partition, chunk.run):
+            self._drop_superseded(chunk.partition)
+        elif self.runs.superseded(chunk):
+            return "superseded"
+        self.partition_of[(kind, key)] = partition
         scope = self.panes[(kind, key)]
-        if start in scope:
-            scope[start].merge(pane)
-        else:
-            scope[start] = pane
+        if start not in scope:
+            scope[start] = PaneParts()
+        scope[start].put(chunk, part, node_ids)
         for length, end in windows_of(start):
             self.pending.add((kind, key, length, end))
-        return True
+        return "added"
+
+    def _drop_superseded(self, partition: int) -> None:
+        """Parts a newer run will send again. Their windows are not marked: the parts coming again will."""
+        for scope in self.panes.values():
+            for pane in scope.values():
+                stale = [c for c in pane.parts if c.partition == partition and self.runs.superseded(c)]
+                if stale:
+                    pane.drop(stale)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Lets go of the scopes arriving on these partitions (another worker takes them over)."""
+        gone = {scope for scope, p in self.partition_of.items() if p in partitions}
+        for scope in gone:
+            del self.partition_of[scope]
+            self.panes.pop(scope, None)
+        self.pending = {w for w in self.pending if w[:2] not in gone}
+
+    def settle(self, partitions: set[int], published_by_ms: int) -> None:
+        """After reading a partition back: its windows due by `published_by_ms` went out before, whole."""
+        self.pending = {
+            w
+            for w in self.pending
+            if self.partition_of.get(w[:2]) not in partitions or w[3] + self.grace_ms > published_by_ms
+        }
 
     def close(self, now_ms: int) -> list[Window]:
         """Windows due for publication, oldest first; panes no window can need any more are dropped."""
@@ -254,7 +351,7 @@ class HoppingWindows:
             starts = [s for s in scope if end - length <= s < end]
             total = Pane(load_min=1.0)
             for s in starts:
-                total.merge(scope[s])
+                total.merge(scope[s].total())
             out.append(Window(kind, key, length, end, len(starts), total))
         self._evict(now_ms)
         return out
@@ -267,6 +364,12 @@ class HoppingWindows:
                 del scope[start]
             if not scope:
                 del self.panes[scope_key]
+                self.partition_of.pop(scope_key, None)
+
+
+def keep_ms(grace_ms: int) -> int:
+    """How far behind the event clock a pane is still kept: twice the longest window, the grace and a pane."""
+    return grace_ms + 2 * max(length for length, _hop in HOPPING_MS) + PANE_MS
 
 
 def rollup_fields(window: Window, nodes_total: int) -> dict[str, Any]:

@@ -6,15 +6,18 @@ import numpy as np
 
 from suanwang.streams.windows import (
     PANE_MS,
+    Chunk,
     HoppingWindows,
-    OpenPanes,
     Pane,
+    Run,
     Samples,
     pane_sums,
     percentiles,
     rollup_fields,
     windows_of,
 )
+
+FIRST_RUN = Run(offset=0, started_ms=1)
 
 
 def batch(event_ms: list[int], nodes: list[str], cpu: list[float], classes: list[str] | None = None) -> Samples:
@@ -36,16 +39,17 @@ def batch(event_ms: list[int], nodes: list[str], cpu: list[float], classes: list
 
 def test_pane_sums_group_by_scope_and_pane() -> None:
     out = {
-        (k, key, start): pane
-        for k, key, start, pane in pane_sums(batch([1_000, 2_000, 11_000], ["a", "b", "a"], [0.2, 0.6, 0.4]))
+        (k, key, start): (pane, ids)
+        for k, key, start, pane, ids in pane_sums(batch([1_000, 2_000, 11_000], ["a", "b", "a"], [0.2, 0.6, 0.4]))
     }
     assert set(out) == {
         ("node", "a", 0), ("node", "b", 0), ("node", "a", 10_000),
         ("cluster", "c", 0), ("cluster", "c", 10_000), ("hub", "h", 0), ("hub", "h", 10_000),
         ("province", "p", 0), ("province", "p", 10_000),
     }  # fmt: skip
-    hub = out[("hub", "h", 0)]
-    assert (hub.samples, hub.nodes) == (2, 2)
+    hub, hub_nodes = out[("hub", "h", 0)]
+    assert (hub.samples, hub.nodes, hub_nodes) == (2, 2, ["a", "b"])
+    assert out[("hub", "h", 10_000)][1] == ["a"] and out[("node", "a", 0)][1] == []  # a node scope is its node
     assert hub.cpu_sum == 0.8 and hub.cpu_max == 0.6 and hub.load_min == 0.2
     assert hub.facility_sum == 2 * 2.0 * 1.2 and hub.green_sum == 2 * 2.0 * 1.2 * 0.5
     assert hub.free_cpu == {"CPU": 800 + 400}
@@ -53,9 +57,9 @@ def test_pane_sums_group_by_scope_and_pane() -> None:
 
 def test_partial_panes_merge_to_the_whole() -> None:
     times, nodes, cpu = [1_000, 2_000, 3_000, 4_000], ["a", "b", "a", "b"], [0.1, 0.9, 0.3, 0.5]
-    whole = {(k, key, s): p for k, key, s, p in pane_sums(batch(times, nodes, cpu))}
-    first = {(k, key, s): p for k, key, s, p in pane_sums(batch(times[:2], nodes[:2], cpu[:2]))}
-    for k, key, s, p in pane_sums(batch(times[2:], nodes[2:], cpu[2:])):
+    whole = {(k, key, s): p for k, key, s, p, _ in pane_sums(batch(times, nodes, cpu))}
+    first = {(k, key, s): p for k, key, s, p, _ in pane_sums(batch(times[:2], nodes[:2], cpu[:2]))}
+    for k, key, s, p, _ in pane_sums(batch(times[2:], nodes[2:], cpu[2:])):
         first[(k, key, s)].merge(p)
     for key in whole:
         merged, expected = first[key], whole[key]
@@ -70,33 +74,77 @@ def test_hopping_windows_hold_each_pane_in_six_short_and_five_long_windows() -> 
     assert all(end - length <= 125_000 < end for length, end in held)
 
 
+def add(windows: HoppingWindows, start: int, pane: Pane, now_ms: int, chunk: Chunk | None = None) -> str:
+    """A hub partial from chunk `chunk` (by default one of its own, at offset `start`), arriving on partition 0."""
+    chunk = chunk or Chunk(0, FIRST_RUN, start)
+    return windows.add("hub", "h", start, chunk, pane, ["n1"], now_ms=now_ms, partition=0)
+
+
+def hub_window(windows: HoppingWindows, now_ms: int, end_ms: int = 60_000) -> Pane | None:
+    """The one-minute hub window ending at `end_ms`, if `close` publishes it now."""
+    return next((w.total for w in windows.close(now_ms) if (w.length_ms, w.end_ms) == (60_000, end_ms)), None)
+
+
 def test_windows_close_after_grace_and_a_late_partial_republishes_them() -> None:
     windows = HoppingWindows(grace_ms=5_000)
     for start in range(0, 60_000, PANE_MS):
-        windows.add("hub", "h", start, Pane(samples=2, nodes=1, cpu_sum=1.0, load_min=0.5), now_ms=start)
+        add(windows, start, Pane(samples=2, cpu_sum=1.0, load_min=0.5), now_ms=start)
     assert not [w for w in windows.close(now_ms=64_999) if w.end_ms == 60_000 and w.length_ms == 60_000]
     done = {(w.length_ms, w.end_ms): w for w in windows.close(now_ms=65_000)}
     assert done[(60_000, 60_000)].total.samples == 12 and done[(60_000, 60_000)].panes == 6
-    windows.add("hub", "h", 50_000, Pane(samples=1, nodes=1, cpu_sum=1.0, load_min=0.1), now_ms=65_000)  # late
-    again = {(w.length_ms, w.end_ms): w for w in windows.close(now_ms=65_000)}
-    assert again[(60_000, 60_000)].total.samples == 13 and again[(60_000, 60_000)].total.load_min == 0.1
-    assert not windows.add("hub", "h", 0, Pane(samples=1), now_ms=10_000_000)  # beyond the lateness bound
+    assert add(
+        windows, 50_000, Pane(samples=1, cpu_sum=1.0, load_min=0.1), now_ms=65_000, chunk=Chunk(0, FIRST_RUN, 99)
+    )
+    again = hub_window(windows, now_ms=65_000)
+    assert again is not None and again.samples == 13 and again.load_min == 0.1
+    assert add(windows, 0, Pane(samples=1), now_ms=10_000_000) == "too_late"  # beyond the lateness bound
 
 
-def test_open_panes_close_once_the_clock_passes_end_plus_lateness() -> None:
-    panes = OpenPanes(lateness_ms=5_000)
-    panes.add("node", "a", 0, Pane(samples=1))
-    assert panes.close(now_ms=14_999) == []
-    assert [(k, key, s) for k, key, s, _ in panes.close(now_ms=15_000)] == [("node", "a", 0)]
-    assert panes.close(now_ms=99_000) == []
+def test_a_chunk_delivered_twice_counts_once_and_its_nodes_once() -> None:
+    windows = HoppingWindows(grace_ms=0)
+    for _ in range(2):
+        add(windows, 0, Pane(samples=3, cpu_sum=1.5, load_min=0.5), now_ms=0)
+    windows.add("hub", "h", 0, Chunk(0, FIRST_RUN, 7), Pane(samples=1, load_min=0.5), ["n1", "n2"], 0, partition=0)
+    total = hub_window(windows, now_ms=60_000)
+    assert total is not None and (total.samples, total.cpu_sum, total.nodes) == (4, 1.5, 2)
+
+
+def test_a_newer_run_supersedes_the_chunks_it_reads_again() -> None:
+    """Run 1 sent chunks at offsets 0, 10 and 20; run 2 started again at offset 10 and sends 10-29 as one chunk."""
+    windows = HoppingWindows(grace_ms=0)
+    for offset in (0, 10, 20):
+        add(windows, 0, Pane(samples=10, load_min=1.0), now_ms=0, chunk=Chunk(0, FIRST_RUN, offset))
+    second = Run(offset=10, started_ms=2)
+    assert add(windows, 0, Pane(samples=20, load_min=1.0), now_ms=0, chunk=Chunk(0, second, 10)) == "added"
+    late_first = Chunk(0, FIRST_RUN, 20)  # run 1's chunk arriving after run 2's (through another partition)
+    assert add(windows, 0, Pane(samples=10, load_min=1.0), now_ms=0, chunk=late_first) == "superseded"
+    same_offset = Run(offset=10, started_ms=3)  # a third run from the same committed offset: after the second
+    assert add(windows, 0, Pane(samples=20, load_min=1.0), now_ms=0, chunk=Chunk(0, same_offset, 10)) == "added"
+    other_partition = Chunk(1, FIRST_RUN, 10)
+    assert add(windows, 0, Pane(samples=5, load_min=1.0), now_ms=0, chunk=other_partition) == "added"
+    total = hub_window(windows, now_ms=60_000)
+    assert total is not None and total.samples == 10 + 20 + 5
+
+
+def test_windows_let_go_of_a_partition_and_settle_what_went_out() -> None:
+    windows = HoppingWindows(grace_ms=0)
+    add(windows, 0, Pane(samples=1), now_ms=0)
+    windows.forget({0})
+    assert windows.panes == {} and windows.pending == set() and windows.close(now_ms=60_000) == []
+    for start in (0, 60_000):
+        add(windows, start, Pane(samples=1), now_ms=start)
+    windows.settle({0}, published_by_ms=65_000)  # read back: windows due by then went out before the crash
+    assert {(length, end) for _k, _key, length, end in windows.pending} == {
+        (60_000, end) for end in range(70_000, 130_000, 10_000)
+    } | {(300_000, end) for end in range(120_000, 420_000, 60_000)}
 
 
 def test_rollup_fields_scale_power_by_nodes_and_weight_pue_and_green_by_power() -> None:
     windows = HoppingWindows(grace_ms=0)
     for start in range(0, 60_000, PANE_MS):  # two nodes, 2 samples each per pane, 3 kW and 1 kW
-        pane = Pane(samples=4, nodes=2, cpu_sum=2.0, power_sum=8.0, facility_sum=10.0, green_sum=6.0, load_min=0.4)
+        pane = Pane(samples=4, cpu_sum=2.0, power_sum=8.0, facility_sum=10.0, green_sum=6.0, load_min=0.4)
         pane.free_cpu = {"GPU": 4000.0}
-        windows.add("cluster", "c", start, pane, now_ms=start)
+        windows.add("cluster", "c", start, Chunk(0, FIRST_RUN, start), pane, ["a", "b"], now_ms=start, partition=0)
     window = next(w for w in windows.close(now_ms=60_000) if w.length_ms == 60_000 and w.end_ms == 60_000)
     r = rollup_fields(window, nodes_total=3)
     assert r["nodes_online"] == 2 and r["nodes_total"] == 3
