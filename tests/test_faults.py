@@ -18,7 +18,7 @@ from typing import Any
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, now_ms
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics
 from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from suanwang.store import Store
@@ -179,50 +179,129 @@ def _sql_through_api(data_dir: Path, query: str) -> list[list[Any]]:
         return json.load(response)["rows"]
 
 
-def test_a_worker_killed_mid_stream_stores_every_row_once(settings: Settings, tmp_path: Path) -> None:
-    """SIGKILL while 1,200 samples stream in, restart: the table and its hourly view hold each sample once."""
+class ChunkWatch:
+    """Every pane chunk the workers deliver, read from the start: which telemetry offsets each run summed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = contract_consumer(settings, [PANE_CHUNK], None)
+        self.codec = Codec()
+        self.spans: set[tuple[int, int, int, int, int]] = set()  # partition, run offset, run start, first, end
+
+    async def read(self) -> None:
+        for messages in (await self.consumer.getmany(timeout_ms=200)).values():
+            for m in messages:
+                c = self.codec.decode_as("PaneChunk", m.value)
+                run = (c["run_offset"], c["run_started"])
+                self.spans.add((c["source_partition"], *run, c["chunk_offset"], c["chunk_end"]))
+
+    async def until_summed(self, samples: int) -> None:
+        """Until delivered chunks sum `samples` telemetry offsets, whichever run sent them."""
+        while sum(end - first for *_, first, end in {(s[0], s[3], s[4]) for s in self.spans}) < samples:
+            await self.read()
+
+    def read_again(self) -> list[tuple[int, int, int]]:
+        """(partition, first, end) of chunks a later run summed again: what a kill left uncommitted."""
+        return [
+            (p, first, end)
+            for p, run_offset, started, first, end in self.spans
+            if any(q == p and (o, t) > (run_offset, started) and o <= first for q, o, t, _f, _e in self.spans)
+        ]
+
+
+def expected_windows(samples: list[dict[str, Any]], published: list[list[Any]]) -> list[list[Any]]:
+    """What each published window should hold, computed from the samples sent: samples, nodes online, mean CPU."""
+    out = []
+    for kind, key, window_s, start_ms, *_ in published:
+        inside = [
+            s
+            for s in samples
+            if s["node_id" if kind == "node" else kind] == key
+            and start_ms <= s["event_time"] < start_ms + window_s * 1000
+        ]
+        panes: dict[int, set[str]] = defaultdict(set)
+        for s in inside:
+            panes[s["event_time"] // 10_000].add(s["node_id"])
+        nodes_online = max(1, round(sum(len(n) for n in panes.values()) / max(len(panes), 1)))
+        mean = sum(s["cpu_util"] for s in inside) / max(len(inside), 1)
+        out.append([kind, key, window_s, start_ms, len(inside), nodes_online, mean])
+    return out
+
+
+def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL while 1,200 samples stream in, restart: the table and its hourly view hold each sample once, and
+    every rolling window of every scope holds exactly its samples: none lost, none doubled."""
     topic = Topics(settings.topic_prefix).name(TELEMETRY)
     regs = fleet(20)
     end = closed_minute()
-    samples = [telemetry(reg, end - 600_000 + i * 10_000) for i in range(60) for reg in regs]
+    loads = random.Random(8)
+    samples = [telemetry(reg, end - 600_000 + i * 10_000, load=loads.random()) for i in range(60) for reg in regs]
     worker_settings = settings.model_copy(update={"data_dir": tmp_path, "web_port": 0, "worker_drain_s": 20.0})
     rows = f"SELECT count(), uniqExact(event_id) FROM suanwang.telemetry WHERE kafka_topic = '{topic}'"
     hourly = (
         "SELECT sum(samples) FROM suanwang.telemetry_hourly WHERE cluster IN "
         f"(SELECT DISTINCT cluster FROM suanwang.telemetry WHERE kafka_topic = '{topic}')"
     )
+    windows = (  # the worker has a store of its own: every window in it is this test's
+        "SELECT scope_kind, scope_key, window_s, toUnixTimestamp64Milli(window_start), samples, nodes_online, "
+        "cpu_util_mean FROM suanwang.rollups FINAL ORDER BY 1, 2, 3, 4"
+    )
+    last_hub_minute = (
+        "SELECT count() FROM suanwang.rollups FINAL WHERE scope_kind = 'hub' AND window_s = 60 "
+        f"AND toUnixTimestamp64Milli(window_end) = {end}"
+    )
+    hubs = len({r["hub"] for r in regs})
     kills = []
 
-    async def scenario() -> tuple[list[Any], list[Any]]:
+    async def scenario() -> tuple[list[Any], list[Any], list[list[Any]], ChunkWatch]:
         await ensure_topics(settings)
         producer = EventProducer(settings)
         await producer.start()
         await register(producer, regs)
+        chunks = ChunkWatch(settings)
+        await chunks.consumer.start()
         worker = start_service(worker_settings, "worker", "--api")
         try:
-            for i in range(0, len(samples), 100):
-                await send_telemetry(producer, samples[i : i + 100])
-                if i == 500:
-                    stored = (await asyncio.to_thread(_sql_through_api, tmp_path, rows))[0][0]
-                    while stored < 200:  # kill it with rows stored and a batch in flight
-                        await asyncio.sleep(0.2)
-                        stored = (await asyncio.to_thread(_sql_through_api, tmp_path, rows))[0][0]
-                    worker.send_signal(signal.SIGKILL)
-                    kills.append(worker.wait())
-                    worker = start_service(worker_settings, "worker", "--api")
+            await send_telemetry(producer, samples[:600])
+            await chunks.until_summed(600)
+            await asyncio.sleep(4.0)  # committed, and the first minutes' windows published
+            await send_telemetry(producer, samples[600:700])
+            await chunks.until_summed(700)  # delivered, and very likely not yet committed: read again after the kill
+            worker.send_signal(signal.SIGKILL)
+            kills.append(worker.wait())
+            worker = start_service(worker_settings, "worker", "--api")
+            await send_telemetry(producer, samples[700:])
             done = await wait_for(lambda: _sql_through_api(tmp_path, rows)[0][0] >= len(samples), timeout_s=120)
             assert done, _sql_through_api(tmp_path, rows)
-            await asyncio.sleep(3.0)  # a doubled row would land by now
-            return _sql_through_api(tmp_path, rows)[0], _sql_through_api(tmp_path, hourly)[0]
+            closed = await wait_for(lambda: _sql_through_api(tmp_path, last_hub_minute)[0][0] >= hubs, timeout_s=90)
+            assert closed, _sql_through_api(tmp_path, last_hub_minute)
+            await asyncio.sleep(3.0)  # a doubled row or a second version of a window would land by now
+            await chunks.until_summed(len(samples))
+            return (
+                _sql_through_api(tmp_path, rows)[0],
+                _sql_through_api(tmp_path, hourly)[0],
+                _sql_through_api(tmp_path, windows),
+                chunks,
+            )
         finally:
             worker.terminate()
             worker.wait(60)
+            await chunks.consumer.stop()
             await producer.stop()
 
-    stored, in_hourly_view = asyncio.run(scenario())
+    stored, in_hourly_view, published, chunks = asyncio.run(scenario())
     assert kills == [-signal.SIGKILL]
+    assert chunks.read_again(), chunks.spans  # the kill left delivered chunks a restarted run summed again
     assert stored == [len(samples), len(samples)]  # every sample once: none lost, none doubled
     assert in_hourly_view == [len(samples)]
+    minutes = {(k, w, start) for k, _key, w, start, *_ in published if k == "hub" and w == 60}
+    assert {start for _k, _w, start in minutes} >= set(range(end - 600_000, end - 50_000, 10_000))  # every minute
+    assert {k for k, *_ in published} == {"node", "cluster", "hub", "province"}
+    wrong = [  # the table keeps Float32 means
+        (got, want)
+        for got, want in zip(published, expected_windows(samples, published), strict=True)
+        if got[:-1] != want[:-1] or abs(got[-1] - want[-1]) > 1e-6
+    ]
+    assert not wrong, f"{len(wrong)} of {len(published)} windows wrong, e.g. {wrong[:3]}"
 
 
 def test_a_slow_subscriber_of_the_dispatch_topic_does_not_hold_dispatch_back(
