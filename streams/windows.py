@@ -106,10 +106,12 @@ class Samples:
     accelerators: np.ndarray
 
 
-def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, list[str]]]:
-    """(scope kind, scope key, pane start, partial pane, its node ids) for every scope and pane the batch touches.
+NODE_ID_SEPARATOR = "\x1f"  # ASCII's unit separator: never part of a node id
 
-    A node scope's ids are empty: its one node is the scope."""
+
+def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, str]]:
+    """(scope kind, scope key, pane start, partial pane, its node ids joined) for every scope and pane the
+    batch touches. A node scope's ids are empty: its one node is the scope."""
     pane_start = batch.event_ms - batch.event_ms % PANE_MS
     load = np.maximum(batch.cpu, batch.acc)
     facility = batch.power_kw * batch.pue
@@ -146,14 +148,14 @@ def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, list[str]]]
             for cls in np.unique(classes)
         }
         present = {cls: _total(inverse, n, (classes == cls).astype(np.float64)) > 0 for cls in free_by_class}
-        nodes = [[]] * n if kind == "node" else _nodes_of(inverse, node_ids, n)
+        nodes = [""] * n if kind == "node" else _nodes_of(inverse, node_ids, n)
         sample_of = np.empty(n, dtype=np.int64)
         sample_of[inverse] = np.arange(len(inverse))  # any sample of each group: it names the key and pane
         for g in range(n):
             i = sample_of[g]
             pane = Pane(
                 samples=int(counts[g]),
-                nodes=len(nodes[g]) or 1,
+                nodes=nodes[g].count(NODE_ID_SEPARATOR) + 1,
                 load_min=float(load_min[g]),
                 **{k: float(v[g]) for k, v in sums.items()},
                 **{k: float(v[g]) for k, v in maxes.items()},
@@ -173,12 +175,12 @@ def _extreme(inverse: np.ndarray, n: int, values: np.ndarray, ufunc: np.ufunc, s
     return out
 
 
-def _nodes_of(inverse: np.ndarray, node_ids: np.ndarray, n: int) -> list[list[str]]:
-    """The distinct node ids of each group."""
+def _nodes_of(inverse: np.ndarray, node_ids: np.ndarray, n: int) -> list[str]:
+    """The distinct node ids of each group, joined."""
     names, node_index = np.unique(node_ids, return_inverse=True)
     pairs = np.unique(inverse.astype(np.int64) * len(names) + node_index)
     cuts = np.searchsorted(pairs // len(names), np.arange(1, n))
-    return [names[members].tolist() for members in np.split(pairs % len(names), cuts)]
+    return [NODE_ID_SEPARATOR.join(names[members].tolist()) for members in np.split(pairs % len(names), cuts)]
 
 
 def windows_of(pane_start: int) -> Iterator[tuple[int, int]]:
@@ -234,9 +236,10 @@ class PaneParts:
         self.nodes: set[str] = set()  # a node's samples may span chunks: counted once in the union
         self._total: Pane | None = None
 
-    def put(self, chunk: Chunk, part: Pane, node_ids: list[str]) -> None:
+    def put(self, chunk: Chunk, part: Pane, node_ids: str) -> None:
         self.parts[chunk] = part
-        self.nodes.update(node_ids)
+        if node_ids:
+            self.nodes.update(node_ids.split(NODE_ID_SEPARATOR))
         self._total = None
 
     def drop(self, chunks: list[Chunk]) -> None:
@@ -297,7 +300,7 @@ class HoppingWindows:
         start: int,
         chunk: Chunk,
         part: Pane,
-        node_ids: list[str],
+        node_ids: str,
         now_ms: int,
         partition: int,
     ) -> Outcome:

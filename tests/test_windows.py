@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from suanwang.streams.windows import (
+    NODE_ID_SEPARATOR,
     PANE_MS,
     Chunk,
     HoppingWindows,
@@ -48,8 +49,8 @@ def test_pane_sums_group_by_scope_and_pane() -> None:
         ("province", "p", 0), ("province", "p", 10_000),
     }  # fmt: skip
     hub, hub_nodes = out[("hub", "h", 0)]
-    assert (hub.samples, hub.nodes, hub_nodes) == (2, 2, ["a", "b"])
-    assert out[("hub", "h", 10_000)][1] == ["a"] and out[("node", "a", 0)][1] == []  # a node scope is its node
+    assert (hub.samples, hub.nodes, hub_nodes) == (2, 2, f"a{NODE_ID_SEPARATOR}b")
+    assert out[("hub", "h", 10_000)][1] == "a" and out[("node", "a", 0)][1] == ""  # a node scope is its node
     assert hub.cpu_sum == 0.8 and hub.cpu_max == 0.6 and hub.load_min == 0.2
     assert hub.facility_sum == 2 * 2.0 * 1.2 and hub.green_sum == 2 * 2.0 * 1.2 * 0.5
     assert hub.free_cpu == {"CPU": 800 + 400}
@@ -77,7 +78,7 @@ def test_hopping_windows_hold_each_pane_in_six_short_and_five_long_windows() -> 
 def add(windows: HoppingWindows, start: int, pane: Pane, now_ms: int, chunk: Chunk | None = None) -> str:
     """A hub partial from chunk `chunk` (by default one of its own, at offset `start`), arriving on partition 0."""
     chunk = chunk or Chunk(0, FIRST_RUN, start)
-    return windows.add("hub", "h", start, chunk, pane, ["n1"], now_ms=now_ms, partition=0)
+    return windows.add("hub", "h", start, chunk, pane, "n1", now_ms=now_ms, partition=0)
 
 
 def hub_window(windows: HoppingWindows, now_ms: int, end_ms: int = 60_000) -> Pane | None:
@@ -104,7 +105,9 @@ def test_a_chunk_delivered_twice_counts_once_and_its_nodes_once() -> None:
     windows = HoppingWindows(grace_ms=0)
     for _ in range(2):
         add(windows, 0, Pane(samples=3, cpu_sum=1.5, load_min=0.5), now_ms=0)
-    windows.add("hub", "h", 0, Chunk(0, FIRST_RUN, 7), Pane(samples=1, load_min=0.5), ["n1", "n2"], 0, partition=0)
+    windows.add(
+        "hub", "h", 0, Chunk(0, FIRST_RUN, 7), Pane(samples=1, load_min=0.5), f"n1{NODE_ID_SEPARATOR}n2", 0, partition=0
+    )
     total = hub_window(windows, now_ms=60_000)
     assert total is not None and (total.samples, total.cpu_sum, total.nodes) == (4, 1.5, 2)
 
@@ -144,7 +147,9 @@ def test_rollup_fields_scale_power_by_nodes_and_weight_pue_and_green_by_power() 
     for start in range(0, 60_000, PANE_MS):  # two nodes, 2 samples each per pane, 3 kW and 1 kW
         pane = Pane(samples=4, cpu_sum=2.0, power_sum=8.0, facility_sum=10.0, green_sum=6.0, load_min=0.4)
         pane.free_cpu = {"GPU": 4000.0}
-        windows.add("cluster", "c", start, Chunk(0, FIRST_RUN, start), pane, ["a", "b"], now_ms=start, partition=0)
+        windows.add(
+            "cluster", "c", start, Chunk(0, FIRST_RUN, start), pane, f"a{NODE_ID_SEPARATOR}b", now_ms=start, partition=0
+        )
     window = next(w for w in windows.close(now_ms=60_000) if w.length_ms == 60_000 and w.end_ms == 60_000)
     r = rollup_fields(window, nodes_total=3)
     assert r["nodes_online"] == 2 and r["nodes_total"] == 3
