@@ -86,6 +86,9 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         autodiscover=False,
+        # telemetry is acked only once its pane chunk goes out, up to a pane later: a stop or rebalance does not
+        # wait for that; what is unacked is read again, and the sink and the windows take it once
+        stream_wait_empty=False,
         # larger fetches and buffers: telemetry arrives in bursts of thousands
         stream_buffer_maxsize=4 * settings.sink_batch_size,
         broker_max_poll_records=settings.sink_batch_size,

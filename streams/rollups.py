@@ -16,16 +16,17 @@ killed mid-stream neither loses nor doubles a sample:
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import client_kwargs, event, now_ms
-from suanwang.schemas.topics import PANE_CHUNK, ROLLUP
+from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY
 from suanwang.streams.app import Context, worker_group
 from suanwang.streams.windows import (
     PANE_MS,
@@ -83,21 +84,107 @@ def bucket_of(kind: str, key: str) -> str:
     return str(zlib.crc32(shard.encode()) % BUCKETS)
 
 
+@dataclass
+class OpenChunk:
+    """Telemetry of one partition read since its last chunk went out; its events are acked when it goes."""
+
+    chunk: Chunk
+    end: int
+    due_ms: int  # the end of the pane the event clock was in when it opened
+    events: list[Any] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Intake:
-    """The run each telemetry partition is read in: a new one whenever its offsets do not follow on."""
+    """Per telemetry partition, the run it is read in (a new one whenever its offsets do not follow on) and
+    the chunk still open. Chunks close at pane boundaries, so a node's samples of one pane mostly travel as
+    one partial, and the events are acked only when their chunk is sent: commits fall on chunk boundaries."""
 
     def __init__(self) -> None:
         self.runs: dict[int, Run] = {}
         self.next_offset: dict[int, int] = {}
+        self.open: dict[int, OpenChunk] = {}
 
-    def chunk(self, partition: int, first: int, end: int) -> Chunk:
+    def hold(self, partition: int, events: list[Any], records: list[dict[str, Any]], clock_ms: int) -> None:
+        first = min(ev.message.offset for ev in events)
         if self.next_offset.get(partition) != first:  # taken up, or read again from the committed offset
             self.runs[partition] = Run(first, now_ms())
-        self.next_offset[partition] = end
-        return Chunk(partition, self.runs[partition], first)
+            self.open.pop(partition, None)  # its events come again
+        self.next_offset[partition] = max(ev.message.offset for ev in events) + 1
+        if partition not in self.open:
+            due_ms = clock_ms - clock_ms % PANE_MS + PANE_MS
+            self.open[partition] = OpenChunk(Chunk(partition, self.runs[partition], first), first, due_ms)
+        held = self.open[partition]
+        held.end = self.next_offset[partition]
+        held.events += events
+        held.records += records
+
+    def due(self, clock_ms: int, partitions: set[int] | None = None) -> list[OpenChunk]:
+        """Removes and returns the chunks to send: due by the clock, or of the given partitions."""
+        names = [p for p, c in self.open.items() if c.due_ms <= clock_ms or (partitions and p in partitions)]
+        return [self.open.pop(p) for p in names]
 
 
-Aggregate = Callable[[list[Any], list[tuple[Any, dict[str, Any]]]], Awaitable[None]]
+class Aggregate:
+    """The telemetry intake's step that sums its batches into pane chunks; it acks their events."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.intake = Intake()
+        self.clock = EventClock()  # the newest telemetry aggregated here
+        self.stream: Any = None
+        self.last_batch = 0.0  # monotonic time of the newest batch
+
+    async def __call__(self, stream: Any, events: list[Any], valid: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Holds a telemetry batch in its partitions' open chunks, and sends the chunks now due."""
+        self.stream, self.last_batch = stream, time.monotonic()
+        events_of: dict[int, list[Any]] = defaultdict(list)
+        for ev in events:
+            events_of[ev.message.partition].append(ev)
+        records_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for ev, record in valid:
+            records_of[ev.message.partition].append(record)
+            self.clock.saw(int(record["event_time"].timestamp() * 1000))
+        for partition, held in events_of.items():
+            self.intake.hold(partition, held, records_of[partition], self.clock.now_ms())
+        await self.send_due()
+
+    async def send_due(self, partitions: set[int] | None = None) -> None:
+        """Sends the chunks due (and those of `partitions`), then acks their events."""
+        for held in self.intake.due(self.clock.now_ms(), partitions):
+            await self._send(held)
+
+    async def send_idle(self, rebalancing: bool) -> None:
+        """Sends every open chunk when no telemetry came for a while, or a rebalance waits for the acks."""
+        if self.stream is not None:
+            idle = time.monotonic() - self.last_batch > 2 * CLOSE_EVERY_S
+            await self.send_due(set(self.intake.open) if idle or rebalancing else None)
+
+    async def _send(self, held: OpenChunk) -> None:
+        ctx, chunk = self.ctx, held.chunk
+        if held.records:
+            buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for kind, key, start, pane, node_ids in pane_sums(samples_of(held.records, ctx)):
+                scope = {"scope_kind": kind, "scope_key": key, "pane_start": start, "node_ids": node_ids}
+                buckets[bucket_of(kind, key)].append({**scope, **pane.to_record()})
+            watermark = self.clock.now_ms()
+            for bucket, panes in buckets.items():
+                await ctx.send(
+                    PANE_CHUNK,
+                    event(
+                        bucket=bucket,
+                        source_partition=chunk.partition,
+                        run_offset=chunk.run.offset,
+                        run_started=chunk.run.started_ms,
+                        chunk_offset=chunk.start,
+                        chunk_end=held.end,
+                        watermark=watermark,
+                        panes=panes,
+                    ),
+                )
+            ctx.counts["samples_aggregated"] += len(held.records)
+        for ev in held.events:  # no await suspends in Stream.ack: a commit never splits a chunk
+            await self.stream.ack(ev)
 
 
 def register(ctx: Context) -> Aggregate:
@@ -105,50 +192,12 @@ def register(ctx: Context) -> Aggregate:
     settings = ctx.settings
     lateness_ms = int(settings.window_lateness_s * 1000)
     windows = HoppingWindows(grace_ms=lateness_ms)
-    intake = Intake()
-    telemetry_clock = EventClock()  # the newest telemetry aggregated here
+    aggregate = Aggregate(ctx)
     chunk_clock = EventClock()  # the newest sender's clock among the chunks merged here
     chunk_topic = ctx.topics.name(PANE_CHUNK)
+    telemetry_topic = ctx.topics.name(TELEMETRY)
     reading_back: dict[int, asyncio.Task[int]] = {}  # chunk partition taken up -> offset read back up to
     reading = asyncio.Lock()
-
-    async def aggregate(events: list[Any], valid: list[tuple[Any, dict[str, Any]]]) -> None:
-        """Sums a telemetry batch into panes, one chunk per partition and bucket; sent before the batch is acked."""
-        spans: dict[int, tuple[int, int]] = {}
-        for ev in events:
-            m = ev.message
-            first, end = spans.get(m.partition, (m.offset, m.offset + 1))
-            spans[m.partition] = (min(first, m.offset), max(end, m.offset + 1))
-        records: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for ev, record in valid:
-            records[ev.message.partition].append(record)
-        batches = {p: samples_of(rs, ctx) for p, rs in records.items()}
-        for batch in batches.values():
-            telemetry_clock.saw(int(batch.event_ms.max()))
-        watermark = telemetry_clock.now_ms()
-        for partition, (first, end) in spans.items():
-            chunk = intake.chunk(partition, first, end)
-            if partition not in batches:
-                continue
-            ctx.counts["samples_aggregated"] += len(records[partition])
-            buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for kind, key, start, pane, node_ids in pane_sums(batches[partition]):
-                scope = {"scope_kind": kind, "scope_key": key, "pane_start": start, "node_ids": node_ids}
-                buckets[bucket_of(kind, key)].append({**scope, **pane.to_record()})
-            for bucket, panes in buckets.items():
-                await ctx.send(
-                    PANE_CHUNK,
-                    event(
-                        bucket=bucket,
-                        source_partition=partition,
-                        run_offset=chunk.run.offset,
-                        run_started=chunk.run.started_ms,
-                        chunk_offset=first,
-                        chunk_end=end,
-                        watermark=watermark,
-                        panes=panes,
-                    ),
-                )
 
     def merge(record: dict[str, Any], partition: int) -> None:
         """Keeps a chunk's partial panes, each by its chunk."""
@@ -200,6 +249,7 @@ def register(ctx: Context) -> Aggregate:
 
     @ctx.app.on_partitions_revoked.connect
     async def let_go(app: Any, revoked: set[Any], **_: Any) -> None:
+        await aggregate.send_due({tp.partition for tp in revoked if tp.topic == telemetry_topic})
         gone = {tp.partition for tp in revoked if tp.topic == chunk_topic}
         for partition in gone:
             task = reading_back.pop(partition, None)
@@ -308,7 +358,8 @@ def register(ctx: Context) -> Aggregate:
 
     @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_windows")
     async def close_quiet_windows() -> None:
-        """Closes the windows of a stream that went quiet: the event clock keeps moving."""
+        """Sends the chunks and closes the windows of a stream that went quiet: the event clocks keep moving."""
+        await aggregate.send_idle(ctx.app.rebalancing)
         await publish(due())
 
     return aggregate

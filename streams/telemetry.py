@@ -2,7 +2,8 @@
 
 Each Faust agent on a topic costs a full per-event dispatch (about 60 µs here), the largest cost of the
 worker; so the three concerns of telemetry — store it, aggregate it, watch node health — share one
-agent, one decode and one check per record, and the batch is acked only after all three are done.
+agent, one decode and one check per record. Its events are acked only once stored, watched, and summed
+into a pane chunk that went out.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def register(
     @ctx.app.agent(ctx.topic(TELEMETRY), name="telemetry_intake")
     async def telemetry_intake(stream: Any) -> None:
         await ctx.facts.ready.wait()
-        async for events in stream.take_events(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
+        async for events in stream.noack_take(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
             valid = await sink.store(events)
-            await aggregate(events, valid)
             await watch(valid)
+            await aggregate(stream, events, valid)  # acks the events, once their pane chunk is sent

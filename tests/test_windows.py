@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from suanwang.streams.rollups import Intake
 from suanwang.streams.windows import (
     NODE_ID_SEPARATOR,
     PANE_MS,
@@ -160,3 +163,24 @@ def test_rollup_fields_scale_power_by_nodes_and_weight_pue_and_green_by_power() 
 def test_percentiles() -> None:
     p = percentiles(range(1, 101))
     assert p["p50_ms"] == 50.5 and p["max_ms"] == 100 and 98 < p["p99_ms"] < 100
+
+
+def events_at(*offsets: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(message=SimpleNamespace(offset=o)) for o in offsets]
+
+
+def test_an_open_chunk_spans_batches_until_its_pane_ends_and_a_read_again_starts_a_new_run() -> None:
+    intake = Intake()
+    intake.hold(0, events_at(0, 1), [{"n": 1}], clock_ms=12_000)
+    intake.hold(0, events_at(2), [], clock_ms=15_000)
+    assert intake.due(clock_ms=19_999) == []
+    (held,) = intake.due(clock_ms=20_000)  # the pane the clock was in when it opened has ended
+    assert (held.chunk.start, held.end, len(held.events), held.records) == (0, 3, 3, [{"n": 1}])
+    first_run = held.chunk.run
+    intake.hold(0, events_at(3), [], clock_ms=21_000)
+    assert intake.open[0].chunk.run == first_run  # offsets follow on: the same run
+    intake.hold(0, events_at(1, 2), [], clock_ms=22_000)  # read again from offset 1 (a rebalance)
+    reread = intake.open[0].chunk
+    assert reread.start == 1 and reread.run.offset == 1 and reread.run > first_run
+    intake.hold(1, events_at(9), [], clock_ms=22_000)
+    assert [c.chunk.partition for c in intake.due(clock_ms=22_000, partitions={1})] == [1]  # revoked: sent now
