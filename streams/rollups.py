@@ -26,6 +26,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import client_kwargs, event, now_ms
+from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY
 from suanwang.streams.app import Context, worker_group
 from suanwang.streams.windows import (
@@ -238,7 +239,10 @@ def register(ctx: Context) -> Aggregate:
                     for message in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
                         if message.offset >= end:
                             break
-                        record = ctx.codec.decode_as(PANE_CHUNK.schema, message.value)
+                        try:
+                            record = ctx.codec.decode_as(PANE_CHUNK.schema, message.value)
+                        except DecodeError:  # skipped as when first read
+                            continue
                         published_by = max(published_by, record["watermark"])
                         merge(record, partition)
                         ctx.counts["chunks_read_back"] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -66,3 +67,27 @@ async def send_raw(settings: Settings, topic: str, payloads: list[bytes], key_pr
         await raw.flush()
     finally:
         await raw.stop()
+
+
+def wrong_windows(samples: list[dict[str, Any]], published: list[list[Any]]) -> list[tuple[list[Any], list[Any]]]:
+    """(published, expected) of each window that does not hold what the samples sent make: samples, nodes online
+    and mean CPU (within Float32's precision). `published` rows: kind, key, window_s, start ms, those three."""
+    out = []
+    for kind, key, window_s, start_ms, *_ in published:
+        inside = [
+            s
+            for s in samples
+            if s["node_id" if kind == "node" else kind] == key
+            and start_ms <= s["event_time"] < start_ms + window_s * 1000
+        ]
+        panes: dict[int, set[str]] = defaultdict(set)
+        for s in inside:
+            panes[s["event_time"] // 10_000].add(s["node_id"])
+        nodes_online = max(1, round(sum(len(n) for n in panes.values()) / max(len(panes), 1)))
+        mean = sum(s["cpu_util"] for s in inside) / max(len(inside), 1)
+        out.append([kind, key, window_s, start_ms, len(inside), nodes_online, mean])
+    return [
+        (got, want)
+        for got, want in zip(published, out, strict=True)
+        if got[:-1] != want[:-1] or abs(got[-1] - want[-1]) > 1e-6
+    ]

@@ -25,7 +25,7 @@ from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
-from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry
+from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry, wrong_windows
 from tests.test_worker import wait_for
 
 
@@ -208,25 +208,6 @@ class ChunkWatch:
         ]
 
 
-def expected_windows(samples: list[dict[str, Any]], published: list[list[Any]]) -> list[list[Any]]:
-    """What each published window should hold, computed from the samples sent: samples, nodes online, mean CPU."""
-    out = []
-    for kind, key, window_s, start_ms, *_ in published:
-        inside = [
-            s
-            for s in samples
-            if s["node_id" if kind == "node" else kind] == key
-            and start_ms <= s["event_time"] < start_ms + window_s * 1000
-        ]
-        panes: dict[int, set[str]] = defaultdict(set)
-        for s in inside:
-            panes[s["event_time"] // 10_000].add(s["node_id"])
-        nodes_online = max(1, round(sum(len(n) for n in panes.values()) / max(len(panes), 1)))
-        mean = sum(s["cpu_util"] for s in inside) / max(len(inside), 1)
-        out.append([kind, key, window_s, start_ms, len(inside), nodes_online, mean])
-    return out
-
-
 def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(settings: Settings, tmp_path: Path) -> None:
     """SIGKILL while 1,200 samples stream in, restart: the table and its hourly view hold each sample once, and
     every rolling window of every scope holds exactly its samples: none lost, none doubled."""
@@ -296,11 +277,7 @@ def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(setti
     minutes = {(k, w, start) for k, _key, w, start, *_ in published if k == "hub" and w == 60}
     assert {start for _k, _w, start in minutes} >= set(range(end - 600_000, end - 50_000, 10_000))  # every minute
     assert {k for k, *_ in published} == {"node", "cluster", "hub", "province"}
-    wrong = [  # the table keeps Float32 means
-        (got, want)
-        for got, want in zip(published, expected_windows(samples, published), strict=True)
-        if got[:-1] != want[:-1] or abs(got[-1] - want[-1]) > 1e-6
-    ]
+    wrong = wrong_windows(samples, published)
     assert not wrong, f"{len(wrong)} of {len(published)} windows wrong, e.g. {wrong[:3]}"
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -19,7 +21,7 @@ from suanwang.schemas.topics import ROLLUP, TELEMETRY, Topics
 from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from tests.conftest import run_cli
-from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_telemetry, telemetry
+from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_telemetry, telemetry, wrong_windows
 
 
 def start_worker(settings: Settings, data_dir: Path) -> subprocess.Popen[str]:
@@ -98,3 +100,73 @@ def test_two_workers_split_the_load_and_count_each_event_once(settings: Settings
         assert out.returncode == 0, out.stderr
         stored.append(json.loads(out.stdout)[0]["n"])
     assert sum(stored) == len(good) + len(movers) and min(stored) > 0, stored  # split, each row stored once
+
+
+def test_a_worker_joining_mid_stream_takes_its_windows_over_exactly(settings: Settings, tmp_path: Path) -> None:
+    """A second worker joins halfway through 1,200 samples: the partitions it takes over move with their open
+    windows (read back from the chunk topic), and every window's newest version holds exactly its samples."""
+    topics = Topics(settings.topic_prefix)
+    regs = fleet(40)
+    end = closed_minute()
+    loads = random.Random(3)
+    samples = [telemetry(reg, end - 300_000 + i * 10_000, load=loads.random()) for i in range(30) for reg in regs]
+    hubs = {r["hub"] for r in regs}
+    asyncio.run(ensure_topics(settings))
+    workers = [start_worker(settings, tmp_path / "w0")]
+
+    def nothing_more() -> bool:
+        return False
+
+    async def read_rollups(latest: dict[tuple, list], consumer: AIOKafkaConsumer, done: Callable[[], bool]) -> None:
+        """Reads the newest version of each window until `done`, or until a poll brings nothing (`nothing_more`)."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not done():
+            batch = await consumer.getmany(timeout_ms=1000)
+            for messages in batch.values():
+                for msg in messages:  # a window's versions share its key's partition: the last read is the newest
+                    r = Codec().decode_as("Rollup", msg.value)
+                    key = (r["scope_kind"], r["scope_key"], r["window_s"], int(r["window_start"].timestamp() * 1000))
+                    latest[key] = [*key, r["samples"], r["nodes_online"], r["cpu_util_mean"]]
+            if done is nothing_more and not batch:
+                return
+
+    def hub_minutes(latest: dict[tuple, list], upto_end: int) -> bool:
+        ends = {(h, e - MINUTE_MS) for h in hubs for e in range(end - 240_000, upto_end + 1, 10_000)}
+        return ends <= {(key, start) for kind, key, w, start in latest if kind == "hub" and w == 60}
+
+    async def scenario() -> dict[tuple, list]:
+        producer = EventProducer(settings)
+        await producer.start()
+        consumer = AIOKafkaConsumer(
+            topics.name(ROLLUP), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        latest: dict[tuple, list] = {}
+        try:
+            await register(producer, regs)
+            await send_telemetry(producer, samples[:600])
+            await read_rollups(latest, consumer, lambda: hub_minutes(latest, end - 160_000))  # windows went out
+            workers.append(start_worker(settings, tmp_path / "w1"))
+            assert workers[1].stdout is not None and READY_MARK in workers[1].stdout.readline()
+            await asyncio.sleep(settings.session_timeout_ms / 1000 + 3)  # the group settles with both members
+            await send_telemetry(producer, samples[600:])
+            await read_rollups(latest, consumer, lambda: hub_minutes(latest, end))
+            await asyncio.sleep(3.0)  # a later version of a window would be out by now
+            await read_rollups(latest, consumer, nothing_more)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        return latest
+
+    try:
+        assert workers[0].stdout is not None and READY_MARK in workers[0].stdout.readline()
+        latest = asyncio.run(scenario())
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(timeout=60)
+    assert hub_minutes(latest, end), "a hub minute never went out"
+    published = sorted(latest.values())
+    wrong = wrong_windows(samples, published)
+    assert not wrong, f"{len(wrong)} of {len(published)} windows wrong, e.g. {wrong[:3]}"
