@@ -71,7 +71,7 @@ class Pane:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in _MAXES:
             setattr(self, name, max(getattr(self, name), getattr(other, name)))
-        self.nodes += other.nodes  # panes of one scope and time have disjoint nodes; parts of one pane count none
+        self.nodes += other.nodes  # summed over a window's panes; a pane's parts carry none: see PaneParts.total
         self.load_min = min(self.load_min, other.load_min)
         for mine, theirs in ((self.free_cpu, other.free_cpu), (self.free_acc, other.free_acc)):
             for cls, value in theirs.items():
@@ -106,7 +106,7 @@ class Samples:
     accelerators: np.ndarray
 
 
-NODE_ID_SEPARATOR = "\x1f"  # ASCII's unit separator: never part of a node id
+NODE_ID_SEPARATOR = "\x1f"  # ASCII's unit separator, which no node id is expected to contain
 
 
 def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, str]]:
@@ -309,7 +309,7 @@ class HoppingWindows:
             return "too_late"
         if self.runs.see(chunk.partition, chunk.run):
             self._drop_superseded(chunk.partition)
-        elif self.runs.superseded(chunk):
+        if self.runs.superseded(chunk):  # also the first chunk of a run older than one seen (a zombie's)
             return "superseded"
         self.partition_of[(kind, key)] = partition
         scope = self.panes[(kind, key)]

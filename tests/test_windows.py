@@ -126,6 +126,8 @@ def test_a_newer_run_supersedes_the_chunks_it_reads_again() -> None:
     assert add(windows, 0, Pane(samples=10, load_min=1.0), now_ms=0, chunk=late_first) == "superseded"
     same_offset = Run(offset=10, started_ms=3)  # a third run from the same committed offset: after the second
     assert add(windows, 0, Pane(samples=20, load_min=1.0), now_ms=0, chunk=Chunk(0, same_offset, 10)) == "added"
+    zombie = Run(offset=5, started_ms=0)  # first seen now, but older than the second run, which reads 10 on again
+    assert add(windows, 0, Pane(samples=10, load_min=1.0), now_ms=0, chunk=Chunk(0, zombie, 10)) == "superseded"
     other_partition = Chunk(1, FIRST_RUN, 10)
     assert add(windows, 0, Pane(samples=5, load_min=1.0), now_ms=0, chunk=other_partition) == "added"
     total = hub_window(windows, now_ms=60_000)
