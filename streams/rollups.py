@@ -3,10 +3,11 @@
 Two steps, so that N workers can split the telemetry and still agree on one number per scope, and a worker
 killed mid-stream neither loses nor doubles a sample:
 
-- `aggregate` (run by the telemetry intake) sums each batch's samples into 10-s panes with NumPy, per
-  telemetry partition, and sends them as chunks on `monitor.pane-chunk`, one per bucket of scopes, tagged
-  with the offsets they sum. The batch is acked only after, and Faust flushes the producer before it
-  commits, so every committed offset's samples are in a delivered chunk.
+- `aggregate` (run by the telemetry intake) holds each telemetry partition's samples in an open chunk until
+  the event clock enters a new pane, then sums them into 10-s panes with NumPy and sends them on
+  `monitor.pane-chunk`, one message per bucket of scopes, tagged with the offsets they sum. Their events
+  are acked only then, and Faust flushes the producer before it commits, so every committed offset's
+  samples are in a delivered chunk.
 - `scope_rollups` keeps each scope's partial panes by chunk, merges them into the hopping windows,
   publishes them on `monitor.rollup`, and judges the alerts that need a whole scope: sustained overload,
   PUE, green share, and tidal imbalance between hubs. A chunk read again after a crash replaces its first
