@@ -146,7 +146,8 @@ class Aggregate:
         records_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for ev, record in valid:
             records_of[ev.message.partition].append(record)
-            self.clock.saw(int(record["event_time"].timestamp() * 1000))
+        if valid:
+            self.clock.saw(int(max(record["event_time"] for _ev, record in valid).timestamp() * 1000))
         for partition, held in events_of.items():
             self.intake.hold(partition, held, records_of[partition], self.clock.now_ms())
         await self.send_due()

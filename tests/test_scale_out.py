@@ -38,6 +38,27 @@ def start_worker(settings: Settings, data_dir: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def stop(workers: list[subprocess.Popen[str]]) -> None:
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        w.wait(timeout=60)
+
+
+async def read_rollups(consumer: AIOKafkaConsumer, latest: dict[tuple, dict], done: Callable[[], bool] | None) -> None:
+    """Keeps the newest version of each window (a window's versions share its key's partition, so the last
+    read is the newest) until `done`, or, when `done` is None, until a poll brings nothing; 90 s at most."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (done and done()):
+        batch = await consumer.getmany(timeout_ms=1000)
+        for messages in batch.values():
+            for msg in messages:
+                r = Codec().decode_as("Rollup", msg.value)
+                latest[(r["scope_kind"], r["scope_key"], r["window_s"], int(r["window_start"].timestamp() * 1000))] = r
+        if done is None and not batch:
+            return
+
+
 def test_two_workers_split_the_load_and_count_each_event_once(settings: Settings, tmp_path: Path) -> None:
     topics = Topics(settings.topic_prefix)
     regs = fleet(40)
@@ -61,16 +82,11 @@ def test_two_workers_split_the_load_and_count_each_event_once(settings: Settings
                 topics.name(ROLLUP), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
             )
             await consumer.start()
-            latest: dict[tuple, dict] = {}  # the newest version of each window
-            deadline = time.monotonic() + 90
+            latest: dict[tuple, dict] = {}
             try:
-                while time.monotonic() < deadline:
-                    for messages in (await consumer.getmany(timeout_ms=500)).values():
-                        for msg in messages:
-                            r = Codec().decode_as("Rollup", msg.value)
-                            latest[(r["scope_kind"], r["scope_key"], r["window_s"], r["window_start"])] = r
-                    if counted(latest, "hub") == len(good) and counted(latest, "node") == len(good):
-                        break
+                await read_rollups(
+                    consumer, latest, lambda: counted(latest, "hub") == counted(latest, "node") == len(good)
+                )
             finally:
                 await consumer.stop()
             return latest
@@ -85,10 +101,7 @@ def test_two_workers_split_the_load_and_count_each_event_once(settings: Settings
 
         latest = asyncio.run(produce_and_read_rollups())
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=60)
+        stop(workers)
     for kind in ("node", "cluster", "hub", "province"):
         assert counted(latest, kind) == len(good), kind
     stored = []
@@ -114,45 +127,29 @@ def test_a_worker_joining_mid_stream_takes_its_windows_over_exactly(settings: Se
     asyncio.run(ensure_topics(settings))
     workers = [start_worker(settings, tmp_path / "w0")]
 
-    def nothing_more() -> bool:
-        return False
-
-    async def read_rollups(latest: dict[tuple, list], consumer: AIOKafkaConsumer, done: Callable[[], bool]) -> None:
-        """Reads the newest version of each window until `done`, or until a poll brings nothing (`nothing_more`)."""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not done():
-            batch = await consumer.getmany(timeout_ms=1000)
-            for messages in batch.values():
-                for msg in messages:  # a window's versions share its key's partition: the last read is the newest
-                    r = Codec().decode_as("Rollup", msg.value)
-                    key = (r["scope_kind"], r["scope_key"], r["window_s"], int(r["window_start"].timestamp() * 1000))
-                    latest[key] = [*key, r["samples"], r["nodes_online"], r["cpu_util_mean"]]
-            if done is nothing_more and not batch:
-                return
-
-    def hub_minutes(latest: dict[tuple, list], upto_end: int) -> bool:
+    def hub_minutes(latest: dict[tuple, dict], upto_end: int) -> bool:
         ends = {(h, e - MINUTE_MS) for h in hubs for e in range(end - 240_000, upto_end + 1, 10_000)}
         return ends <= {(key, start) for kind, key, w, start in latest if kind == "hub" and w == 60}
 
-    async def scenario() -> dict[tuple, list]:
+    async def scenario() -> dict[tuple, dict]:
         producer = EventProducer(settings)
         await producer.start()
         consumer = AIOKafkaConsumer(
             topics.name(ROLLUP), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
         )
         await consumer.start()
-        latest: dict[tuple, list] = {}
+        latest: dict[tuple, dict] = {}
         try:
             await register(producer, regs)
             await send_telemetry(producer, samples[:600])
-            await read_rollups(latest, consumer, lambda: hub_minutes(latest, end - 160_000))  # windows went out
+            await read_rollups(consumer, latest, lambda: hub_minutes(latest, end - 160_000))  # windows went out
             workers.append(start_worker(settings, tmp_path / "w1"))
             assert workers[1].stdout is not None and READY_MARK in workers[1].stdout.readline()
             await asyncio.sleep(settings.session_timeout_ms / 1000 + 3)  # the group settles with both members
             await send_telemetry(producer, samples[600:])
-            await read_rollups(latest, consumer, lambda: hub_minutes(latest, end))
+            await read_rollups(consumer, latest, lambda: hub_minutes(latest, end))
             await asyncio.sleep(3.0)  # a later version of a window would be out by now
-            await read_rollups(latest, consumer, nothing_more)
+            await read_rollups(consumer, latest, None)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -162,11 +159,8 @@ def test_a_worker_joining_mid_stream_takes_its_windows_over_exactly(settings: Se
         assert workers[0].stdout is not None and READY_MARK in workers[0].stdout.readline()
         latest = asyncio.run(scenario())
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=60)
+        stop(workers)
     assert hub_minutes(latest, end), "a hub minute never went out"
-    published = sorted(latest.values())
+    published = sorted([*key, r["samples"], r["nodes_online"], r["cpu_util_mean"]] for key, r in latest.items())
     wrong = wrong_windows(samples, published)
     assert not wrong, f"{len(wrong)} of {len(published)} windows wrong, e.g. {wrong[:3]}"
