@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
+from suanwang.analyst import Analysts, Busy, LimitExceeded, Refused
 from suanwang.billing.book import load_book
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
@@ -36,6 +37,7 @@ PRODUCER = web.AppKey("producer", EventProducer)
 FANOUT = web.AppKey("fanout", Fanout)
 FANOUT_TASK = web.AppKey("fanout_task", asyncio.Task)
 AUDIT = web.AppKey("audit", AuditLog)
+ANALYSTS = web.AppKey("analysts", Analysts)
 AUDIT_TASK = web.AppKey("audit_task", asyncio.Task)
 ASSETS = web.AppKey("assets", Path)
 STATIC = Path(str(resources.files("suanwang.dashboards"))) / "static"
@@ -149,15 +151,20 @@ async def network_model(request: web.Request) -> web.Response:
 
 
 async def sql(request: web.Request) -> web.Response:
-    """A read-only query, so `suanwang sql` works while the embedded store is held by this process."""
+    """An analyst's SELECT, checked and limited (suanwang/analyst.py), on a connection ingestion never waits for."""
     body = await request.json()
     query = body.get("query") if isinstance(body, dict) else None
     if not isinstance(query, str) or not query.strip():
         return reply({"error": 'body must be {"query": "SELECT ..."}'}, status=422)
     request[AUDIT_DETAIL] = query
-    store = request.app[STORE]
     try:
-        columns, rows = await store.run(lambda: store.query(query, None, readonly=True))
+        columns, rows = await request.app[ANALYSTS].query(query)
+    except Busy as exc:
+        return web.json_response({"error": str(exc)}, status=429, headers={"Retry-After": str(exc.retry_after_s)})
+    except Refused as exc:
+        return reply({"error": str(exc)}, status=exc.status)
+    except LimitExceeded as exc:
+        return reply({"error": str(exc)}, status=422)
     except SuanwangError as exc:
         return reply({"error": str(exc)}, status=400)
     return reply({"columns": columns, "rows": rows})
@@ -468,7 +475,12 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
     app[BOOK] = load_book(settings.tenants_file if settings is not None else None)
     app[ASSETS] = web_assets_dir(settings)
     app[AUDIT] = audit
+    app[ANALYSTS] = Analysts(store.settings, settings)
 
+    async def close_analysts(app: web.Application) -> None:
+        app[ANALYSTS].close()
+
+    app.on_cleanup.append(close_analysts)
     async def start_audit(app: web.Application) -> None:
         app[AUDIT_TASK] = asyncio.create_task(app[AUDIT].run())
 

@@ -1,4 +1,4 @@
-"""Runs the Faust worker (and, when asked, the API beside it, sharing its ClickHouse client)."""
+"""Runs the Faust worker (and, when asked, the API beside it, on ClickHouse connections of its own)."""
 
 from __future__ import annotations
 
@@ -22,19 +22,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
     await store.run(store.migrate)
     await ensure_topics(settings)
     app, _ctx = create_app(settings, store)
-    runner = None
+    runner = api_store = None
     try:
         await app.start()
         if with_api:
             from suanwang.dashboards.api import start_api
 
-            runner = await start_api(settings, store)
+            api_store = Store(settings)  # a connection and thread of its own: its reads never queue behind the sink's
+            runner = await start_api(settings, api_store)
         announce_ready("worker")
         await stop.wait()
         await drain(settings, settings.worker_drain_s)
     finally:
         if runner is not None:
             await runner.cleanup()
+        if api_store is not None:
+            api_store.close()
         await app.stop()
         store.close()
 

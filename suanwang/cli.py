@@ -86,7 +86,7 @@ def up(
 def worker(
     duration: Duration = None,
     data_dir: DataDir = None,
-    api: Annotated[bool, typer.Option("--api", help="Serve the API too, sharing the ClickHouse client.")] = False,
+    api: Annotated[bool, typer.Option("--api", help="Serve the API too, in the same process as the store.")] = False,
 ) -> None:
     """Run the Faust monitoring worker: rollups, alerts and the ClickHouse sink."""
     from suanwang.streams.worker import run_worker

@@ -19,8 +19,6 @@ from suanwang.settings import Settings
 
 DATABASE = "suanwang"
 _opened_here: set[Path] = set()  # chdb data paths this process holds
-_READ = re.compile(r"(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
-_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 SOURCE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
 
 
@@ -47,11 +45,14 @@ def describe_url(settings: Settings) -> str:
     return f"chdb://{settings.chdb_path}"
 
 
-def connect(settings: Settings) -> Any:
-    """A clickhouse-connect client for the configured server, or chdb in the data directory."""
-    if settings.clickhouse_url:
+def connect(settings: Settings, analyst: bool = False) -> Any:
+    """A clickhouse-connect client for the configured server, or chdb in the data directory. An analyst's
+    client is a connection of its own in the suanwang database, as the read-only user where one is set."""
+    url = (settings.clickhouse_analyst_url or settings.clickhouse_url) if analyst else settings.clickhouse_url
+    database = {"database": DATABASE} if analyst else {}
+    if url:
         try:
-            return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **clickhouse_tls(settings))
+            return clickhouse_connect.get_client(dsn=url, **database, **clickhouse_tls(settings))
         except Exception as exc:  # OperationalError, DatabaseError, urllib3 errors
             raise SuanwangError(
                 f"cannot reach ClickHouse at {describe_url(settings)} ({str(exc).splitlines()[0]}); "
@@ -67,7 +68,7 @@ def connect(settings: Settings) -> Any:
             "or worker); stop it first, or query a ClickHouse server via SUANWANG_CLICKHOUSE_URL"
         )
     try:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}", **database)
         _opened_here.add(path)
         return client
     except Exception as exc:
@@ -94,15 +95,6 @@ def _locked_by_another_process(path: Path) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
     return False
-
-
-def check_read_only(sql: str) -> None:
-    """Refuses anything but a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS)."""
-    body = _strip_comments(sql).strip().rstrip(";").strip()
-    if ";" in body or not _READ.match(body) or _INTO_OUTFILE.search(body):
-        raise SuanwangError(
-            "only a single read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) is allowed here"
-        )
 
 
 class Store:
@@ -165,17 +157,9 @@ class Store:
         )
         return int(rows[0][0])
 
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = False
-    ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        settings = None
-        if readonly:
-            check_read_only(sql)
-            # a server applies per-request settings to that request only; chdb applies them to its one
-            # session with SET and cannot take `readonly` back, so there the statement check must do
-            settings = {"readonly": 1} if self.settings.clickhouse_url else None
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         try:
-            result = self.client.query(sql, parameters=parameters, settings=settings)
+            result = self.client.query(sql, parameters=parameters)
         except ClickHouseError as exc:
             raise SuanwangError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
         return list(result.column_names), [tuple(r) for r in result.result_rows]

@@ -52,15 +52,12 @@ def test_placements_listing_and_bad_limit(store: Store) -> None:
 
 
 def test_sql_is_read_only(store: Store) -> None:
+    """The cases one by one are in test_analyst.py; here, that nothing a refused query asked for happened."""
     status, body = call(store, "POST", "/api/sql", json={"query": "SELECT 40 + 2 AS answer"})
     assert status == 200 and body == {"columns": ["answer"], "rows": [[42]]}
-    for query in (
-        "DROP TABLE suanwang.alerts",
-        "SELECT 1; DROP TABLE suanwang.alerts",
-        "SELECT 1 INTO OUTFILE '/tmp/x'",
-    ):
+    for query in ("DROP TABLE suanwang.alerts", "SELECT 1; DROP TABLE suanwang.alerts"):
         status, body = call(store, "POST", "/api/sql", json={"query": query})
-        assert status == 400 and "only a single read statement" in body["error"], query
+        assert status == 422 and ("SELECT" in body["error"] or "statement" in body["error"]), query
     assert call(store, "GET", "/api/alerts?limit=1")[0] == 200  # still there
     assert call(store, "POST", "/api/sql", json={"nope": 1})[0] == 422
     store.insert_records("alerts", [sample_record("Alert")])  # the store still writes afterwards
