@@ -46,6 +46,8 @@ class Entry:
 def accounts(u: Usage, book: Book, operators: dict[str, str]) -> dict[str, str]:
     """Who pays (the tenant, or a suspense account for a tenant not in the book) and who is paid."""
     payer = f"tenant:{u.tenant}" if u.tenant in book.tenants else f"suspense:{u.tenant}"
+    if u.origin_hub not in operators:
+        raise ValueError(f"origin_hub={u.origin_hub!r} is not a hub of the network model: no network operator to pay")
     return {
         "payer": payer,
         "provider": f"provider:{u.cluster}",

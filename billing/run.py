@@ -16,7 +16,7 @@ from typing import Any
 
 from suanwang.billing.book import Book, period_bounds, period_of
 from suanwang.billing.ledger import Entry, Key, accounts, fen, target, transaction
-from suanwang.billing.metering import ENDS, Metered, Usage, meter
+from suanwang.billing.metering import ENDS, Anomaly, Metered, Usage, meter
 from suanwang.bus import now_ms
 from suanwang.store import DATABASE, Store
 from suanwang.topology import Network
@@ -93,28 +93,19 @@ class BillingRun:
         usages: list[dict[str, Any]] = []
         anomalies: list[dict[str, Any]] = []
         for task_id in task_ids:
-            m: Metered = meter(
-                task_id, placements.get(task_id), events.get(task_id, []), now, self.grace_ms, self.storage_price
-            )
-            self.recheck.pop(task_id, None)
-            if m.recheck_at is not None:
-                self.recheck[task_id] = m.recheck_at
             report.tasks += 1
-            found = list(m.anomalies)
-            for u in m.usages:
-                drawn_here: dict[str, int] = defaultdict(int)
-                for (_, account), amount in posted[u.usage_id].items():
-                    if account.startswith("voucher:"):
-                        drawn_here[account] += amount
-                wanted = target(u, self.book, self.operators, left, drawn_here, found)
-                txn = transaction(u, wanted, posted[u.usage_id], txns[u.usage_id] + 1, self._reason(u, txns))
-                for e in txn:
-                    if e.account_kind == "voucher" and e.account.removeprefix("voucher:") in left:
-                        left[e.account.removeprefix("voucher:")] -= e.amount_fen  # (one since dropped: no budget)
-                entries += txn
-                report.transactions += bool(txn)
-                if txn or stored.get(u.usage_id) != u.hours:  # new or changed: a new version of the row
-                    usages.append(self._usage_row(u, now))
+            found: list[Anomaly] = []
+            try:
+                task_entries, task_usages = self._bill_task(
+                    task_id, placements.get(task_id), events.get(task_id, []), now, (posted, txns, stored), left, found
+                )
+            except Exception as exc:  # a row no rule foresaw: recorded with its reason, the other tasks billed
+                log.warning("billing: task %s not billed: %r", task_id, exc)
+                found.append(Anomaly("unbillable", f"{type(exc).__name__}: {exc}"))
+                task_entries, task_usages = [], []
+            entries += task_entries
+            usages += task_usages
+            report.transactions += len({e.txn_id for e in task_entries})
             for a in dict.fromkeys(found):  # each rule and detail once per task
                 report.anomalies[a.rule] += 1
                 anomalies.append({"task_id": task_id, "rule": a.rule, "detail": a.detail, "seen_at": now})
@@ -124,6 +115,45 @@ class BillingRun:
         self.store.insert_records("billing_exceptions", anomalies)
         report.usages += len(usages)
         report.entries += len(entries)
+
+    def _bill_task(
+        self,
+        task_id: str,
+        placement: dict[str, Any] | None,
+        events: list[dict[str, Any]],
+        now: int,
+        history: tuple[dict[str, dict[Key, int]], dict[str, int], dict[str, float]],
+        left: dict[str, int],
+        found: list[Anomaly],
+    ) -> tuple[list[Entry], list[dict[str, Any]]]:
+        """One task's new ledger entries and usage rows; its anomalies go to `found`. `left` is drawn on only
+        once the whole task is posted, so a task that fails half-way draws nothing."""
+        posted, txns, stored = history
+        m: Metered = meter(task_id, placement, events, now, self.grace_ms, self.storage_price)
+        self.recheck.pop(task_id, None)
+        if m.recheck_at is not None:
+            self.recheck[task_id] = m.recheck_at
+        found += m.anomalies
+        entries: list[Entry] = []
+        usages: list[dict[str, Any]] = []
+        drawn: dict[str, int] = defaultdict(int)
+        for u in m.usages:
+            drawn_here: dict[str, int] = defaultdict(int)
+            for (_, account), amount in posted[u.usage_id].items():
+                if account.startswith("voucher:"):
+                    drawn_here[account] += amount
+            room = {v: n - drawn[v] for v, n in left.items()}
+            wanted = target(u, self.book, self.operators, room, drawn_here, found)
+            txn = transaction(u, wanted, posted[u.usage_id], txns[u.usage_id] + 1, self._reason(u, txns))
+            for e in txn:
+                if e.account_kind == "voucher" and e.account.removeprefix("voucher:") in left:
+                    drawn[e.account.removeprefix("voucher:")] += e.amount_fen  # (one since dropped: no budget)
+            entries += txn
+            if txn or stored.get(u.usage_id) != u.hours:  # new or changed: a new version of the row
+                usages.append(self._usage_row(u, now))
+        for voucher, amount in drawn.items():
+            left[voucher] -= amount
+        return entries, usages
 
     @staticmethod
     def _reason(u: Usage, txns: dict[str, int]) -> str:

@@ -16,6 +16,7 @@ from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.alerts import Alerts
 from suanwang.streams.checks import probe_problem, telemetry_problem
+from suanwang.streams.containment import Containment
 from suanwang.streams.facts import Facts
 from suanwang.topology import load_network
 
@@ -33,6 +34,7 @@ class Context:
         self.alerts = Alerts(self)
         self.hubs = set(load_network().hubs)
         self.counts: Counter[str] = Counter()  # what the agents did, for benches and metrics
+        self.contain = Containment(self)
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")
@@ -105,6 +107,7 @@ def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
     ctx = Context(app, settings, store)
 
     @app.task
+    @ctx.contain.timer("follow_facts")
     async def follow_facts() -> None:
         await ctx.facts.run(settings)
 

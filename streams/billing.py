@@ -18,6 +18,7 @@ def register(ctx: Context) -> BillingRun:
     run = BillingRun(ctx.store, load_network(), load_book(ctx.settings.tenants_file), ctx.settings.billing_grace_s)
 
     @ctx.app.timer(interval=ctx.settings.billing_interval_s, on_leader=True)
+    @ctx.contain.timer("billing")
     async def billing() -> None:
         try:
             report = await ctx.store.run(run.cycle)

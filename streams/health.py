@@ -86,6 +86,7 @@ def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Await
             )  # fmt: skip
 
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
+    @ctx.contain.timer("find_silent_nodes")
     async def find_silent_nodes() -> None:
         for node, silent_ms in silence.newly_silent():
             await alert(node, True, silent_ms)

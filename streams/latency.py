@@ -91,12 +91,17 @@ def register(ctx: Context) -> None:
     @ctx.app.agent(ctx.topic(NETWORK_PROBE), name="hub_pair_latency")
     async def hub_pair_latency(stream: Any) -> None:
         await ctx.facts.ready.wait()
+
+        async def take_probe(events: list[Any]) -> None:
+            for ev in events:
+                p = ctx.valid(ev)
+                if p is not None:
+                    ms = int(p["event_time"].timestamp() * 1000)
+                    probes.add("hub_pair", f"{p['from_hub']}>{p['to_hub']}", ms, p["rtt_ms"], p["bandwidth_gbps"])
+            await publish_probes()
+
         async for ev in stream.events():
-            p = ctx.valid(ev)
-            if p is not None:
-                ms = int(p["event_time"].timestamp() * 1000)
-                probes.add("hub_pair", f"{p['from_hub']}>{p['to_hub']}", ms, p["rtt_ms"], p["bandwidth_gbps"])
-                await publish_probes()
+            await ctx.contain.batch("hub_pair_latency", [ev], take_probe)
 
     def scope_of(value: bytes) -> bytes:
         try:
@@ -104,8 +109,8 @@ def register(ctx: Context) -> None:
         except (ValueError, KeyError):
             return b""  # undecodable: the sink reports it; it is skipped below
 
-    async def decided(stream: Any, regrouped_as: str) -> None:
-        async for ev in stream.group_by(scope_of, name=regrouped_as).events():
+    async def take_decisions(events: list[Any]) -> None:
+        for ev in events:
             try:
                 _schema, d = ctx.codec.decode(ev.value)
             except ValueError:
@@ -114,7 +119,11 @@ def register(ctx: Context) -> None:
             wait_s = max(0.0, d["start_at"].timestamp() - decided) if "start_at" in d else 0.0
             ms = int(decided * 1000)
             decisions.add("dispatch", d["scope"], ms, (decided - d["request_time"].timestamp()) * 1000, wait_s)
-            await publish_decisions()
+        await publish_decisions()
+
+    async def decided(stream: Any, regrouped_as: str) -> None:
+        async for ev in stream.group_by(scope_of, name=regrouped_as).events():
+            await ctx.contain.batch(regrouped_as, [ev], take_decisions)
 
     # one agent per topic (Faust regroups one topic at a time); both regrouped topics are keyed by scope, so
     # the same worker holds a scope's placements and rejections
@@ -127,6 +136,7 @@ def register(ctx: Context) -> None:
         await decided(stream, "rejections_by_scope")
 
     @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_minutes")
+    @ctx.contain.timer("close_quiet_minutes")
     async def close_quiet_minutes() -> None:
         await publish_probes()
         await publish_decisions()

@@ -353,7 +353,8 @@ def register(ctx: Context) -> Aggregate:
 
     @ctx.app.agent(ctx.topic(PANE_CHUNK), name="scope_rollups")
     async def scope_rollups(stream: Any) -> None:
-        async for events in stream.take_events(settings.sink_batch_size, within=CLOSE_EVERY_S):
+
+        async def merge_chunks(events: list[Any]) -> None:
             for ev in events:
                 record = ctx.decode(ev)
                 if record is None:
@@ -362,7 +363,11 @@ def register(ctx: Context) -> Aggregate:
                 merge(record, ev.message.partition)
             await publish(due())
 
+        async for events in stream.take_events(settings.sink_batch_size, within=CLOSE_EVERY_S):
+            await ctx.contain.batch("scope_rollups", events, merge_chunks)
+
     @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_windows")
+    @ctx.contain.timer("close_quiet_windows")
     async def close_quiet_windows() -> None:
         """Sends the chunks and closes the windows of a stream that went quiet: the event clocks keep moving."""
         await aggregate.send_idle(ctx.app.rebalancing)

@@ -123,6 +123,6 @@ def register(ctx: Context) -> Sink:
     async def clickhouse_sink(stream: Any) -> None:
         await ctx.facts.ready.wait()
         async for events in stream.take_events(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
-            await sink.store(events)
+            await ctx.contain.batch("clickhouse_sink", events, sink.store)
 
     return sink

@@ -28,7 +28,11 @@ def register(
     @ctx.app.agent(ctx.topic(TELEMETRY), name="telemetry_intake")
     async def telemetry_intake(stream: Any) -> None:
         await ctx.facts.ready.wait()
-        async for events in stream.noack_take(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
+
+        async def take_in(events: list[Any]) -> None:
             valid = await sink.store(events)
             await watch(valid)
             await aggregate(stream, events, valid)  # acks the events, once their pane chunk is sent
+
+        async for events in stream.noack_take(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):
+            await ctx.contain.batch("telemetry_intake", events, take_in, ack=stream.ack)
