@@ -481,6 +481,7 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
         app[ANALYSTS].close()
 
     app.on_cleanup.append(close_analysts)
+
     async def start_audit(app: web.Application) -> None:
         app[AUDIT_TASK] = asyncio.create_task(app[AUDIT].run())
 

@@ -57,9 +57,7 @@ class Settings(BaseSettings):
     # Analysts' SQL (/api/sql): limits of each query, and how many run at once
     analyst_max_in_flight: int = Field(2, ge=1, le=64, description="Analyst queries run at once; more get 429.")
     analyst_max_seconds: float = Field(10.0, gt=0, le=3600, description="Longest an analyst query may run.")
-    analyst_max_memory_bytes: int = Field(
-        1_000_000_000, ge=10_000_000, description="Memory one analyst query may use."
-    )
+    analyst_max_memory_bytes: int = Field(1_000_000_000, ge=10_000_000, description="Memory one analyst query may use.")
     analyst_max_rows_read: int = Field(200_000_000, ge=1000, description="Rows one analyst query may read.")
     analyst_max_result_rows: int = Field(100_000, ge=1, description="Rows an analyst query may return.")
     analyst_max_result_bytes: int = Field(64_000_000, ge=1000, description="Bytes an analyst query may return.")

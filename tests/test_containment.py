@@ -8,7 +8,9 @@ import math
 from collections import Counter
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from suanwang.billing.run import BillingRun
 from suanwang.bus import EventProducer, ensure_topics, now_ms
