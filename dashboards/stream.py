@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -85,7 +86,7 @@ class Fanout:
                     kind = KINDS[self.topics.spec(tp.topic).name]
                     for msg in messages:
                         with contextlib.suppress(DecodeError):  # the sink reports it
-                            self.publish(kind, self.codec.decode(msg.value)[1])
+                            self.publish(kind, {**self.codec.decode(msg.value)[1], "_kafka_ms": msg.timestamp})
         finally:
             await consumer.stop()
 
@@ -96,4 +97,6 @@ class Fanout:
 
 
 def sse(kind: str, record: dict[str, Any], default: Callable[[Any], Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(record, default=default)}\n\n".encode()
+    """One server-sent event; `_sent_ms` against the Kafka append time `_kafka_ms` gives the lag on one clock."""
+    data = json.dumps({**record, "_sent_ms": int(time.time() * 1000)}, default=default)
+    return f"event: {kind}\ndata: {data}\n\n".encode()

@@ -202,7 +202,7 @@ class NodeTable:
         else:  # capacity changes keep what is reserved
             ints[i, s.CPU_FREE] += reg["cpu_milli"] - ints[i, s.CPU_TOTAL]
             ints[i, s.MEM_FREE] += reg["memory_mib"] - ints[i, s.MEM_TOTAL]
-        ints[i, s.HEALTHY] = reg.get("active", True)
+        ints[i, s.HEALTHY] = reg.get("active", True) and not reg.get("paused", False)
         arch = self.archs.add(reg["chip_arch"])
         if ints[i, s.ARCH] != arch or i == self.size - 1:
             self._by_arch = None

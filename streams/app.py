@@ -35,6 +35,7 @@ class Context:
         self.hubs = set(load_network().hubs)
         self.counts: Counter[str] = Counter()  # what the agents did, for benches and metrics
         self.contain = Containment(self)
+        self.draining = False  # asked to stop: storing what is left; alerts of silence are held back
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")

@@ -38,12 +38,13 @@ class Silence:
             return event_ms - previous
         return None
 
-    def newly_silent(self) -> list[tuple[str, int]]:
-        """Nodes silent longer than the bound on their own partition's clock, not yet offline, and for how long."""
+    def newly_silent(self, paused: Callable[[str], bool] = lambda _node: False) -> list[tuple[str, int]]:
+        """Nodes silent longer than the bound on their own partition's clock, not yet offline, and for how long;
+        a node `paused` (its collector stopped on purpose) is quiet, not silent."""
         found = []
         for node, (ms, partition) in self.last_seen.items():
             silent = self.clocks[partition].now_ms() - ms
-            if node not in self.offline and silent > self.silence_ms:
+            if node not in self.offline and silent > self.silence_ms and not paused(node):
                 self.offline.add(node)
                 found.append((node, silent))
         return found
@@ -88,7 +89,12 @@ def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Await
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
     @ctx.contain.timer("find_silent_nodes")
     async def find_silent_nodes() -> None:
-        for node, silent_ms in silence.newly_silent():
+        if ctx.draining:  # a worker stopping reads what is left, not what is live: it judges no silence
+            return
+        for node, silent_ms in silence.newly_silent(paused):
             await alert(node, True, silent_ms)
+
+    def paused(node: str) -> bool:
+        return bool(ctx.facts.nodes.get(node, {}).get("paused"))
 
     return watch

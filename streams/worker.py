@@ -21,7 +21,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
     store = Store(settings)
     await store.run(store.migrate)
     await ensure_topics(settings)
-    app, _ctx = create_app(settings, store)
+    app, ctx = create_app(settings, store)
     runner = api_store = None
     try:
         await app.start()
@@ -32,6 +32,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
             runner = await start_api(settings, api_store)
         announce_ready("worker")
         await stop.wait()
+        ctx.draining = True
         await drain(settings, settings.worker_drain_s)
     finally:
         if runner is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from suanwang.errors import SuanwangError
+from suanwang.lifeline import die_with_parent
 
 
 def free_port() -> int:
@@ -65,6 +67,7 @@ class EmbeddedBroker:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),  # memory-only: nothing to save, and it must not outlive us
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -77,6 +80,10 @@ class EmbeddedBroker:
                 time.sleep(0.05)
         self.stop()
         raise SuanwangError(f"embedded broker did not listen on port {self.port} within {timeout_s:.0f}s")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -37,8 +37,10 @@ def _service(
     duration: float | None,
     body: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
     needs_kafka: bool = True,
+    stop_bound_s: float = 20.0,
 ) -> None:
-    """Runs one service until SIGINT/SIGTERM or the duration."""
+    """Runs one service until SIGINT/SIGTERM or the duration; once asked to stop, it ends within `stop_bound_s`."""
+    from suanwang.lifeline import exit_after
     from suanwang.service import stop_on_signals
 
     if needs_kafka and not settings.kafka_bootstrap:
@@ -52,7 +54,14 @@ def _service(
         stop_on_signals(stop)
         if duration:
             asyncio.get_running_loop().call_later(duration, stop.set)
+
+        async def bound_the_stop() -> None:
+            await stop.wait()
+            exit_after(stop_bound_s, "service")
+
+        watchdog = asyncio.create_task(bound_the_stop())
         await body(stop)
+        watchdog.cancel()
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(main())
@@ -92,7 +101,8 @@ def worker(
     from suanwang.streams.worker import run_worker
 
     settings = load_settings(data_dir=data_dir)
-    _service(settings, duration, lambda stop: run_worker(settings, stop, with_api=api))
+    bound = settings.worker_drain_s + 15  # the drain, then Faust's own stop
+    _service(settings, duration, lambda stop: run_worker(settings, stop, with_api=api), stop_bound_s=bound)
 
 
 @app.command()

@@ -24,6 +24,7 @@ from rich.progress import Progress
 from suanwang.broker import EmbeddedBroker
 from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, now_ms
 from suanwang.errors import SuanwangError
+from suanwang.lifeline import end_with
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics
 from suanwang.security import registry_conf
@@ -38,6 +39,7 @@ TIMEOUT_S = 600.0
 
 def _produce(settings: Settings, regs: list[dict[str, Any]], events: int, rate: float, done: Any) -> None:
     """Child process: `events` telemetry records round-robin over the nodes, at `rate` per second (0: flat out)."""
+    end_with(os.getppid())  # a bench killed takes its producer with it
 
     async def run() -> float:
         codec = Codec(registry_conf(settings))

@@ -26,6 +26,7 @@ from rich.console import Console
 from suanwang.broker import EmbeddedBroker
 from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, now_ms
 from suanwang.errors import SuanwangError
+from suanwang.lifeline import die_with_parent, end_with
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
 from suanwang.security import registry_conf
@@ -40,6 +41,7 @@ WARM_UP_SHARE = 0.1  # the first tenth of each run is left out: connections and 
 
 def _relay(settings: Settings, source: str, target: str, ready: Any) -> None:
     """Child process: consumes `source` and produces each message unchanged to `target`, with the services' settings."""
+    end_with(os.getppid())  # a bench killed takes its producer with it
 
     async def run() -> None:
         producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=0, acks=1)
@@ -168,6 +170,7 @@ async def _dispatch_run(settings: Settings, rate: float, seconds: float, nodes: 
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=die_with_parent(),
     )
     consumer = AIOKafkaConsumer(**consumer_kwargs(settings, None))
     try:

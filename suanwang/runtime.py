@@ -22,6 +22,7 @@ from rich.table import Table
 from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
 from suanwang.errors import SuanwangError
+from suanwang.lifeline import RunFile, die_with_parent
 from suanwang.schemas.topics import ALERT, GRID_SIGNAL, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics, TopicSpec
 from suanwang.service import READY_MARK, stop_on_signals
 from suanwang.settings import Settings
@@ -72,6 +73,7 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # SIGTERM when `up` ends, however it ends: the child stops in its bound
         )
         self._reader = asyncio.create_task(self._read())
 
@@ -240,6 +242,14 @@ class Platform:
     async def _main(self, duration: float | None) -> dict[str, Any]:
         s = self.settings
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        run_file = RunFile(s.data_dir)
+        earlier = run_file.still_running()
+        if earlier:
+            pids = " ".join(map(str, earlier))
+            raise SuanwangError(
+                f"an earlier `suanwang up` of {s.data_dir} is still running (pids {pids}); "
+                f"stop it with `kill {pids}`, or choose another --data-dir"
+            )
         if s.web_port:
             check_port_free(s.web_port, "web API", "--web-port / SUANWANG_WEB_PORT")
         if not s.kafka_bootstrap:
@@ -260,12 +270,14 @@ class Platform:
             self._say("starting worker and dispatcher …")
             for child in (worker, dispatcher):
                 await child.start(env)
+            run_file.write(self._pids())
             for child in (worker, dispatcher):
                 await child.wait_ready()
             await monitor.start()
             monitor_stop = asyncio.Event()
             monitor_task = asyncio.create_task(monitor.run(monitor_stop))
             await simulator.start(env)
+            run_file.write(self._pids())
             await simulator.wait_ready()
             self.started = time.monotonic()
             if duration:
@@ -279,7 +291,13 @@ class Platform:
             if monitor_task:
                 monitor_stop.set()
                 await monitor_task
+            run_file.remove()
         return self._summary(monitor)
+
+    def _pids(self) -> list[int]:
+        """This process, the broker and every child started: what holds the data directory while it runs."""
+        broker = [self.broker.pid] if self.broker and self.broker.pid else []
+        return [os.getpid(), *broker, *(c.proc.pid for c in self.children if c.proc)]
 
     async def _supervise(self, stop: asyncio.Event, monitor: Monitor) -> None:
         with (

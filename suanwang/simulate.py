@@ -177,6 +177,8 @@ class Simulator:
             await self.producer.flush()
             announce_ready("simulator")
             await asyncio.gather(self._drive(stop, hour), self._follow_placements(stop))
+            for reg in self.registrations:  # a stop, not an outage: the worker does not call these nodes silent
+                await self._send(REGISTRY, {**reg, "event_time": now_ms(), "paused": True})
         finally:
             await self.producer.flush()
             await self.producer.stop()

@@ -97,6 +97,11 @@ def _locked_by_another_process(path: Path) -> bool:
     return False
 
 
+# A batch may span many months (a backfill, a task that ran for years, a clock gone wrong): ClickHouse then
+# warns in its log instead of refusing the whole batch.
+SPREAD_INSERT = {"throw_on_max_partitions_per_insert_block": 0}
+
+
 class Store:
     """One ClickHouse client, used from a single thread so async services never block their loop."""
 
@@ -143,7 +148,7 @@ class Store:
             rows = [row + list(source) for row, source in zip(rows, sources, strict=True)]
         if rows:
             try:
-                self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns)
+                self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns, settings=SPREAD_INSERT)
             except ClickHouseError as exc:
                 raise SuanwangError(f"insert into {table} failed: {str(exc).strip().splitlines()[0]}") from None
         return len(rows)

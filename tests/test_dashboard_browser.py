@@ -187,14 +187,17 @@ def test_placements_alerts_and_rollups_arrive_live(page: tuple[Page, list[str]],
     live.send(
         ALERT,
         sample_record("Alert")
-        | {"event_time": now_ms(), "kind": "overload", "severity": "WARNING", "scope_key": "gansu", "resolved": False},
-    )
+        | {"event_time": now_ms() + 60_000, "kind": "overload", "severity": "WARNING", "scope_key": "gansu",
+           "resolved": False},
+    )  # fmt: skip
     tab.wait_for_selector("#alerts li[data-kind='overload']", timeout=WAIT_MS)
+    # stamped a minute ahead (the simulator's compressed clock): the lag is still measured on one clock
+    assert 0 <= int(tab.locator("body").get_attribute("data-lag-ms")) < WAIT_MS
     live.send(ROLLUP, hub_window("ningxia", now_ms() + 60_000, 0.97))
     tab.wait_for_function(
         "document.querySelector(\"#hubs tr[data-hub='ningxia'] td.cpu\").textContent === '97%'", timeout=WAIT_MS
     )
-    print(f"dashboard: last event shown {tab.locator('body').get_attribute('data-lag-ms')} ms after its event_time")
+    print(f"dashboard: last event shown {tab.locator('body').get_attribute('data-lag-ms')} ms after it reached Kafka")
     assert errors == [], errors
 
 

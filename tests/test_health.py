@@ -26,3 +26,13 @@ def test_nodes_of_revoked_partitions_are_forgotten() -> None:
     silence.saw("b-1", 10 * S, partition=0)
     silence.forget({1})
     assert set(silence.last_seen) == {"b-1"} and set(silence.clocks) == {0}
+
+
+def test_a_paused_node_is_quiet_not_silent() -> None:
+    """A node whose collector stopped on purpose raises no node_offline; the others still do."""
+    silence = Silence(silence_ms=10_000)
+    silence.saw("stopped", 1_000, 0)
+    silence.saw("silent", 1_000, 0)
+    silence.saw("busy", 30_000, 0)
+    assert [n for n, _ in silence.newly_silent(paused=lambda node: node == "stopped")] == ["silent"]
+    assert silence.newly_silent(paused=lambda node: False) == [("stopped", 29_000)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from suanwang.schemas.codec import Codec, schema_sources
@@ -53,3 +55,19 @@ def test_decoded_records_insert_and_read_back(store: Store, spec) -> None:
         f"SELECT count() FROM {DATABASE}.{spec.table} WHERE event_id = %(id)s", {"id": record["event_id"]}
     )
     assert rows[0][0] >= 1
+
+
+def test_one_batch_may_span_more_days_than_the_partition_limit(store: Store) -> None:
+    """A backfill or a clock gone wrong spreads one batch over many daily partitions; it is stored whole."""
+    day_ms = 86_400_000
+    first = int(time.time() * 1000) - 150 * day_ms  # inside the table's 180-day TTL
+    records = []
+    for k in range(150):
+        record = sample_record("NodeTelemetry")
+        record.update(event_id=f"spread-{k}", event_time=first + k * day_ms)
+        records.append(record)
+    assert store.insert_records("telemetry", records) == 150
+    _, rows = store.query(
+        f"SELECT uniqExact(toDate(event_time)) FROM {DATABASE}.telemetry WHERE event_id LIKE 'spread-%'"
+    )
+    assert rows[0][0] == 150

@@ -173,7 +173,7 @@ function onPlacement(p) {
   state.placements.unshift(p);
   state.placements.length = Math.min(state.placements.length, KEEP_ROWS);
   state.flows.push({ from: p.origin_hub, cluster: p.cluster, hub: p.hub, born: performance.now() });
-  showLag(p.event_time);
+  showLag(p);
   queueRender();
 }
 
@@ -181,12 +181,15 @@ function onAlert(a) {
   state.alerts.unshift(a);
   state.alerts.length = Math.min(state.alerts.length, KEEP_ROWS);
   state.totals.open_alerts = Math.max(0, state.totals.open_alerts + (a.resolved ? -1 : 1));
-  showLag(a.event_time);
+  showLag(a);
   queueRender();
 }
 
-function showLag(eventTime) {
-  const lag = Date.now() - ms(eventTime);
+// On one clock, the server's: from the event's append to Kafka to the moment the server sent it to this page. The
+// event's own time is not used: the simulator compresses time, and another machine's clock may run ahead.
+function showLag(e) {
+  if (e._kafka_ms == null || e._sent_ms == null) return;
+  const lag = Math.max(0, e._sent_ms - e._kafka_ms);
   document.body.dataset.lagMs = String(lag);
   $("#lag").textContent = `${t("lag")} ${fmt(lag)} ms`;
 }
