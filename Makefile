@@ -3,7 +3,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WEB := dashboards/web
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench clean browser
+
+# The browser tests drive Debian's Chromium (never a downloaded one); a CJK font lets it draw Chinese labels.
+BROWSER_PACKAGES := chromium fonts-wqy-zenhei
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -18,7 +21,18 @@ $(STAMP): $(PY) pyproject.toml $(WEB)/package.json $(WEB)/package-lock.json
 up: $(STAMP)
 	$(VENV)/bin/suanwang up
 
-test: $(STAMP)
+# Installed when missing and this is root with apt-get; otherwise one line says what to install.
+browser:
+	@if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi wenquanyi; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y --no-install-recommends $(BROWSER_PACKAGES) >/dev/null \
+	  || { apt-get update -q && apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); }; \
+	else \
+	  echo "make test: the browser tests need Debian's Chromium and a CJK font: sudo apt-get install $(BROWSER_PACKAGES)" >&2; \
+	  exit 1; \
+	fi
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

@@ -33,6 +33,7 @@ class Client:
     def __init__(self, accepts: Callable[[str, dict[str, Any]], bool], backlog: int = BACKLOG) -> None:
         self.accepts = accepts
         self.queue: deque[tuple[str, dict[str, Any]]] = deque(maxlen=backlog)
+        self.accepted = 0  # events put, dropped ones included
         self.dropped = 0
         self.closed = False
         self._ready = asyncio.Event()
@@ -45,6 +46,7 @@ class Client:
     def put(self, kind: str, record: dict[str, Any]) -> None:
         if len(self.queue) == self.queue.maxlen:
             self.dropped += 1
+        self.accepted += 1
         self.queue.append((kind, record))
         self._ready.set()
 
@@ -66,6 +68,7 @@ class Fanout:
         self.codec = Codec(registry_conf(settings))
         self.clients: set[Client] = set()
         self.ready = asyncio.Event()  # reading from the end of every partition
+        self.read_to: dict[TopicPartition, int] = {}  # the next offset of each partition, once handed out
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
@@ -87,6 +90,7 @@ class Fanout:
                     for msg in messages:
                         with contextlib.suppress(DecodeError):  # the sink reports it
                             self.publish(kind, {**self.codec.decode(msg.value)[1], "_kafka_ms": msg.timestamp})
+                    self.read_to[tp] = messages[-1].offset + 1
         finally:
             await consumer.stop()
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from suanwang.bus import client_kwargs, ensure_topics
+from suanwang.bus import Lag, ensure_topics
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.schemas.topics import ALL_TOPICS, Topics
 from suanwang.service import announce_ready
@@ -48,21 +45,9 @@ async def drain(settings: Settings, timeout_s: float) -> bool:
     table up to its end, so ClickHouse has every row (on the memory-only embedded broker this is the
     last chance); False when `timeout_s` ran out first."""
     names = [Topics(settings.topic_prefix).name(s) for s in ALL_TOPICS if s.table] + tier_request_topics(settings)
-    probe = AIOKafkaConsumer(**client_kwargs(settings), group_id=worker_group(settings), enable_auto_commit=False)
-    await probe.start()
-    try:
-        await probe.topics()
-        parts = [TopicPartition(n, p) for n in names for p in probe.partitions_for_topic(n) or ()]
-        deadline = time.monotonic() + timeout_s
-        while True:
-            behind = 0
-            for tp, end in (await probe.end_offsets(parts)).items():
-                behind += max(0, end - ((await probe.committed(tp)) or 0))
-            if not behind:
-                return True
-            if time.monotonic() > deadline:
-                print(f"worker: stopped with {behind} messages not yet stored", file=sys.stderr)
-                return False
-            await asyncio.sleep(0.5)
-    finally:
-        await probe.stop()
+    async with Lag(settings) as lag:
+        if await lag.caught_up(worker_group(settings), names, timeout_s):
+            return True
+        behind = await lag.behind(worker_group(settings), names)
+    print(f"worker: stopped with {behind} messages not yet stored", file=sys.stderr)
+    return False

@@ -165,3 +165,39 @@ async def follow(consumer: AIOKafkaConsumer, handle: MessageHandler, stop: async
         for tp, messages in (await consumer.getmany(timeout_ms=100)).items():
             for msg in messages:
                 await handle(tp.topic, msg)
+
+
+class Lag:
+    """How far consumer groups are behind: end offset minus committed offset, summed over topics' partitions.
+    0 means a group has processed, and produced for, everything the topics hold when asked."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.admin = AIOKafkaAdminClient(**client_kwargs(settings))
+        self.ends = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+
+    async def __aenter__(self) -> Lag:
+        await self.admin.start()
+        await self.ends.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.ends.stop()
+        await self.admin.close()
+
+    async def behind(self, group: str, topic_names: list[str]) -> int:
+        await self.ends.topics()
+        parts = [TopicPartition(n, p) for n in topic_names for p in self.ends.partitions_for_topic(n) or ()]
+        committed = await self.admin.list_consumer_group_offsets(group, partitions=parts)
+        latest = await self.ends.end_offsets(parts)
+        done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}
+        # an end offset read from another broker view can trail a commit made a moment before: never below 0
+        return sum(max(0, latest[tp] - done[tp]) for tp in parts)
+
+    async def caught_up(self, group: str, topic_names: list[str], timeout_s: float) -> bool:
+        """Waits until `group` has committed every partition to its end; False when `timeout_s` ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while await self.behind(group, topic_names):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True

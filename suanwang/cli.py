@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from suanwang.errors import SuanwangError
@@ -458,7 +459,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SuanwangError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # one line, as written
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)

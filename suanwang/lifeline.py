@@ -3,6 +3,7 @@ service asked to stop ends within its bound even when what it drains to is gone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -42,7 +43,8 @@ def exit_after(seconds: float, what: str) -> threading.Timer:
     drain that cannot finish) still ends. A thread, so a blocked event loop cannot hold it back."""
 
     def give_up() -> None:
-        print(f"{what}: still stopping after {seconds:.0f} s; exiting now", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # stderr may be a pipe whose reader is gone (a parent killed)
+            print(f"{what}: still stopping after {seconds:.0f} s; exiting now", file=sys.stderr, flush=True)
         os._exit(3)
 
     timer = threading.Timer(seconds, give_up)

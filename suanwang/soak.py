@@ -14,10 +14,8 @@ from typing import Any
 
 import numpy as np
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from suanwang.bus import client_kwargs
+from suanwang.bus import Lag
 from suanwang.dispatcher.service import dispatcher_group
 from suanwang.dispatcher.tiers import Scope
 from suanwang.runtime import Monitor, Platform
@@ -70,25 +68,10 @@ async def consumer_lag(settings: Settings) -> dict[str, int]:
         "worker": (worker_group(settings), [TELEMETRY, PLACEMENT, TASK_REQUEST]),
         "dispatcher": (dispatcher_group(Scope("national")), [TASK_REQUEST, TASK_LIFECYCLE]),
     }
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    ends = AIOKafkaConsumer(**client_kwargs(settings))
-    await admin.start()
-    await ends.start()
-    try:
-        await ends.topics()
-        lag = {}
-        for name, (group, specs) in groups.items():
-            names = [topics.name(s) for s in specs]
-            parts = [TopicPartition(n, p) for n in names for p in ends.partitions_for_topic(n) or ()]
-            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-            latest = await ends.end_offsets(parts)
-            done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}
-            # an end offset read from another broker view can trail a commit made a moment before: never below 0
-            lag[name] = sum(max(0, latest[tp] - done[tp]) for tp in parts)
-        return lag
-    finally:
-        await ends.stop()
-        await admin.close()
+    async with Lag(settings) as lag:
+        return {
+            name: await lag.behind(group, [topics.name(s) for s in specs]) for name, (group, specs) in groups.items()
+        }
 
 
 def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:

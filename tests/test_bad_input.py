@@ -23,9 +23,9 @@ from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.trace import TASK_COLUMNS, read_tasks
+from tests.evidence import wait_for
 from tests.fleet import closed_minute, fleet, register, send_raw, send_telemetry, telemetry
 from tests.samples import sample_record
-from tests.test_worker import wait_for
 
 CODEC = Codec()
 SCHEMAS = sorted(schema_sources())

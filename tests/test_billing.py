@@ -396,8 +396,8 @@ def test_the_worker_bills_a_broken_lifecycle_stream_once_and_balanced(settings: 
     from suanwang.bus import EventProducer, ensure_topics
     from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, Topics
     from suanwang.streams.app import create_app
+    from tests.evidence import wait_for
     from tests.fleet import send_raw
-    from tests.test_worker import wait_for
 
     fast = settings.model_copy(update={"billing_interval_s": 0.5, "billing_grace_s": 0.0})
     now = now_ms()

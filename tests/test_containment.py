@@ -19,8 +19,8 @@ from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.streams.app import create_app
 from suanwang.streams.containment import Containment
+from tests.evidence import wait_for
 from tests.test_billing import HOUR_MS, NETWORK, book_with, fresh_month, lifecycle, placed, store_history
-from tests.test_worker import wait_for
 
 
 def exceptions_of(store: Store, task_ids: list[str]) -> dict[str, list[tuple[str, str]]]:

@@ -21,10 +21,10 @@ from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.topology import load_network
+from tests.conftest import CHROMIUM
 from tests.samples import sample_record
 from tests.served import Live, serving
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
 # Chromium as root on a closed network: no sandbox, no GPU, no calls home.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
@@ -116,7 +116,7 @@ def live(store: Store, deployment: Settings) -> Iterator[Live]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
         yield launched
         launched.close()
 

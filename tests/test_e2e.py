@@ -115,13 +115,24 @@ def analyst_queries() -> list[str]:
     return re.findall(r"```sql\n(.*?)\n```", section, flags=re.S)
 
 
-def test_up_on_an_external_broker_every_placement_decodes(tmp_path: Path) -> None:
+# Silence is called after 2 s, far shorter than the worker's drain: a stop that looked like an outage would show.
+QUICK_TO_CALL_SILENT = {"SUANWANG_TELEMETRY_INTERVAL_S": "1", "SUANWANG_OFFLINE_AFTER_INTERVALS": "2"}
+
+
+def test_up_on_an_external_broker_every_placement_decodes_and_a_stop_is_no_outage(tmp_path: Path) -> None:
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        env = {"SUANWANG_KAFKA_BOOTSTRAP": broker.bootstrap, "SUANWANG_TOPIC_PREFIX": "ext."}
+        env = {"SUANWANG_KAFKA_BOOTSTRAP": broker.bootstrap, "SUANWANG_TOPIC_PREFIX": "ext.", **QUICK_TO_CALL_SILENT}
         summary = _up(tmp_path / "data", env=env)
         assert summary["placements"] > 0
         placements = asyncio.run(_read_all(broker.bootstrap, Topics("ext.").name(PLACEMENT)))
     assert len(placements) == summary["placements"]
+    (paused,) = _rows(tmp_path, "SELECT countIf(paused) AS n, count() AS nodes FROM suanwang.nodes FINAL")
+    assert paused["n"] == paused["nodes"] == 300  # the simulator said it stopped every node on purpose
+    stopped = "(SELECT min(event_time) FROM suanwang.nodes FINAL WHERE paused)"
+    (offline,) = _rows(
+        tmp_path, f"SELECT count() AS n FROM suanwang.alerts WHERE kind = 'node_offline' AND event_time >= {stopped}"
+    )
+    assert offline["n"] == 0  # the stop and the worker's drain called no node silent
     codec = Codec()
     for payload in placements:
         schema, record = codec.decode(payload)

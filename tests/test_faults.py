@@ -18,15 +18,15 @@ from typing import Any
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, now_ms
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics
 from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
+from tests.evidence import caught_up, wait_for
 from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry, wrong_windows
-from tests.test_worker import wait_for
 
 
 def start_service(settings: Settings, *args: str) -> subprocess.Popen[str]:
@@ -158,7 +158,7 @@ def test_the_sink_waits_out_clickhouse_and_then_stores_everything_once(settings:
             store.client.command("ATTACH TABLE suanwang.telemetry")
         try:
             assert await wait_for(lambda: scalar(stored)[0] >= len(samples))
-            await asyncio.sleep(2.0)  # anything doubled would land by now
+            assert await caught_up(settings, TELEMETRY)  # committed only once stored: a doubled row is in by now
         finally:
             await app.stop()
             await producer.stop()
@@ -244,7 +244,7 @@ def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(setti
         try:
             await send_telemetry(producer, samples[:600])
             await chunks.until_summed(600)
-            await asyncio.sleep(4.0)  # committed, and the first minutes' windows published
+            assert await caught_up(settings, TELEMETRY, PANE_CHUNK)  # the first 600 are behind the kill
             await send_telemetry(producer, samples[600:700])
             await chunks.until_summed(700)  # delivered, and very likely not yet committed: read again after the kill
             worker.send_signal(signal.SIGKILL)
@@ -255,7 +255,7 @@ def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(setti
             assert done, _sql_through_api(tmp_path, rows)
             closed = await wait_for(lambda: _sql_through_api(tmp_path, last_hub_minute)[0][0] >= hubs, timeout_s=90)
             assert closed, _sql_through_api(tmp_path, last_hub_minute)
-            await asyncio.sleep(3.0)  # a doubled row or a second version of a window would land by now
+            assert await caught_up(settings, TELEMETRY, PANE_CHUNK, ROLLUP)  # a double would be stored by now
             await chunks.until_summed(len(samples))
             return (
                 _sql_through_api(tmp_path, rows)[0],

@@ -6,13 +6,13 @@ import asyncio
 import json
 
 from suanwang.bus import EventProducer, ensure_topics, event, now_ms
-from suanwang.schemas.topics import ALERT, LATENCY, NETWORK_PROBE, TELEMETRY, Topics
+from suanwang.schemas.topics import ALERT, LATENCY, NETWORK_PROBE, PANE_CHUNK, ROLLUP, TELEMETRY, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from tests.conftest import run_cli
+from tests.evidence import caught_up, wait_for
 from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry
-from tests.test_worker import wait_for
 
 
 def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None:
@@ -69,7 +69,8 @@ def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None
             back = sorted(neighbours() - {regs[0]["node_id"]})[0]
             await send_telemetry(producer, [telemetry(next(r for r in regs if r["node_id"] == back), now_ms())])
             assert await wait_for(lambda: ("node_offline", "node", back, True) in alerts())  # back online
-            await asyncio.sleep(2.0)  # a second copy of any alert would land now
+            # every sample and probe processed, every window and alert that came of them stored
+            assert await caught_up(settings, TELEMETRY, NETWORK_PROBE, PANE_CHUNK, ROLLUP, LATENCY, ALERT)
         finally:
             await app.stop()
             await producer.stop()

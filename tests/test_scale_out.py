@@ -17,10 +17,11 @@ from aiokafka import AIOKafkaConsumer
 
 from suanwang.bus import EventProducer, ensure_topics
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import ROLLUP, TELEMETRY, Topics
+from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY, Topics
 from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from tests.conftest import run_cli
+from tests.evidence import caught_up, group_settled
 from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_telemetry, telemetry, wrong_windows
 
 
@@ -70,7 +71,7 @@ def test_two_workers_split_the_load_and_count_each_event_once(settings: Settings
     try:
         for w in workers:
             assert w.stdout is not None and READY_MARK in w.stdout.readline()
-        time.sleep(settings.session_timeout_ms / 1000 + 3)  # the group settles with both members
+        assert asyncio.run(group_settled(settings, members=2))  # both read from the first sample on
 
         async def produce_and_read_rollups() -> dict[tuple, dict]:
             producer = EventProducer(settings)
@@ -145,10 +146,10 @@ def test_a_worker_joining_mid_stream_takes_its_windows_over_exactly(settings: Se
             await read_rollups(consumer, latest, lambda: hub_minutes(latest, end - 160_000))  # windows went out
             workers.append(start_worker(settings, tmp_path / "w1"))
             assert workers[1].stdout is not None and READY_MARK in workers[1].stdout.readline()
-            await asyncio.sleep(settings.session_timeout_ms / 1000 + 3)  # the group settles with both members
+            assert await group_settled(settings, members=2)  # the partitions moved, with their open windows
             await send_telemetry(producer, samples[600:])
             await read_rollups(consumer, latest, lambda: hub_minutes(latest, end))
-            await asyncio.sleep(3.0)  # a later version of a window would be out by now
+            assert await caught_up(settings, TELEMETRY, PANE_CHUNK)  # every version of every window is out
             await read_rollups(consumer, latest, None)
         finally:
             await consumer.stop()

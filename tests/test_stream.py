@@ -9,14 +9,15 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from suanwang.bus import EventProducer, ensure_topics
-from suanwang.dashboards.api import create_api
+from suanwang.dashboards.api import FANOUT, create_api
 from suanwang.dashboards.scopes import ScopeView
 from suanwang.dashboards.stream import Client
 from suanwang.dispatcher.tiers import parse_scope
-from suanwang.schemas.topics import PLACEMENT
+from suanwang.schemas.topics import PLACEMENT, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.topology import load_network
+from tests.evidence import end_offsets, wait_for
 from tests.samples import sample_record
 
 
@@ -71,7 +72,7 @@ def test_stream_sends_a_provinces_placements_live(settings: Settings, store: Sto
             bad = await http.get("/api/stream?scope=province:Atlantis")
             resp = await http.get("/api/stream?scope=province:Gansu")
             assert (await resp.content.readline()) == b"event: ready\n"
-            assert json.loads((await resp.content.readline())[6:]) == {"scope": "province:Gansu"}
+            assert json.loads((await resp.content.readline())[6:])["scope"] == "province:Gansu"
             for i in range(3):
                 await producer.send(PLACEMENT, placement(f"gd{i}", "Guangdong"))
             await producer.send(PLACEMENT, placement("gs0", "Gansu"))
@@ -85,11 +86,12 @@ def test_stream_sends_a_provinces_placements_live(settings: Settings, store: Sto
                         got.append(json.loads(line[6:]))
 
             reader = asyncio.create_task(read())
-            for _ in range(100):
-                if got:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # a Guangdong placement, if it leaked, arrives now
+            fanout, topic = http.server.app[FANOUT], Topics(settings.topic_prefix).name(PLACEMENT)
+            ends = await end_offsets(settings, topic)
+            # every placement handed out, and every one the client accepted on the wire: a leak would be in `got`
+            assert await wait_for(lambda: all(fanout.read_to.get(tp, 0) >= end for tp, end in ends.items()))
+            (client,) = fanout.clients
+            assert await wait_for(lambda: len(got) == client.accepted)
             reader.cancel()
             resp.close()
         await producer.stop()

@@ -8,22 +8,14 @@ from collections.abc import Callable
 
 from suanwang.bus import EventProducer, ensure_topics, now_ms
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import ROLLUP, TELEMETRY, Topics
+from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.streams.facts import Facts
+from tests.evidence import caught_up, wait_for
 from tests.fleet import MINUTE_MS, closed_minute, fleet, register, send_raw, send_telemetry, telemetry
 from tests.samples import sample_record
-
-
-async def wait_for(predicate: Callable[[], bool], timeout_s: float = 90.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.3)
-    return False
 
 
 def test_worker_stores_counts_and_dead_letters_exactly_once(settings: Settings, store: Store) -> None:
@@ -66,13 +58,12 @@ def test_worker_stores_counts_and_dead_letters_exactly_once(settings: Settings, 
             f"AND toUnixTimestamp64Milli(window_end) IN ({end}, {end - MINUTE_MS})"
         )
 
-    async def run_worker_until(done: Callable[[], bool], seconds_after: float = 0.0, group: str | None = None) -> bool:
+    async def run_worker_until(done: Callable[[], bool], group: str | None = None) -> bool:
+        """Until `done`, and the group has committed all it read: whatever it would store twice is stored."""
         app, _ctx = create_app(settings.model_copy(update={"worker_group": group}), store)
         await app.start()
         try:
-            ok = await wait_for(done)
-            await asyncio.sleep(seconds_after)
-            return ok
+            return await wait_for(done) and await caught_up(settings, TELEMETRY, PANE_CHUNK, ROLLUP, group=group)
         finally:
             await app.stop()
 
@@ -99,7 +90,7 @@ def test_worker_stores_counts_and_dead_letters_exactly_once(settings: Settings, 
         for kind in ("node", "cluster", "hub", "province"):
             windows[kind] = store.query(windowed(kind), {"r": rollup_topic})[1][0]
         # a worker in a new consumer group reads every message again, as after a crash before any commit
-        await run_worker_until(lambda: True, seconds_after=12.0, group="suanwang-replay")
+        assert await run_worker_until(lambda: True, group="suanwang-replay")
 
     asyncio.run(scenario())
     assert scalar(stored) == len(good) + 2  # not one row doubled by the redelivery
