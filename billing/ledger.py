@@ -17,10 +17,13 @@ from suanwang.billing.metering import Anomaly, Usage
 
 COMPONENTS = ("compute", "energy", "transfer", "storage")
 Key = tuple[str, str]  # (component, account)
+FEN_LIMIT = 2**63 - 1
 
 
 def fen(yuan: float) -> int:
     """Yuan to whole fen, half away from zero (the shortest decimal of the float, so 0.145 is 15)."""
+    if not abs(yuan) * 100 < FEN_LIMIT:  # the ledger's Int64 (NaN too): a charge beyond it is a row gone wrong
+        raise ValueError(f"charge {yuan!r} yuan is beyond the ledger's range of ±{FEN_LIMIT} fen")
     return int(Decimal(repr(yuan)).scaleb(2).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

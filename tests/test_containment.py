@@ -56,6 +56,20 @@ def test_a_task_of_an_unknown_hub_is_recorded_and_the_others_are_billed(store: S
     assert exceptions_of(store, [good["task_id"]]) == {} and balanced_per_transaction(store, [good["task_id"]])
 
 
+def test_a_charge_beyond_the_ledgers_range_is_recorded_and_the_others_are_billed(store: Store) -> None:
+    """Found by fuzzing: a price of 1e300 yuan an hour once failed the whole batch's insert into the ledger."""
+    _, t0 = fresh_month()
+    good, bad = placed(t0), {**placed(t0), "compute_yuan_per_hour": 1e300}
+    store_history(store, [good, bad], lifecycle(good, t0, 2.0) + lifecycle(bad, t0, 2.0))
+    report = BillingRun(store, NETWORK, book_with(), grace_s=0).bill(
+        [bad["task_id"], good["task_id"]], t0 + 9 * HOUR_MS
+    )
+    assert report.anomalies["unbillable"] == 1 and report.transactions == 1
+    (rule, detail), *_ = exceptions_of(store, [bad["task_id"]])[bad["task_id"]]
+    assert rule == "unbillable" and "beyond the ledger's range" in detail
+    assert balanced_per_transaction(store, [good["task_id"]])
+
+
 FIELDS = {
     "origin_hub": st.sampled_from(["s", "", "京津冀", "gansu"]) | st.text(max_size=5),
     "cluster": st.text(max_size=8),
