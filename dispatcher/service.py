@@ -65,6 +65,7 @@ class DispatcherService:
         self.producer = EventProducer(settings)
         # the national dispatcher sets the market's prices; every tier applies them from `market.price`
         self.prices = PriceSetter(network.market, self.core.nodes) if self.scope.kind == "national" else None
+        self.ready = asyncio.Event()  # set once the state topics are read to their end and decisions rebuilt
 
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
@@ -142,6 +143,7 @@ class DispatcherService:
             await read_to_end(state, [self.topics.name(s) for s in STATE_TOPICS], self._on_state)
             await self._rebuild()
             await events.start()
+            self.ready.set()
             announce_ready("dispatcher")
             await asyncio.gather(
                 follow(state, self._on_state, stop),

@@ -302,6 +302,27 @@ def bench_ingest(
         raise SuanwangError(f"{figures['rows_in_clickhouse']:,} rows stored for {events:,} events sent")
 
 
+@bench_app.command("isolation")
+def bench_isolation(
+    seconds: Annotated[float, typer.Option(min=15, help="Length of the run: quiet, loaded, quiet, a third each.")] = 90,
+    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
+    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    data_dir: DataDir = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Ten analysts' heavy queries during a run: ClickHouse's rows against Kafka's, sink delay, /api/hubs time."""
+    from suanwang.isolation import isolation
+
+    _quiet_client_libraries()
+    settings = load_settings(data_dir=data_dir, sim_nodes=nodes, sim_rate=rate, web_port=0)
+    figures = isolation(settings, seconds)
+    figures.pop("run")
+    flat = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in figures.items()}
+    _report(figures if json_out else flat, json_out, f"isolation: {figures['analysts']} analysts for {seconds:g} s")
+    if not figures["rows_match"]:
+        raise SuanwangError(f"ClickHouse holds {figures['clickhouse_rows']}, Kafka {figures['kafka_rows']}")
+
+
 class Format(StrEnum):
     table = "table"
     csv = "csv"

@@ -231,6 +231,7 @@ class Platform:
         self.children: list[Child] = []
         self.broker: EmbeddedBroker | None = None
         self.started = 0.0
+        self.stopping = asyncio.Event()  # set by a signal, the duration's end, or an on_tick that is done
 
     def run(self, duration: float | None) -> dict[str, Any]:
         try:
@@ -257,7 +258,7 @@ class Platform:
             self.broker.start()
             s = self.settings = s.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
         await ensure_topics(s)
-        stop = asyncio.Event()
+        stop = self.stopping
         stop_on_signals(stop)
         env = {**os.environ, **s.to_env(), "PYTHONUNBUFFERED": "1"}
         worker = Child("worker", ["worker", "--api"], self.log_dir)

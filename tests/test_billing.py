@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from datetime import date
 from typing import Any
 
@@ -422,11 +423,16 @@ def test_the_worker_bills_a_broken_lifecycle_stream_once_and_balanced(settings: 
             await producer.stop()
         await send_raw(fast, Topics(fast.topic_prefix).name(TASK_LIFECYCLE), [b"\x00garbage"], "bad")
         for _ in range(2):  # the second run starts afresh, as after a restart
-            app, _ = create_app(fast, store)
+            app, ctx = create_app(fast, store)
             await app.start()
             try:
                 billed = await wait_for(lambda: len(billed_tasks(store, ids)) == len(ids), 90)
-                await asyncio.sleep(2)  # a few more billing runs
+                more = ctx.counts["billing_runs"] + 3  # runs that find everything posted already
+
+                def ran(counts: Counter[str] = ctx.counts, more: int = more) -> bool:
+                    return counts["billing_runs"] >= more
+
+                assert await wait_for(ran, 30), ctx.counts
             finally:
                 await app.stop()
             if not billed:

@@ -13,6 +13,7 @@ from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, 
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration
+from tests.evidence import wait_for
 from tests.fleet import register
 
 
@@ -215,16 +216,11 @@ def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_t
         quiet = settings.model_copy(update={"market_interval_s": 3600.0})  # sets no price during the test
         later, stop = DispatcherService(quiet), asyncio.Event()
         running = asyncio.create_task(later.run(stop))
-        while later.core.nodes.size < len(regs):
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(later.ready.wait(), 60)  # the state topics read to their end
         after_start = gansu_gpu(later)
         await producer.send(MARKET_PRICE, price(1.2))
         await producer.flush()
-        for _ in range(300):  # followed once the service has rebuilt its decisions and joined its group
-            if gansu_gpu(later) == 1.2:
-                break
-            await asyncio.sleep(0.1)
+        await wait_for(lambda: gansu_gpu(later) == 1.2, 30)  # a new price is followed as it comes
         stop.set()
         await running
         await producer.stop()

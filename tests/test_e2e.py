@@ -1,4 +1,5 @@
-"""The whole platform as a user runs it: `suanwang up`, then history queried with `suanwang sql`."""
+"""The whole platform as a user runs it: `suanwang up` (on the session's broker, so its topics can be read after),
+then history queried with `suanwang sql`. `up` with its own embedded broker is in test_lifecycle."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -50,10 +54,30 @@ BILL_AS_YOU_GO = {  # prices every 2 s and bills every second, so a 20-s run has
     "SUANWANG_BILLING_INTERVAL_S": "1",
     "SUANWANG_BILLING_GRACE_S": "1",
 }
+# Silence is called after 2 s, far shorter than the worker's drain: a stop that looked like an outage would show.
+QUICK_TO_CALL_SILENT = {"SUANWANG_TELEMETRY_INTERVAL_S": "1", "SUANWANG_OFFLINE_AFTER_INTERVALS": "2"}
+PREFIX = "e2e."
 
 
-def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
-    summary = _up(tmp_path / "data", env=BILL_AS_YOU_GO)
+@dataclass
+class Run:
+    """One `suanwang up` on the session's broker, shared by this module's tests (it is the suite's longest step)."""
+
+    summary: dict
+    data_dir: Path
+    placements: list[bytes]
+
+
+@pytest.fixture(scope="module")
+def platform_run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+    env = {"SUANWANG_KAFKA_BOOTSTRAP": broker.bootstrap, "SUANWANG_TOPIC_PREFIX": PREFIX}
+    summary = _up(data_dir, env={**env, **BILL_AS_YOU_GO, **QUICK_TO_CALL_SILENT})
+    return Run(summary, data_dir, asyncio.run(_read_all(broker.bootstrap, Topics(PREFIX).name(PLACEMENT))))
+
+
+def test_up_then_history_is_queryable(platform_run: Run) -> None:
+    summary, data_dir = platform_run.summary, platform_run.data_dir
     for key in (
         "telemetry_events",
         "task_requests",
@@ -74,7 +98,7 @@ def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
     assert rows["rollups"] > 0 and rows["hub_latency"] > 0 and rows["grid_signals"] > 0
     assert rows["market_prices"] > 0 and rows["usage"] > 0 and rows["ledger"] > 0  # priced and billed as it ran
     month = datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
-    settled = run_cli("settle", "--period", month, "--data-dir", str(tmp_path / "data"), "--json", env=BILL_AS_YOU_GO)
+    settled = run_cli("settle", "--period", month, "--data-dir", str(data_dir), "--json", env=BILL_AS_YOU_GO)
     assert settled.returncode == 0, settled.stderr
     report = json.loads(settled.stdout.strip().splitlines()[-1])
     assert report["balanced"] and report["checks"]["statements"] == report["checks"]["reconciled"] > 0
@@ -82,30 +106,46 @@ def test_up_embedded_then_history_is_queryable(tmp_path: Path) -> None:
     assert sum(t["charges_fen"] for t in report["tenants"]) == sum(
         s["earned_fen"] for s in report["providers"] + report["network_operators"]
     )
-    table = run_cli("settle", "--period", month, "--data-dir", str(tmp_path / "data"), env=BILL_AS_YOU_GO)
+    table = run_cli("settle", "--period", month, "--data-dir", str(data_dir), env=BILL_AS_YOU_GO)
     assert table.returncode == 0 and "statements reconcile" in table.stdout, table.stderr
 
     query = "SELECT hub, count() AS n FROM suanwang.placements GROUP BY hub ORDER BY hub"
-    out = run_cli("sql", query, "--data-dir", str(tmp_path / "data"), "--format", "csv")
+    out = run_cli("sql", query, "--data-dir", str(data_dir), "--format", "csv")
     assert out.returncode == 0, out.stderr
     table = list(csv.DictReader(io.StringIO(out.stdout)))
     assert sum(int(r["n"]) for r in table) == summary["placements"]
     as_json = run_cli(
-        "sql", "SELECT count() AS n FROM suanwang.telemetry", "--data-dir", str(tmp_path / "data"), "--format", "json"
+        "sql", "SELECT count() AS n FROM suanwang.telemetry", "--data-dir", str(data_dir), "--format", "json"
     )
     assert json.loads(as_json.stdout) == [{"n": summary["telemetry_events"]}]
-    for sql in analyst_queries():  # the README's analysts' guide, against this run's history
-        assert _rows(tmp_path, sql), f"no rows: {sql}"
-    provinces = _rows(tmp_path, variable_queries()["province"])
+    guide = analyst_queries()  # the README's analysts' guide, against this run's history
+    for sql, answer in zip(guide, _rows_of_each(data_dir, guide), strict=True):
+        assert answer, f"no rows: {sql}"
+    (provinces,) = _rows_of_each(data_dir, [variable_queries()["province"]])
     variables = {"province": next(r["province"] for r in provinces if r["province"] == "Gansu")}
     day = timedelta(days=1)
-    for title, sql in panel_queries(datetime.now(UTC) - day, datetime.now(UTC) + day, variables):
-        assert _rows(tmp_path, sql), f"no rows in Grafana panel {title}: {sql}"
+    panels = panel_queries(datetime.now(UTC) - day, datetime.now(UTC) + day, variables)
+    for (title, sql), answer in zip(panels, _rows_of_each(data_dir, [sql for _, sql in panels]), strict=True):
+        assert answer, f"no rows in Grafana panel {title}: {sql}"
 
 
-def _rows(tmp_path: Path, sql: str) -> list[dict]:
-    out = run_cli("sql", sql, "--data-dir", str(tmp_path / "data"), "--format", "json")
+def _rows(data_dir: Path, sql: str) -> list[dict]:
+    out = run_cli("sql", sql, "--data-dir", str(data_dir), "--format", "json")
     assert out.returncode == 0, (sql, out.stderr)
+    return json.loads(out.stdout)
+
+
+def _rows_of_each(data_dir: Path, queries: list[str]) -> list[list[dict]]:
+    """The rows of each query, asked in one process: forty `suanwang sql` runs would cost a minute."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.query_many", str(data_dir)],
+        input=json.dumps(queries),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
@@ -115,22 +155,14 @@ def analyst_queries() -> list[str]:
     return re.findall(r"```sql\n(.*?)\n```", section, flags=re.S)
 
 
-# Silence is called after 2 s, far shorter than the worker's drain: a stop that looked like an outage would show.
-QUICK_TO_CALL_SILENT = {"SUANWANG_TELEMETRY_INTERVAL_S": "1", "SUANWANG_OFFLINE_AFTER_INTERVALS": "2"}
-
-
-def test_up_on_an_external_broker_every_placement_decodes_and_a_stop_is_no_outage(tmp_path: Path) -> None:
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        env = {"SUANWANG_KAFKA_BOOTSTRAP": broker.bootstrap, "SUANWANG_TOPIC_PREFIX": "ext.", **QUICK_TO_CALL_SILENT}
-        summary = _up(tmp_path / "data", env=env)
-        assert summary["placements"] > 0
-        placements = asyncio.run(_read_all(broker.bootstrap, Topics("ext.").name(PLACEMENT)))
+def test_every_placement_on_the_topic_decodes_and_a_stop_is_no_outage(platform_run: Run) -> None:
+    summary, data_dir, placements = platform_run.summary, platform_run.data_dir, platform_run.placements
     assert len(placements) == summary["placements"]
-    (paused,) = _rows(tmp_path, "SELECT countIf(paused) AS n, count() AS nodes FROM suanwang.nodes FINAL")
+    (paused,) = _rows(data_dir, "SELECT countIf(paused) AS n, count() AS nodes FROM suanwang.nodes FINAL")
     assert paused["n"] == paused["nodes"] == 300  # the simulator said it stopped every node on purpose
     stopped = "(SELECT min(event_time) FROM suanwang.nodes FINAL WHERE paused)"
     (offline,) = _rows(
-        tmp_path, f"SELECT count() AS n FROM suanwang.alerts WHERE kind = 'node_offline' AND event_time >= {stopped}"
+        data_dir, f"SELECT count() AS n FROM suanwang.alerts WHERE kind = 'node_offline' AND event_time >= {stopped}"
     )
     assert offline["n"] == 0  # the stop and the worker's drain called no node silent
     codec = Codec()

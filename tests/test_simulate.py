@@ -61,8 +61,9 @@ def test_a_replayed_trace_is_dispatched_onto_its_own_nodes(tmp_path: Path, setti
 
     async def scenario() -> dict[str, list[dict]]:
         stop = asyncio.Event()
-        dispatcher = asyncio.create_task(DispatcherService(fast).run(stop))
-        await asyncio.sleep(1.0)  # the dispatcher catches up on an empty registry first
+        service = DispatcherService(fast)
+        dispatcher = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), 60)  # it has read the (empty) registry first
         simulator = asyncio.create_task(Simulator(fast, replay).run(stop))
         got = await _records(fast, [PLACEMENT, REJECTION, TASK_LIFECYCLE], want=4 + 1 + 4 + 3)  # a, b and d also finish
         stop.set()
