@@ -317,8 +317,21 @@ def bench_isolation(
     settings = load_settings(data_dir=data_dir, sim_nodes=nodes, sim_rate=rate, web_port=0)
     figures = isolation(settings, seconds)
     figures.pop("run")
-    flat = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in figures.items()}
-    _report(figures if json_out else flat, json_out, f"isolation: {figures['analysts']} analysts for {seconds:g} s")
+    if json_out:
+        print(json.dumps(figures))
+    else:
+        phases = figures["phases"]
+        table = Table(title=f"isolation: {figures['analysts']} analysts in the middle third of {seconds:g} s")
+        table.add_column("figure")
+        for phase in phases:
+            table.add_column(phase, justify="right")
+        for name in next(iter(phases.values())):
+            table.add_row(name, *(str(v[name]) for v in phases.values()))
+        Console().print(table)
+        Console().print(
+            f"answers {figures['answers']}; sink flush interval {figures['sink_flush_s']:g} s; "
+            f"rows in Kafka {figures['kafka_rows']}, in ClickHouse {figures['clickhouse_rows']}"
+        )
     if not figures["rows_match"]:
         raise SuanwangError(f"ClickHouse holds {figures['clickhouse_rows']}, Kafka {figures['kafka_rows']}")
 

@@ -3,7 +3,8 @@
 A run has three phases of equal length: quiet (the same-run baseline), loaded (ANALYSTS clients, each sending
 a heavy query as soon as the last is answered, waiting out a 429's Retry-After), and quiet again. Throughout,
 a prober times `GET /api/hubs`. After the run, ClickHouse's rows are set beside the counts read from Kafka,
-and each phase's sink delay (a sample's insert time less its event time) is read from the stored rows.
+and each phase's sink delay (a sample's insert time less its event time) and the gaps between its flushes
+are read from the stored rows.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def _ms(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def sink_delay(store: Store, windows: dict[str, tuple[int, int]]) -> dict[str, dict[str, float | None]]:
-    """Per phase, the p99 and worst of insert time less event time over the telemetry sampled in it."""
+def sink_figures(store: Store, windows: dict[str, tuple[int, int]]) -> dict[str, dict[str, float | None]]:
+    """Per phase, over the telemetry sampled in it: the sink's delay (insert time less event time, p99 and worst)
+    and the longest gap between two of its flushes (an insert stamps every row of its batch alike)."""
     out = {}
     for phase, (start, end) in windows.items():
         _, rows = store.query(
@@ -96,7 +98,19 @@ def sink_delay(store: Store, windows: dict[str, tuple[int, int]]) -> dict[str, d
             {"a": start, "b": end},
         )
         p99, worst, n = rows[0]
-        out[phase] = {"p99_ms": round(float(p99), 1), "max_ms": float(worst), "samples": int(n)}
+        _, flushes = store.query(
+            f"SELECT DISTINCT toUnixTimestamp64Milli(ingested_at) AS at FROM {DATABASE}.telemetry "
+            "WHERE at BETWEEN {a:Int64} AND {b:Int64} ORDER BY at",
+            {"a": start, "b": end},
+        )
+        gaps = np.diff([at for (at,) in flushes])
+        out[phase] = {
+            "delay_p99_ms": round(float(p99), 1),
+            "delay_max_ms": float(worst),
+            "flushes": len(flushes),
+            "flush_gap_max_ms": float(gaps.max()) if len(gaps) else None,
+            "samples": int(n),
+        }
     return out
 
 
@@ -108,18 +122,20 @@ def isolation(settings: Settings, seconds: float) -> dict[str, Any]:
         raise RuntimeError(f"the run ended after phases {list(load.windows)}")
     store = Store(settings)
     try:
-        delay = sink_delay(store, load.windows)
+        sink = sink_figures(store, load.windows)
     finally:
         store.close()
     kafka = {"telemetry": run["telemetry_events"], "placements": run["placements"], "alerts": run["alerts"]}
     stored = {t: run["clickhouse_rows"][t] for t in kafka}
+    phases = {
+        p: {"hubs_p50_ms": _ms(load.hubs_ms[p], 50), "hubs_max_ms": _ms(load.hubs_ms[p], 100), **sink[p]}
+        for p in PHASES
+    }
     return {
         "analysts": ANALYSTS,
         "answers": dict(sorted(load.answers.items())),
-        "hubs_p50_ms": {p: _ms(v, 50) for p, v in load.hubs_ms.items()},
-        "hubs_max_ms": {p: _ms(v, 100) for p, v in load.hubs_ms.items()},
-        "sink_delay": delay,
         "sink_flush_s": settings.sink_flush_s,
+        "phases": phases,
         "kafka_rows": kafka,
         "clickhouse_rows": stored,
         "rows_match": stored == kafka,
