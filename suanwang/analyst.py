@@ -143,7 +143,13 @@ def _outside(table: str) -> str:
 def limits_of(settings: Settings) -> dict[str, Any]:
     """The per-query settings every analyst query runs under."""
     limits: dict[str, Any] = {ch: getattr(settings, ours) for ch, ours in LIMITS.items()}
-    return {**limits, "max_threads": settings.analyst_max_threads, "result_overflow_mode": "throw", "readonly": 1}
+    return {
+        **limits,
+        "max_threads": settings.analyst_max_threads,
+        "os_thread_priority": settings.analyst_nice,  # the CPU goes to the sink and the API first
+        "result_overflow_mode": "throw",
+        "readonly": 1,
+    }
 
 
 def _limit_error(exc: ClickHouseError, settings: Settings) -> SuanwangError:

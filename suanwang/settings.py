@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     analyst_max_result_rows: int = Field(100_000, ge=1, description="Rows an analyst query may return.")
     analyst_max_result_bytes: int = Field(64_000_000, ge=1000, description="Bytes an analyst query may return.")
     analyst_max_threads: int = Field(1, ge=1, le=64, description="Threads one analyst query may use.")
+    analyst_nice: int = Field(19, ge=0, le=19, description="Nice of analyst query threads: ingestion runs first.")
     sink_batch_size: int = Field(2000, ge=1, description="Rows per ClickHouse insert at most.")
     sink_flush_s: float = Field(1.0, gt=0, description="Seconds a row waits for its batch at most.")
     # Web

@@ -130,6 +130,30 @@ def test_the_store_writes_and_reads_while_analysts_run_heavy_queries(store: Stor
     assert len(waits) >= 10, waits  # ten writes and reads finished while the 3-s queries ran: none queued behind
 
 
+def _nice_of_threads() -> set[int]:
+    """The nice value of every thread of this process (field 19 of /proc's stat)."""
+    tasks = Path("/proc/self/task")
+    return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()}
+
+
+def test_an_analyst_query_runs_on_threads_of_the_lowest_priority(store: Store) -> None:
+    """On a full machine the CPU goes to the sink and the API: ClickHouse runs the query at the analysts' nice."""
+    assert 19 not in _nice_of_threads()
+    seen: set[int] = set()
+
+    async def meanwhile() -> list[Any]:
+        slow = "SELECT sleepEachRow(0.2) FROM system.numbers LIMIT 10"
+        analyst = asyncio.create_task(_ask(store, store.settings, slow))
+        while not analyst.done() and 19 not in seen:
+            seen.update(_nice_of_threads())
+            await asyncio.sleep(0.05)
+        return await analyst
+
+    (answer,) = asyncio.run(meanwhile())
+    assert answer[0] == 200 and 19 in seen, seen
+    assert 19 not in _nice_of_threads()  # given back with the thread: the sink's next query runs at full priority
+
+
 def test_the_tree_check_alone() -> None:
     tree = parse_ast(
         [

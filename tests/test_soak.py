@@ -10,7 +10,7 @@ from tests.conftest import run_cli
 
 def test_a_short_soak_samples_memory_lag_and_dispatch_latency(tmp_path: Path) -> None:
     done = run_cli(
-        "bench", "soak", "--minutes", "0.4", "--every", "4", "--rate", "40", "--nodes", "300", "--json",
+        "bench", "soak", "--minutes", "0.25", "--every", "3", "--rate", "40", "--nodes", "300", "--json",
         "--data-dir", str(tmp_path), timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
