@@ -18,6 +18,7 @@ import aiohttp
 import numpy as np
 
 from suanwang.dashboards.api import api_url_file
+from suanwang.errors import SuanwangError
 from suanwang.runtime import Monitor, Platform
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
@@ -78,7 +79,7 @@ class Load:
                 if resp.status == 429:
                     await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
                 elif resp.status not in (200, 422):
-                    raise RuntimeError(f"/api/sql answered {resp.status}: {body}")
+                    raise SuanwangError(f"/api/sql answered {resp.status}: {body}")
             sent += 1
 
 
@@ -119,7 +120,7 @@ def isolation(settings: Settings, seconds: float) -> dict[str, Any]:
     load = Load(settings, seconds)
     run = Platform(settings, live=False, on_tick=load).run(None)
     if len(load.windows) != len(PHASES):
-        raise RuntimeError(f"the run ended after phases {list(load.windows)}")
+        raise SuanwangError(f"the run ended after phases {list(load.windows)}")
     store = Store(settings)
     try:
         sink = sink_figures(store, load.windows)
