@@ -11,6 +11,7 @@ import numpy as np
 
 from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
+from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
 from suanwang.topology import PRECISIONS, Network
@@ -62,6 +63,9 @@ class Demand:
     @property
     def acc_milli(self) -> int:
         return int(self.ask[stages.ACC_MILLI])
+
+
+FRAGMENTATION_WEIGHT = 1.0  # yuan per accelerator the workload could no longer use: measured by bench packing
 
 
 def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) -> Demand:
@@ -146,8 +150,8 @@ def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) 
     return Window(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
 
 
-def choose(t: NodeTable, d: Demand, out: Choice, w: Window) -> Choice:
-    """Filter, score and select over the whole table (the compiled pass)."""
+def choose(t: NodeTable, d: Demand, out: Choice, w: Window, load: Shapes) -> Choice:
+    """Filter, score and select over the whole table (the compiled pass), packing for the `load` seen."""
     rows, starts = t.by_arch()
     out.feasible = stages.choose(
         t.ints,
@@ -161,6 +165,9 @@ def choose(t: NodeTable, d: Demand, out: Choice, w: Window) -> Choice:
         d.model_ok,
         d.province_ok,
         d.ask,
+        t.acc_free,
+        load.shapes,
+        load.weights,
         out.picks,
         out.costs,
         out.counts,
@@ -168,10 +175,12 @@ def choose(t: NodeTable, d: Demand, out: Choice, w: Window) -> Choice:
     return out
 
 
-def reserve(t: NodeTable, row: int, d: Demand) -> np.ndarray:
+def reserve(t: NodeTable, row: int, d: Demand, load: Shapes) -> np.ndarray:
     """Takes the demand on node `row`; the accelerator indices it got."""
     chosen = np.zeros(max(d.acc_count, 1), dtype=np.int64)
-    taken = stages.reserve(row, t.ints, t.acc_free, d.cpu, d.mem, d.acc_count, d.acc_milli, chosen)
+    taken = stages.reserve(
+        row, t.ints, t.acc_free, d.cpu, d.mem, d.acc_count, d.acc_milli, load.shapes, load.weights, chosen
+    )
     return chosen[:taken]
 
 
@@ -183,7 +192,7 @@ class Dispatcher:
         network: Network,
         scope: str = "national",
         carbon_price: float = 0.1,
-        fragmentation_weight: float = 0.05,
+        fragmentation_weight: float = FRAGMENTATION_WEIGHT,
         start_timeout_s: float = 300.0,
         remembered_decisions: int = 50_000,
     ) -> None:
@@ -193,6 +202,7 @@ class Dispatcher:
         self.nodes = NodeTable(network)
         self.carbon_price = carbon_price
         self.fragmentation_weight = fragmentation_weight
+        self.load = Shapes()  # the shapes of recent requests, that fragmentation is measured against
         self.reservations: dict[str, Reservation] = {}
         # the newest decisions, to answer a redelivered request the same way; redelivery replays only the
         # tail a consumer had not committed, so older ones are forgotten (capacity is tracked apart)
@@ -314,8 +324,9 @@ class Dispatcher:
     def _place(self, req: dict[str, Any], started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
+        self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
         w = window_of(t, req, now, self.carbon_price)
-        c = choose(t, d, self._choice, w)
+        c = choose(t, d, self._choice, w, self.load)
         best, second, local = (int(x) for x in c.picks)
         if best < 0:
             removed = {name: int(c.counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if c.counts[k + 1]}
@@ -323,7 +334,7 @@ class Dispatcher:
             if self.scope != "national":  # a tier passes on what it cannot place
                 return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
             return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{t.size} nodes: {summary}", removed)
-        chosen = reserve(t, best, d)
+        chosen = reserve(t, best, d, self.load)
         self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
         start_at = int(w.start_ms[t.column(stages.PROVINCE)[best]])
         self.unstarted[req["task_id"]] = start_at + self.start_timeout_ms

@@ -32,6 +32,9 @@ def evaluate_numpy(
     model_ok: np.ndarray,
     province_ok: np.ndarray,
     ask: np.ndarray,
+    acc: np.ndarray,
+    shapes: np.ndarray,
+    weights: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per node: feasible or not, expected cost, and score (infinite where infeasible)."""
     origin, data_hub, tier = int(ask[s.ORIGIN]), int(ask[s.DATA_HUB]), ask[s.TIER_MS]
@@ -62,14 +65,96 @@ def evaluate_numpy(
     cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub, hub]
     if ask[s.BUDGET_YUAN] > 0:
         ok &= ~(cost > ask[s.BUDGET_YUAN])
-    if count == 0:
-        frag = np.zeros(len(ints))
-    elif count == 1 and milli < s.WHOLE:
-        frag = np.where(best_share >= milli, 0.0, 1.0 / np.maximum(whole, 1))
-    else:
-        frag = count / np.maximum(whole, 1)
-    frag = np.where(n_acc == 0, 0.0, frag)
+    frag = fragmentation_numpy(ints, acc, cpu, mem, count, milli, shapes, weights)
+    frag = np.where(ok, frag, 0.0)  # a share no accelerator holds scores infinite: never times a zero weight
     return ok, cost, np.where(ok, cost + ask[s.FRAG_WEIGHT] * frag, np.inf)
+
+
+def unusable_numpy(
+    ints: np.ndarray, acc: np.ndarray, cpu_free: np.ndarray, mem_free: np.ndarray, shapes: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """`stages.unusable` of every node at once, summed shape by shape in the kernel's order."""
+    exists = np.arange(acc.shape[1])[None, :] < ints[:, s.N_ACC][:, None]
+    free = np.where(exists, acc, 0)
+    total, whole = free.sum(axis=1), ((free == s.WHOLE) & exists).sum(axis=1)
+    lost, weight_sum = np.zeros(len(ints)), 0.0
+    for (cpu, mem, count, milli), w in zip(shapes.tolist(), weights.tolist(), strict=True):
+        if w <= 0:
+            continue
+        weight_sum += w
+        cannot = (cpu_free < cpu) | (mem_free < mem) | ((milli == s.WHOLE) & (whole < count))
+        below = np.where(free < milli, free, 0).sum(axis=1) if count > 0 else np.zeros(len(ints), dtype=np.int64)
+        lost = lost + np.where(cannot, w * total, w * below)
+    out = lost / weight_sum / s.WHOLE if weight_sum > 0 else np.zeros(len(ints))
+    return np.where(total == 0, 0.0, out)
+
+
+def fragmentation_numpy(
+    ints: np.ndarray, acc: np.ndarray, cpu: int, mem: int, count: int, milli: int, shapes: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """`stages.fragmentation` of every node at once (infinite where a share fits no accelerator)."""
+    cpu_free, mem_free = ints[:, s.CPU_FREE], ints[:, s.MEM_FREE]
+    before = unusable_numpy(ints, acc, cpu_free, mem_free, shapes, weights)
+    exists = np.arange(acc.shape[1])[None, :] < ints[:, s.N_ACC][:, None]
+    if count == 1 and milli < s.WHOLE:
+        best = np.full(len(ints), np.inf)
+        for a in range(int(ints[:, s.N_ACC].max(initial=0))):
+            after = acc.copy()
+            after[:, a] -= milli
+            delta = unusable_numpy(ints, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+            best = np.where(exists[:, a] & (acc[:, a] >= milli), np.minimum(best, delta), best)
+        return best
+    wholly_free = (acc == s.WHOLE) & exists
+    take = wholly_free & (np.cumsum(wholly_free, axis=1) <= count)
+    after = np.where(take, 0, acc)
+    return unusable_numpy(ints, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+
+
+def unusable_python(
+    row: list[int], free_row: list[int], cpu_free: int, mem_free: int, shapes: list[list[int]], weights: list[float]
+) -> float:
+    """`stages.unusable` of one node in the interpreter."""
+    free = free_row[: row[s.N_ACC]]
+    total = sum(free)
+    if total == 0:
+        return 0.0
+    whole = sum(f == s.WHOLE for f in free)
+    lost, weight_sum = 0.0, 0.0
+    for (cpu, mem, count, milli), w in zip(shapes, weights, strict=True):
+        if w <= 0:
+            continue
+        weight_sum += w
+        if cpu_free < cpu or mem_free < mem or (milli == s.WHOLE and whole < count):
+            lost += w * total
+        elif count > 0:
+            lost += w * sum(f for f in free if f < milli)
+    return lost / weight_sum / s.WHOLE if weight_sum > 0 else 0.0
+
+
+def fragmentation_python(
+    row: list[int], free_row: list[int], cpu: int, mem: int, count: int, milli: int, shapes: list[list[int]],
+    weights: list[float],
+) -> tuple[float, list[int]]:  # fmt: skip
+    """`stages.fragmentation` of one node in the interpreter: the increase and the accelerators it takes."""
+    cpu_free, mem_free, n = row[s.CPU_FREE], row[s.MEM_FREE], row[s.N_ACC]
+    before = unusable_python(row, free_row, cpu_free, mem_free, shapes, weights)
+    if count == 1 and milli < s.WHOLE:
+        best, best_delta = -1, 0.0
+        for a in range(n):
+            free = free_row[a]
+            if free < milli or free in free_row[:a]:
+                continue
+            after = list(free_row)
+            after[a] = free - milli
+            delta = unusable_python(row, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+            if best < 0 or delta < best_delta or (delta == best_delta and free < free_row[best]):
+                best, best_delta = a, delta
+        return best_delta, [best]
+    taken = [a for a in range(n) if free_row[a] == s.WHOLE][:count]
+    after = [0 if a in taken else f for a, f in enumerate(free_row)]
+    return unusable_python(row, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before, taken
 
 
 def choose_python(
@@ -82,6 +167,9 @@ def choose_python(
     model_ok: list[int],
     province_ok: list[int],
     ask: list[float],
+    acc: list[list[int]],
+    shapes: list[list[int]],
+    weights: list[float],
 ) -> int:
     """The best row for the request, or -1, one node at a time in the interpreter."""
     origin, data_hub, tier = int(ask[s.ORIGIN]), int(ask[s.DATA_HUB]), ask[s.TIER_MS]
@@ -113,36 +201,25 @@ def choose_python(
         cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub][row[s.HUB]]
         if ask[s.BUDGET_YUAN] > 0 and cost > ask[s.BUDGET_YUAN]:
             continue
-        if count == 0 or n_acc == 0:
-            frag = 0.0
-        elif count == 1 and milli < s.WHOLE:
-            frag = 0.0 if best_share >= milli else 1.0 / max(whole, 1)
-        else:
-            frag = count / max(whole, 1)
+        frag = fragmentation_python(row, acc[i], cpu, mem, count, milli, shapes, weights)[0]
         score = cost + ask[s.FRAG_WEIGHT] * frag
         if score < best_score:
             best, best_score = i, score
     return best
 
 
-def reserve_python(ints: Any, acc: Any, i: int, cpu: int, mem: int, count: int, milli: int) -> list[int]:
+def reserve_python(
+    ints: Any, acc: Any, i: int, cpu: int, mem: int, count: int, milli: int, shapes: list[list[int]],
+    weights: list[float],
+) -> list[int]:  # fmt: skip
     """`stages.reserve` in the interpreter, over NumPy arrays or lists of lists; the accelerator indices."""
+    row, free_row = [int(x) for x in ints[i]], [int(x) for x in acc[i]]
+    chosen = fragmentation_python(row, free_row, cpu, mem, count, milli, shapes, weights)[1] if count else []
     ints[i][s.CPU_FREE] -= cpu
     ints[i][s.MEM_FREE] -= mem
-    n_acc, chosen = int(ints[i][s.N_ACC]), []
-    if count == 1 and milli < s.WHOLE:
-        pick = -1
-        for a in range(n_acc):
-            if acc[i][a] >= milli and (pick < 0 or acc[i][a] < acc[i][pick]):
-                pick = a
-        acc[i][pick] -= milli
-        chosen.append(pick)
-    elif count > 0:
-        for a in range(n_acc):
-            if len(chosen) < count and acc[i][a] == s.WHOLE:
-                acc[i][a] = 0
-                chosen.append(a)
-    free = [int(acc[i][a]) for a in range(n_acc)]
+    for a in chosen:
+        acc[i][a] -= milli
+    free = [int(acc[i][a]) for a in range(int(ints[i][s.N_ACC]))]
     ints[i][s.WHOLE_FREE] = sum(f == s.WHOLE for f in free)
     ints[i][s.BEST_SHARE] = max([f for f in free if f != s.WHOLE], default=0)
     return chosen

@@ -12,6 +12,7 @@ is one float array `ask`.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from suanwang.topology import PRECISIONS
@@ -108,13 +109,78 @@ def cost(node_share, hours, rate, input_gb, transfer_price):
 
 
 @njit(cache=True)
-def fragmentation(n_acc, whole_free, best_share, count, milli):
-    """Share of the node's still-whole accelerators this placement would break or take (0..1)."""
-    if count == 0 or n_acc == 0:
+def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
+    """FGD's measure of node i: the free accelerator capacity (in accelerators) the workload could not use,
+    each shape (cpu, mem, count, milli per accelerator) weighted by how often it comes."""
+    n = ints[i, N_ACC]
+    total = 0
+    whole = 0
+    for a in range(n):
+        total += acc_free[i, a]
+        if acc_free[i, a] == WHOLE:
+            whole += 1
+    if total == 0:
         return 0.0
+    lost = 0.0
+    weight_sum = 0.0
+    for k in range(shapes.shape[0]):
+        w = weights[k]
+        if w <= 0:
+            continue
+        weight_sum += w
+        count, milli = shapes[k, 2], shapes[k, 3]
+        if cpu_free < shapes[k, 0] or mem_free < shapes[k, 1] or (milli == WHOLE and whole < count):
+            lost += w * total  # the shape cannot run here at all: every free accelerator is lost to it
+        elif count > 0:
+            below = 0
+            for a in range(n):
+                if acc_free[i, a] < milli:
+                    below += acc_free[i, a]
+            lost += w * below
+    return lost / weight_sum / WHOLE if weight_sum > 0 else 0.0
+
+
+@njit(cache=True)
+def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen):
+    """Score's packing term (FGD): how much the workload's unusable capacity on node i grows if the task goes
+    there, in accelerators; the accelerators it would take go into `chosen` (a share: the one that grows it
+    least, then the fullest, then the lowest index)."""
+    cpu_free, mem_free = ints[i, CPU_FREE], ints[i, MEM_FREE]
+    before = unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights)
+    n = ints[i, N_ACC]
     if count == 1 and milli < WHOLE:
-        return 0.0 if best_share >= milli else 1.0 / max(whole_free, 1)
-    return count / max(whole_free, 1)
+        best = -1
+        best_delta = 0.0
+        for a in range(n):
+            free = acc_free[i, a]
+            if free < milli:
+                continue
+            seen = False  # accelerators with the same free capacity give the same answer
+            for b in range(a):
+                if acc_free[i, b] == free:
+                    seen = True
+                    break
+            if seen:
+                continue
+            acc_free[i, a] = free - milli
+            delta = unusable(i, ints, acc_free, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+            acc_free[i, a] = free
+            if best < 0 or delta < best_delta or (delta == best_delta and free < acc_free[i, best]):
+                best, best_delta = a, delta
+        chosen[0] = best
+        return best_delta
+    taken = 0
+    for a in range(n):
+        if taken == count:
+            break
+        if acc_free[i, a] == WHOLE:
+            acc_free[i, a] = 0
+            chosen[taken] = a
+            taken += 1
+    delta = unusable(i, ints, acc_free, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+    for k in range(taken):
+        acc_free[i, chosen[k]] = WHOLE
+    return delta
 
 
 @njit(cache=True)
@@ -136,6 +202,9 @@ def choose(
     model_ok,
     province_ok,
     ask,
+    acc_free,
+    shapes,
+    weights,
     picks,
     costs,
     counts,
@@ -154,6 +223,7 @@ def choose(
     cu = CU + int(ask[PRECISION])
     best = second = local = -1
     best_score = second_score = local_score = 0.0
+    chosen = np.zeros(max(count, 1), dtype=np.int64)
     for k in range(counts.shape[0]):
         counts[k] = 0
     visited = 0
@@ -191,7 +261,7 @@ def choose(
             counts[v] += 1
             if v != FEASIBLE:
                 continue
-            score = c + weight * fragmentation(ints[i, N_ACC], ints[i, WHOLE_FREE], ints[i, BEST_SHARE], count, milli)
+            score = c + weight * fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen)
             if best < 0 or before(score, i, best_score, best):
                 second, second_score = best, best_score
                 best, best_score = i, score
@@ -234,27 +304,15 @@ def summarise_accelerators(i, ints, acc_free):
 
 
 @njit(cache=True)
-def reserve(i, ints, acc_free, cpu, mem, count, milli, chosen):
-    """Takes the task's resources on node i; writes the accelerator indices into `chosen`, returns their count."""
+def reserve(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen):
+    """Takes the task's resources on node i; writes the accelerator indices into `chosen`, returns their count.
+    The accelerators are those `fragmentation` scored."""
+    fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen)
     ints[i, CPU_FREE] -= cpu
     ints[i, MEM_FREE] -= mem
-    taken = 0
-    if count == 1 and milli < WHOLE:
-        pick = -1
-        for a in range(ints[i, N_ACC]):  # best fit: the fullest accelerator that still holds the share
-            if acc_free[i, a] >= milli and (pick < 0 or acc_free[i, a] < acc_free[i, pick]):
-                pick = a
-        acc_free[i, pick] -= milli
-        chosen[0] = pick
-        taken = 1
-    elif count > 0:
-        for a in range(ints[i, N_ACC]):
-            if taken == count:
-                break
-            if acc_free[i, a] == WHOLE:
-                acc_free[i, a] = 0
-                chosen[taken] = a
-                taken += 1
+    taken = 0 if count == 0 else count
+    for k in range(taken):
+        acc_free[i, chosen[k]] -= milli
     summarise_accelerators(i, ints, acc_free)
     return taken
 

@@ -13,8 +13,19 @@ from rich.console import Console
 from rich.progress import track
 
 from suanwang.bus import now_ms
-from suanwang.dispatcher.core import Choice, Demand, Dispatcher, choose, demand_of, reserve, warm_up, window_of
+from suanwang.dispatcher.core import (
+    FRAGMENTATION_WEIGHT,
+    Choice,
+    Demand,
+    Dispatcher,
+    choose,
+    demand_of,
+    reserve,
+    warm_up,
+    window_of,
+)
 from suanwang.dispatcher.reference import choose_numpy, choose_python, reserve_python
+from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import NodeTable
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
@@ -63,19 +74,25 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
     gen = TaskGenerator(network, random.Random(seed))
     now = now_ms()
     requests = [gen.next(now) for _ in range(tasks)]
-    weight = 0.05
+    weight = FRAGMENTATION_WEIGHT
     ints0, acc0 = table.ints.copy(), table.acc_free.copy()
+    loads = {name: Shapes() for name in ("numba", "numpy", "python")}  # each learns the same requests
+
+    def demand(req: dict[str, Any], name: str) -> tuple[Demand, Any, Shapes]:
+        d, load = demand_of(table, req, weight), loads[name]
+        load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
+        return d, window_of(table, req, now, carbon_price), load
 
     choice = Choice()
     carbon_price = 0.1
 
     def numba_decide(req: dict[str, Any]) -> Decision:
-        d, w = demand_of(table, req, weight), window_of(table, req, now, carbon_price)
-        best = int(choose(table, d, choice, w).picks[0])
-        return (best, tuple(int(a) for a in reserve(table, best, d))) if best >= 0 else (-1, ())
+        d, w, load = demand(req, "numba")
+        best = int(choose(table, d, choice, w, load).picks[0])
+        return (best, tuple(int(a) for a in reserve(table, best, d, load))) if best >= 0 else (-1, ())
 
     def numpy_decide(req: dict[str, Any]) -> Decision:
-        d, w = demand_of(table, req, weight), window_of(table, req, now, carbon_price)
+        d, w, load = demand(req, "numpy")
         best = choose_numpy(
             np_ints,
             table.floats,
@@ -86,14 +103,17 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
             d.model_ok,
             d.province_ok,
             d.ask,
+            np_acc,
+            load.shapes,
+            load.weights,
         )
-        return (best, tuple(_reserve_python(np_ints, np_acc, best, d))) if best >= 0 else (-1, ())
+        return (best, tuple(_reserve_python(np_ints, np_acc, best, d, load))) if best >= 0 else (-1, ())
 
     rows, acc_rows, figures = ints0.tolist(), acc0.tolist(), table.floats.tolist()
     transfer, rtt = table.transfer_price.tolist(), table.rtt.tolist()
 
     def python_decide(req: dict[str, Any]) -> Decision:
-        d, w = demand_of(table, req, weight), window_of(table, req, now, carbon_price)
+        d, w, load = demand(req, "python")
         best = choose_python(
             rows,
             figures,
@@ -104,8 +124,11 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
             d.model_ok.tolist(),
             d.province_ok.tolist(),
             d.ask.tolist(),
+            acc_rows,
+            load.shapes.tolist(),
+            load.weights.tolist(),
         )
-        return (best, tuple(_reserve_python(rows, acc_rows, best, d))) if best >= 0 else (-1, ())
+        return (best, tuple(_reserve_python(rows, acc_rows, best, d, load))) if best >= 0 else (-1, ())
 
     np_ints, np_acc = ints0.copy(), acc0.copy()
     by_numpy, numpy_s = _timed(requests, numpy_decide, "numpy", console)
@@ -141,8 +164,9 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
     }
 
 
-def _reserve_python(ints: Any, acc: Any, row: int, d: Demand) -> list[int]:
-    return reserve_python(ints, acc, row, d.cpu, d.mem, d.acc_count, d.acc_milli)
+def _reserve_python(ints: Any, acc: Any, row: int, d: Demand, load: Shapes) -> list[int]:
+    shapes, weights = load.shapes.tolist(), load.weights.tolist()
+    return reserve_python(ints, acc, row, d.cpu, d.mem, d.acc_count, d.acc_milli, shapes, weights)
 
 
 def _full_decisions(network: Any, nodes: int, requests: list[dict[str, Any]], console: Console) -> list[float]:

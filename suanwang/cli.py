@@ -270,6 +270,35 @@ def bench_quality(
     )
 
 
+@bench_app.command("packing")
+def bench_packing(
+    trace_dir: Annotated[Path, typer.Option(help="A directory with an openb node list and pod list.")] = Path(
+        "../shared/traces/openb"
+    ),
+    seeds: Annotated[int, typer.Option(min=1, help="Samples of the pod list, each placed by every policy.")] = 10,
+    inflate: Annotated[float, typer.Option(min=1.0, max=5.0, help="Arrived GPU requests / GPUs at the end.")] = 1.3,
+    json_out: JsonOut = False,
+) -> None:
+    """GPUs allocated by our policy and the field's baselines on an openb trace, every placement checked."""
+    from suanwang.packing import bench_packing as run
+
+    figures = run(trace_dir, seeds, inflate, err)
+    if json_out:
+        print(json.dumps(figures))
+    else:
+        table = Table(title=f"packing: {figures['nodes']:,} nodes, {figures['gpus']:,} GPUs, {seeds} seeds")
+        columns = list(next(iter(figures["policies"].values())))
+        table.add_column("policy")
+        for column in columns:
+            table.add_column(column.replace("_", " "), justify="right")
+        for name, row in figures["policies"].items():
+            table.add_row(name, *(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        Console().print(table)
+    broken = {name: row["violations"] for name, row in figures["policies"].items() if row["violations"]}
+    if broken:
+        raise SuanwangError(f"placements that broke a rule: {broken}")
+
+
 @bench_app.command("e2e")
 def bench_e2e(
     rate: Annotated[float, typer.Option(min=1, help="Requests (and relayed messages) per second.")] = 1000,

@@ -178,12 +178,13 @@ def _run_day(
         else:  # baselines do not shift work in time
             w = window_of(t, {**req, "deadline": None}, now, dispatcher.carbon_price)
             ok, _, _ = evaluate_numpy(
-                t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask
-            )
+                t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask,
+                t.acc_free, dispatcher.load.shapes, dispatcher.load.weights,
+            )  # fmt: skip
             if not ok.any():
                 continue
             row = picker(t, d, w, ok)
-            chosen = reserve(t, row, d)
+            chosen = reserve(t, row, d, dispatcher.load)
             dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
             parts = explain(t, row, d.ask, w, dispatcher.carbon_price)[0]
             index = 1.0  # baselines run without the market
@@ -229,6 +230,7 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int) -> dict
     now = DAY_START_MS + 3 * HOUR_MS
     requests = [gen.next(now) for _ in range(batch)]
     empty, demands = t.ints.copy(), [demand_of(t, req, 0.0) for req in requests]
+    empty_acc = t.acc_free.copy()
     greedy, placed = 0.0, []
     for j, req in enumerate(requests):
         _, record = dispatcher.decide(req, now)
@@ -239,8 +241,9 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int) -> dict
     for k, j in enumerate(placed):
         d, w = demands[j], window_of(t, requests[j], now, dispatcher.carbon_price)
         ok, cost, _ = evaluate_numpy(
-            empty, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask
-        )
+            empty, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask,
+            empty_acc, dispatcher.load.shapes, dispatcher.load.weights,
+        )  # fmt: skip
         feasible = np.flatnonzero(ok)
         var_task += [k] * len(feasible)
         var_node += feasible.tolist()

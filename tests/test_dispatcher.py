@@ -63,13 +63,6 @@ def test_cost_is_share_of_the_hourly_rate_plus_transfer() -> None:
     assert stages.cost(0.25, 2.0, 10.0, 3.0, 0.5) == 0.25 * 2.0 * 10.0 + 1.5
 
 
-def test_fragmentation_prefers_filling_used_accelerators() -> None:
-    assert stages.fragmentation(8, 8, 0, 1, 500) == 1 / 8  # breaks one of 8 whole ones
-    assert stages.fragmentation(8, 7, 600, 1, 500) == 0.0  # fits in the used one
-    assert stages.fragmentation(8, 4, 0, 2, W) == 0.5
-    assert stages.fragmentation(0, 0, 0, 0, W) == 0.0
-
-
 def _table(rows: list[list[int]], n_acc: int = 4) -> tuple[np.ndarray, np.ndarray]:
     ints = np.zeros((len(rows), stages.INT_FIELDS), dtype=np.int64)
     acc = np.zeros((len(rows), 16), dtype=np.int64)
@@ -81,11 +74,38 @@ def _table(rows: list[list[int]], n_acc: int = 4) -> tuple[np.ndarray, np.ndarra
     return ints, acc
 
 
+def _load(*shapes: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A workload of equally common shapes (cpu, mem, count, milli)."""
+    return np.array(shapes, dtype=np.int64), np.ones(len(shapes))
+
+
+def test_unusable_is_the_free_capacity_the_workload_cannot_use() -> None:
+    ints, acc = _table([[W, 600, 400, 0]])
+    halves = _load((0, 0, 1, 500))  # only 1000 and 600 can take a half: 400 is lost
+    assert stages.unusable(0, ints, acc, 4000, 4000, *halves) == 0.4
+    wholes = _load((0, 0, 2, W))  # two whole ones: none here, so all 2000 free is lost
+    assert stages.unusable(0, ints, acc, 4000, 4000, *wholes) == 2.0
+    assert stages.unusable(0, ints, acc, 100, 4000, *_load((1000, 0, 1, 100))) == 2.0  # too little CPU
+    both = _load((0, 0, 1, 500), (0, 0, 2, W))
+    assert stages.unusable(0, ints, acc, 4000, 4000, *both) == (0.4 + 2.0) / 2
+
+
+def test_fragmentation_puts_a_share_where_it_loses_least() -> None:
+    ints, acc = _table([[W, 600, 300, 0]])
+    chosen = np.zeros(1, dtype=np.int64)
+    load = _load((0, 0, 1, 500), (0, 0, 1, W))
+    delta = stages.fragmentation(0, ints, acc, 0, 0, 1, 300, *load, chosen)
+    assert chosen[0] == 2 and delta < 0  # filling the 300 removes a fragment; breaking the whole one adds one
+    assert acc[0, :4].tolist() == [W, 600, 300, 0]  # scoring leaves the node as it was
+    whole = np.zeros(1, dtype=np.int64)
+    assert stages.fragmentation(0, ints, acc, 0, 0, 1, W, *load, whole) == 0.0 and whole[0] == 0  # 0.6 either way
+
+
 def test_reserve_best_fits_a_share_and_release_restores() -> None:
     ints, acc = _table([[W, 600, 400, 0]])
     assert (ints[0, stages.WHOLE_FREE], ints[0, stages.BEST_SHARE]) == (1, 600)
     chosen = np.zeros(1, dtype=np.int64)
-    n = stages.reserve(0, ints, acc, 1000, 10, 1, 400, chosen)
+    n = stages.reserve(0, ints, acc, 1000, 10, 1, 400, *_load((0, 0, 1, 500)), chosen)
     assert n == 1 and chosen[0] == 2  # the fullest accelerator that still holds 400
     assert acc[0, :4].tolist() == [W, 600, 0, 0] and ints[0, stages.CPU_FREE] == 3000
     stages.release(0, ints, acc, 1000, 10, 400, chosen, n)
@@ -96,7 +116,7 @@ def test_reserve_best_fits_a_share_and_release_restores() -> None:
 def test_reserve_takes_whole_accelerators_in_order() -> None:
     ints, acc = _table([[W, 300, W, W]])
     chosen = np.zeros(2, dtype=np.int64)
-    assert stages.reserve(0, ints, acc, 0, 0, 2, W, chosen) == 2
+    assert stages.reserve(0, ints, acc, 0, 0, 2, W, *_load((0, 0, 1, W)), chosen) == 2
     assert chosen.tolist() == [0, 2] and ints[0, stages.WHOLE_FREE] == 1
 
 
@@ -272,8 +292,9 @@ def test_references_break_ties_to_the_lowest_row(network) -> None:
     req = _request(chip_archs=[twin["chip_arch"]], accelerators=0, cpu_milli=1000)
     dem = demand_of(t, req, 0.05)
     w = window_of(t, req, now_ms(), 0.1)
-    assert int(choose(t, dem, Choice(), w).picks[0]) == 0
-    args = (t.transfer_price, t.rtt, w.per_kwh, dem.arch_ok, dem.model_ok, dem.province_ok, dem.ask)
+    assert int(choose(t, dem, Choice(), w, d.load).picks[0]) == 0
+    args = (t.transfer_price, t.rtt, w.per_kwh, dem.arch_ok, dem.model_ok, dem.province_ok, dem.ask, t.acc_free)
+    args += (d.load.shapes, d.load.weights)
     assert choose_numpy(t.ints, t.floats, *args) == 0
     py = [x.tolist() for x in args]
     assert choose_python(t.ints.tolist(), t.floats.tolist(), *py) == 0

@@ -64,7 +64,7 @@ def test_a_random_trace_never_holds_more_than_a_node_has(tmp_path: Path) -> None
     for j in range(1500):
         gpu = rng.choice([0, 0, 1, 1, 1, 2, 4])
         milli = rng.choice([250, 500, 1000]) if gpu == 1 else 1000
-        tasks[f"t{j}"] = (j * 0.5, rng.choice([5.0, 30.0, 120.0]), rng.choice([1000, 4000, 8000]), 4096, gpu, milli)
+        tasks[f"t{j}"] = (j * 0.25, rng.choice([5.0, 30.0, 120.0]), rng.choice([1000, 4000, 8000]), 4096, gpu, milli)
     task_rows = "".join(f"{k},{a},{d},{c},{m},{g},{mi},\n" for k, (a, d, c, m, g, mi) in tasks.items())
     summary, rows, _ = _replay(tmp_path, node_rows, task_rows)
     assert summary["placed"] == len(rows) and 0 < summary["rejected"] < 1500
