@@ -184,6 +184,42 @@ def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, ch
 
 
 @njit(cache=True)
+def state_key(i, ints, acc_free, cpu, mem, count, milli, version, scratch):
+    """A hash of what `fragmentation` depends on: node i's free accelerators as a multiset, its free CPU and
+    memory, the task's shape and the workload's version. Nodes in the same state share one answer."""
+    n = ints[i, N_ACC]
+    for a in range(n):  # insertion sort: at most MAX_ACCELERATORS values
+        v = acc_free[i, a]
+        b = a
+        while b > 0 and scratch[b - 1] > v:
+            scratch[b] = scratch[b - 1]
+            b -= 1
+        scratch[b] = v
+    h = np.uint64(14695981039346656037)
+    prime = np.uint64(1099511628211)
+    for a in range(n):
+        h = (h ^ np.uint64(scratch[a] + 1)) * prime
+    for v in (n, ints[i, CPU_FREE], ints[i, MEM_FREE], cpu, mem, count, milli, version):
+        h = (h ^ np.uint64(v)) * prime
+    return h
+
+
+@njit(cache=True)
+def cached_fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, version, keys, values, scratch):
+    """`fragmentation`, remembered per distinct state in a direct-mapped table (`keys`, `values`)."""
+    if ints[i, WHOLE_FREE] == 0 and ints[i, BEST_SHARE] == 0:
+        return 0.0  # nothing free to lose: no accelerators, or all taken
+    h = state_key(i, ints, acc_free, cpu, mem, count, milli, version, scratch)
+    slot = h & np.uint64(keys.shape[0] - 1)
+    if keys[slot] == h:
+        return values[slot]
+    delta = fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, scratch)
+    keys[slot] = h
+    values[slot] = delta
+    return delta
+
+
+@njit(cache=True)
 def before(score, row, other_score, other_row):
     """Select's order: lower score first, then lower row."""
     return score < other_score or (score == other_score and row < other_row)
@@ -205,6 +241,9 @@ def choose(
     acc_free,
     shapes,
     weights,
+    version,
+    keys,
+    values,
     picks,
     costs,
     counts,
@@ -223,7 +262,7 @@ def choose(
     cu = CU + int(ask[PRECISION])
     best = second = local = -1
     best_score = second_score = local_score = 0.0
-    chosen = np.zeros(max(count, 1), dtype=np.int64)
+    scratch = np.zeros(max(acc_free.shape[1], 1), dtype=np.int64)
     for k in range(counts.shape[0]):
         counts[k] = 0
     visited = 0
@@ -261,7 +300,10 @@ def choose(
             counts[v] += 1
             if v != FEASIBLE:
                 continue
-            score = c + weight * fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen)
+            frag = cached_fragmentation(
+                i, ints, acc_free, cpu, mem, count, milli, shapes, weights, version, keys, values, scratch
+            )
+            score = c + weight * frag
             if best < 0 or before(score, i, best_score, best):
                 second, second_score = best, best_score
                 best, best_score = i, score
