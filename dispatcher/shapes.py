@@ -4,7 +4,8 @@ Fragmentation is measured against the work that will arrive, so the dispatcher l
 themselves: each request adds 1 to its shape's weight (cpu and memory bucketed, the accelerator ask exact)
 and every weight decays with a half-life counted in requests. Before any request the weights are a prior
 of the common shapes, so the first decisions already pack. The compiled pass reads a snapshot taken every
-SNAPSHOT requests, so between two its answers per node state can be remembered.
+SNAPSHOT requests (and after 1, 2, 4 … while it first learns), so between two its answers per node state can
+be remembered.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Shapes:
         key = (cpu // CPU_STEP * CPU_STEP, mem // MEM_STEP * MEM_STEP, count, milli if count else 0)
         self._add(key, self._scale)
         self._seen += 1
-        if self._seen % SNAPSHOT == 0:
+        if self._seen % SNAPSHOT == 0 or self._seen & (self._seen - 1) == 0:  # often while it learns
             self._snapshot()
 
     def _snapshot(self) -> None:
