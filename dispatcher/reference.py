@@ -65,7 +65,11 @@ def evaluate_numpy(
     cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub, hub]
     if ask[s.BUDGET_YUAN] > 0:
         ok &= ~(cost > ask[s.BUDGET_YUAN])
-    frag = fragmentation_numpy(ints, acc, cpu, mem, count, milli, shapes, weights)
+    frag = (  # weighed at zero (the baselines' feasibility), fragmentation is not worth its cost
+        fragmentation_numpy(ints, acc, cpu, mem, count, milli, shapes, weights)
+        if ask[s.FRAG_WEIGHT]
+        else np.zeros(len(ints))
+    )
     frag = np.where(ok, frag, 0.0)  # a share no accelerator holds scores infinite: never times a zero weight
     return ok, cost, np.where(ok, cost + ask[s.FRAG_WEIGHT] * frag, np.inf)
 

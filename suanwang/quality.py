@@ -163,7 +163,7 @@ def _run_day(
             tally.samples.append(np.array([u for u, _, _ in utilisation(t).values()]))
             for price in market.step() if priced else ():
                 t.set_price(price["hub"], price["compute_class"], price["price_index"])
-        d = demand_of(t, req, dispatcher.fragmentation_weight)
+        d = demand_of(t, req, dispatcher.fragmentation_weight if picker is None else 0.0)
         end = now + int(1000 * (req["duration_s"] or 3600))
         if picker is None:
             _, record = dispatcher.decide(req, now)
