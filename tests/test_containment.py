@@ -83,7 +83,7 @@ FIELDS = {
 STATES = st.sampled_from(["STARTED", "FINISHED", "FAILED", "CANCELLED", "PREEMPTED", "PENDING"])
 
 
-@hypothesis_settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@hypothesis_settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     changes=st.lists(st.fixed_dictionaries({}, optional=FIELDS), min_size=1, max_size=4),
     lives=st.lists(st.lists(st.tuples(STATES, st.integers(-10 * HOUR_MS, 2000 * HOUR_MS)), max_size=4), max_size=4),
