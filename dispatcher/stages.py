@@ -300,9 +300,11 @@ def choose(
             counts[v] += 1
             if v != FEASIBLE:
                 continue
-            frag = cached_fragmentation(
-                i, ints, acc_free, cpu, mem, count, milli, shapes, weights, version, keys, values, scratch
-            )
+            frag = 0.0
+            if weight != 0:  # weighed at zero it would change nothing
+                frag = cached_fragmentation(
+                    i, ints, acc_free, cpu, mem, count, milli, shapes, weights, version, keys, values, scratch
+                )
             score = c + weight * frag
             if best < 0 or before(score, i, best_score, best):
                 second, second_score = best, best_score

@@ -22,13 +22,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 from suanwang.dispatcher.core import Dispatcher, warm_up
+from suanwang.dispatcher.stages import WHOLE
 from suanwang.dispatcher.state import MAX_ACCELERATORS
 from suanwang.errors import SuanwangError
 from suanwang.schemas.topics import PLACEMENT
 from suanwang.topology import load_network
 from suanwang.trace import TraceNode, TraceTask, node_registration, task_request
 
-WHOLE = 1000
 NODES_FILE, PODS_FILE = "openb_node_list_gpu_node.csv", "openb_pod_list_default.csv"
 NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
 POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")
@@ -176,9 +176,6 @@ class Free:
         for g in gpus:
             self.acc[node, g] -= pods.milli[p]
         self.allocated += int(pods.count[p] * pods.milli[p])
-
-
-Pick = Callable[[Free, Pods, int, np.ndarray], tuple[int, list[int]] | None]
 
 
 def _gpu_free(free: Free) -> np.ndarray:
