@@ -18,6 +18,8 @@ from suanwang.topology import PRECISIONS, Network
 
 MAX_TASK_HOURS = 24 * 365
 ESCALATED = "ESCALATED"  # a tier's rejection code: the request went on to the national dispatcher
+NO_FEASIBLE_NODE = "NO_FEASIBLE_NODE"  # the national dispatcher's: no node of the table can take it
+UNKNOWN_ARCH = "UNKNOWN_ARCH"  # no registered node has any of the architectures asked for
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
 MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
 
@@ -277,7 +279,7 @@ class Dispatcher:
             if prov not in t.provinces.ids:
                 raise Invalid("UNKNOWN_PROVINCE", f"allowed_provinces names unknown province {prov!r}")
         if not req["chip_archs"] or not any(a in t.archs.ids for a in req["chip_archs"]):
-            raise Invalid("UNKNOWN_ARCH", f"chip_archs {req['chip_archs']} names no architecture of any node")
+            raise Invalid(UNKNOWN_ARCH, f"chip_archs {req['chip_archs']} names no architecture of any node")
         for name in ("cpu_milli", "memory_mib", "accelerators"):
             if req[name] < 0 or req[name] > 10**9:
                 raise Invalid("INVALID_RESOURCES", f"{name}={req[name]} is negative or absurd")
@@ -315,6 +317,12 @@ class Dispatcher:
         self._remember(req["task_id"], out)
         return out
 
+    def forget(self, task_id: str) -> None:
+        """Drops a rejection made before the node table was current, so the request is decided again
+        (a placement is never forgotten: it holds capacity until released)."""
+        if self.decisions.get(task_id, (PLACEMENT,))[0] is REJECTION:
+            del self.decisions[task_id]
+
     def has_decided(self, task_id: str) -> bool:
         """Whether this task's decision is among the newest `remembered_decisions` made or restored."""
         return task_id in self.decisions
@@ -336,7 +344,7 @@ class Dispatcher:
             summary = ", ".join(f"{v} {k}" for k, v in removed.items())
             if self.scope != "national":  # a tier passes on what it cannot place
                 return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
-            return REJECTION, self._rejection(req, "NO_FEASIBLE_NODE", f"0/{t.size} nodes: {summary}", removed)
+            return REJECTION, self._rejection(req, NO_FEASIBLE_NODE, f"0/{t.size} nodes: {summary}", removed)
         chosen = reserve(t, best, d, self.load)
         self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
         start_at = int(w.start_ms[t.column(stages.PROVINCE)[best]])

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import (
     EventProducer,
@@ -17,7 +17,7 @@ from suanwang.bus import (
     now_ms,
     read_to_end,
 )
-from suanwang.dispatcher.core import ESCALATED, Dispatcher, warm_up
+from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH, Dispatcher, warm_up
 from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
 from suanwang.schemas.topics import (
@@ -38,6 +38,8 @@ from suanwang.topology import load_network
 
 RELEASING_STATES = {"FINISHED", "FAILED", "CANCELLED"}
 STATE_TOPICS = (REGISTRY, GRID_SIGNAL, MARKET_PRICE)  # read whole at start, then followed
+NODE_DEPENDENT = {ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH}  # rejections a registration not yet read could undo
+CATCH_UP_S = 5.0  # the longest a rejection waits for the state topics to be read to their end
 
 
 def dispatcher_group(scope: Scope) -> str:
@@ -66,6 +68,9 @@ class DispatcherService:
         # the national dispatcher sets the market's prices; every tier applies them from `market.price`
         self.prices = PriceSetter(network.market, self.core.nodes) if self.scope.kind == "national" else None
         self.ready = asyncio.Event()  # set once the state topics are read to their end and decisions rebuilt
+        self.state: AIOKafkaConsumer  # registry, grid and prices, no group: made in `run`, on its loop
+        self._applied: dict[TopicPartition, int] = {}  # the next offset of each state partition not yet applied
+        self._state_moved = asyncio.Event()
 
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
@@ -99,6 +104,28 @@ class DispatcherService:
         for spec, record in decided:
             self.core.restore(spec, record, holds=record["task_id"] not in ended, started=record["task_id"] in started)
 
+    async def _apply_state(self, topic: str, msg: Any) -> None:
+        await self._on_state(topic, msg)
+        self._applied[TopicPartition(topic, msg.partition)] = msg.offset + 1
+        self._state_moved.set()
+
+    async def _catch_up(self) -> bool:
+        """Waits until the state topics are applied up to their current end; whether any record was applied.
+
+        Requests and registrations come on different consumers, so a request sent just after its nodes'
+        registrations can arrive first: a rejection that names the nodes is only final once the table is current."""
+        applied_before = sum(self._applied.values())
+        ends = await self.state.end_offsets(list(self.state.assignment()))
+        deadline = asyncio.get_running_loop().time() + CATCH_UP_S
+        while any(self._applied.get(tp, 0) < end for tp, end in ends.items()):
+            self._state_moved.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_moved.wait(), left)
+        return sum(self._applied.values()) != applied_before
+
     async def _on_state(self, topic: str, msg: Any) -> None:
         try:
             schema, record = self.producer.codec.decode(msg.value)
@@ -117,6 +144,9 @@ class DispatcherService:
             if self.core.has_decided(record["task_id"]):
                 return  # redelivered: its decision is on the dispatch topic already (sent, or read back at start)
             out_spec, out = self.core.decide(record)
+            if out_spec is REJECTION and out["reason_code"] in NODE_DEPENDENT and await self._catch_up():
+                self.core.forget(record["task_id"])
+                out_spec, out = self.core.decide(record)
             await self.producer.send(out_spec, out)
             if self.prices is not None:
                 self.prices.observe(record, out)
@@ -134,19 +164,19 @@ class DispatcherService:
         warm_up(load_network())
         await ensure_topics(self.settings)
         await self.producer.start()
-        state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        self.state = state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         group = dispatcher_group(self.scope)
         names = [self.topics.requests(self.scope.topic_suffix), *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
         events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group, auto_commit=False))
         try:
             await state.start()
-            await read_to_end(state, [self.topics.name(s) for s in STATE_TOPICS], self._on_state)
+            await read_to_end(state, [self.topics.name(s) for s in STATE_TOPICS], self._apply_state)
             await self._rebuild()
             await events.start()
             self.ready.set()
             announce_ready("dispatcher")
             await asyncio.gather(
-                follow(state, self._on_state, stop),
+                follow(state, self._apply_state, stop),
                 self._lapse_unstarted(stop),
                 self._set_prices(stop),
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),

@@ -14,7 +14,7 @@ from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration
 from tests.evidence import wait_for
-from tests.fleet import register
+from tests.fleet import fleet, register
 
 
 def _request(task_id: str, **over) -> dict:
@@ -230,3 +230,47 @@ def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_t
     assert {(p["hub"], p["compute_class"]) for p in prices} == pairs
     assert all(p["scope"] == "national" and 1.0 <= p["price_index"] <= network.market.max_index for p in prices)
     assert (after_start, after_update) == (1.5, 1.2)
+
+
+def test_a_request_just_after_its_nodes_registration_is_placed_once_the_registry_is_read(
+    settings: Settings,
+) -> None:
+    """Registrations and requests come on two consumers: with what the registry's consumer reads held back,
+    the request finds no node; the rejection waits for the registry to be applied to its end, decides again."""
+    regs = [r for r in fleet(40) if r["hub"] == "gba" and r["chip_arch"] == "cuda"][:1]
+
+    known_at_first_decision: list[int] = []
+
+    async def scenario() -> list[tuple[str, dict]]:
+        await ensure_topics(settings)
+        stop = asyncio.Event()
+        service = DispatcherService(settings)
+        running = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), 60)
+        gate, apply, catch_up = asyncio.Event(), service._on_state, service._catch_up
+
+        async def held_apply(topic: str, msg) -> None:  # the registry's consumer holds what it reads
+            await gate.wait()
+            await apply(topic, msg)
+
+        async def open_then_catch_up() -> bool:
+            known_at_first_decision.append(service.core.nodes.size)
+            gate.set()
+            return await catch_up()
+
+        service._on_state, service._catch_up = held_apply, open_then_catch_up
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        await producer.send(TASK_REQUEST, _request("fresh", chip_models=[regs[0]["chip_model"]]))
+        await producer.flush()
+        got = await _collect(settings, [PLACEMENT, REJECTION], want=1, settle_s=1.0)
+        gate.set()  # lets the service stop whatever it decided
+        stop.set()
+        await running
+        await producer.stop()
+        return got
+
+    got = asyncio.run(scenario())
+    assert known_at_first_decision == [0]  # decided once before its node was known, then again
+    assert [(t, r["task_id"], r.get("node_id")) for t, r in got] == [(PLACEMENT.name, "fresh", regs[0]["node_id"])]
