@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from suanwang.dispatcher.stages import WHOLE
+from suanwang.dispatcher.stages import CPU_STEP, MEM_STEP, WHOLE
 
 MAX_SHAPES = 64
 HALF_LIFE = 2000  # requests
@@ -20,7 +20,6 @@ SNAPSHOT = 256  # requests between two versions of the weights the compiled pass
 CACHE_SLOTS = 1 << 16  # remembered fragmentation answers, one per distinct node state and task shape
 PRIOR = ((1, WHOLE), (1, 500), (2, WHOLE), (4, WHOLE), (8, WHOLE))  # (accelerators, thousandths of each)
 PRIOR_WEIGHT = 1.0
-CPU_STEP, MEM_STEP = 4000, 16384  # buckets: shapes differing below these are one shape
 
 
 class Shapes:

@@ -18,6 +18,7 @@ from numba import njit
 from suanwang.topology import PRECISIONS
 
 WHOLE = 1000  # an accelerator's capacity in thousandths
+CPU_STEP, MEM_STEP = 4000, 16384  # the workload's shapes are bucketed by these (dispatcher.shapes)
 
 # verdicts: FEASIBLE, or the first filter a node fails
 FEASIBLE = 0
@@ -32,7 +33,8 @@ FILTER_NAMES = ("unhealthy", "wrong architecture", "data residency", "latency ti
 # columns of the int matrix
 HEALTHY, ARCH, MODEL, HUB, PROVINCE, CPU_TOTAL, CPU_FREE, MEM_TOTAL, MEM_FREE, N_ACC, WHOLE_FREE, BEST_SHARE = range(12)
 CLASS = 12  # compute class (CPU, GPU, NPU, HPC): with HUB, what a market price applies to
-INT_FIELDS = 13
+ACC_KEY = 13  # a hash of the free accelerators as a multiset, kept by `summarise_accelerators`
+INT_FIELDS = 14
 # columns of the float matrix: METER_KW is the power the whole node draws at the meter (power x PUE), and
 # CU + p the compute units the whole node does per hour at precision p (topology.PRECISIONS order; 0: it
 # cannot). Compute costs CU x UNIT_PRICE x PRICE_INDEX (the market's index of the node's hub and class) per
@@ -184,9 +186,15 @@ def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, ch
 
 
 @njit(cache=True)
-def state_key(i, ints, acc_free, cpu, mem, count, milli, version, scratch):
-    """A hash of what `fragmentation` depends on: node i's free accelerators as a multiset, its free CPU and
-    memory, the task's shape and the workload's version. Nodes in the same state share one answer."""
+def mix(h, v):
+    """One step of FNV-1a over 64-bit words."""
+    return (h ^ np.uint64(v)) * np.uint64(1099511628211)
+
+
+@njit(cache=True)
+def multiset_key(i, ints, acc_free, scratch):
+    """A hash of node i's free accelerators as a multiset (sorted first: which accelerator is which does not
+    matter to the workload)."""
     n = ints[i, N_ACC]
     for a in range(n):  # insertion sort: at most MAX_ACCELERATORS values
         v = acc_free[i, a]
@@ -196,33 +204,43 @@ def state_key(i, ints, acc_free, cpu, mem, count, milli, version, scratch):
             b -= 1
         scratch[b] = v
     h = np.uint64(14695981039346656037)
-    prime = np.uint64(1099511628211)
     for a in range(n):
-        h = (h ^ np.uint64(scratch[a] + 1)) * prime
-    for v in (n, ints[i, CPU_FREE], ints[i, MEM_FREE], cpu, mem, count, milli, version):
-        h = (h ^ np.uint64(v)) * prime
-    return h
+        h = mix(h, scratch[a] + 1)
+    return mix(h, n)
 
 
 @njit(cache=True)
-def cached_fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, version, keys, values, scratch):
-    """`fragmentation`, remembered per distinct state in a direct-mapped table (`keys`, `values`)."""
-    if ints[i, WHOLE_FREE] == 0 and ints[i, BEST_SHARE] == 0:
-        return 0.0  # nothing free to lose: no accelerators, or all taken
-    h = state_key(i, ints, acc_free, cpu, mem, count, milli, version, scratch)
-    slot = h & np.uint64(keys.shape[0] - 1)
-    if keys[slot] == h:
-        return values[slot]
-    delta = fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, scratch)
-    keys[slot] = h
-    values[slot] = delta
-    return delta
+def state_key(i, ints, cpu, mem, count, milli, version):
+    """A hash of what `fragmentation` depends on: node i's free accelerators (their key, kept with the row),
+    the buckets of its free CPU and memory before and after the task (the shapes' CPU and memory are whole
+    buckets, so within one the answer is the same), the task's accelerators and the workload's version."""
+    cpu_free, mem_free = ints[i, CPU_FREE], ints[i, MEM_FREE]
+    h = np.uint64(ints[i, ACC_KEY])
+    for v in (
+        cpu_free // CPU_STEP,
+        (cpu_free - cpu) // CPU_STEP,
+        mem_free // MEM_STEP,
+        (mem_free - mem) // MEM_STEP,
+        count,
+        milli,
+        version,
+    ):
+        h = mix(h, v)
+    return h
 
 
 @njit(cache=True)
 def before(score, row, other_score, other_row):
     """Select's order: lower score first, then lower row."""
     return score < other_score or (score == other_score and row < other_row)
+
+
+@njit(cache=True)
+def beaten(floor, is_local, second, second_score, local, local_score):
+    """Whether a node scoring at least `floor` can be neither best, runner-up nor (`is_local`) best local."""
+    if second < 0 or floor <= second_score:
+        return False
+    return not is_local or (local >= 0 and floor > local_score)
 
 
 @njit(cache=True)
@@ -253,16 +271,20 @@ def choose(
     `per_kwh` is the yuan per kWh (energy and carbon) of each province over the hours the task would run.
 
     Only nodes of an allowed architecture are visited (`arch_rows[arch_starts[a]:arch_starts[a + 1]]` are
-    the rows of architecture a); ties go to the lowest row, whatever the order of the visit. The stages
-    take scalars only: a numba function taking arrays pays reference counting on every call."""
+    the rows of architecture a); ties go to the lowest row, whatever the order of the visit. A node whose
+    cost, less the most its fragmentation term could take off, is already above the runner-up's score (and,
+    in the origin hub, the best local's) is not measured: it can win nothing. The stages take scalars only:
+    a numba function taking arrays pays reference counting on every call."""
     any_model, any_province = ask[ANY_MODEL] > 0, ask[ANY_PROVINCE] > 0
     origin, data_hub, tier = int(ask[ORIGIN]), int(ask[DATA_HUB]), ask[TIER_MS]
     cpu, mem, count, milli = int(ask[CPU]), int(ask[MEM]), int(ask[ACC_COUNT]), int(ask[ACC_MILLI])
     hours, input_gb, budget, weight = ask[HOURS], ask[INPUT_GB], ask[BUDGET_YUAN], ask[FRAG_WEIGHT]
     cu = CU + int(ask[PRECISION])
+    freed = count * milli / WHOLE  # a placement lowers fragmentation by at most the accelerators it takes
     best = second = local = -1
     best_score = second_score = local_score = 0.0
     scratch = np.zeros(max(acc_free.shape[1], 1), dtype=np.int64)
+    mask = np.uint64(keys.shape[0] - 1)
     for k in range(counts.shape[0]):
         counts[k] = 0
     visited = 0
@@ -302,9 +324,19 @@ def choose(
                 continue
             frag = 0.0
             if weight != 0:  # weighed at zero it would change nothing
-                frag = cached_fragmentation(
-                    i, ints, acc_free, cpu, mem, count, milli, shapes, weights, version, keys, values, scratch
-                )
+                floor = c - weight * freed  # the lowest score fragmentation could give this node
+                if weight > 0 and beaten(floor, hub == origin, second, second_score, local, local_score):
+                    continue
+                if ints[i, WHOLE_FREE] > 0 or ints[i, BEST_SHARE] > 0:  # else nothing free to lose
+                    # remembered per distinct state in a direct-mapped table; looked up here, not in a call
+                    # taking the arrays, whose reference counting would cost more than the lookup
+                    h = state_key(i, ints, cpu, mem, count, milli, version)
+                    slot = np.int64(h & mask)
+                    if keys[slot] == h:
+                        frag = values[slot]
+                    else:
+                        frag = fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, scratch)
+                        keys[slot], values[slot] = h, frag
             score = c + weight * frag
             if best < 0 or before(score, i, best_score, best):
                 second, second_score = best, best_score
@@ -334,7 +366,9 @@ def choose(
 
 @njit(cache=True)
 def summarise_accelerators(i, ints, acc_free):
-    """Refreshes node i's count of whole free accelerators and its largest free share of a used one."""
+    """Refreshes node i's count of whole free accelerators, its largest free share of a used one and the
+    key of its free multiset."""
+    ints[i, ACC_KEY] = np.int64(multiset_key(i, ints, acc_free, np.zeros(acc_free.shape[1], dtype=np.int64)))
     whole = 0
     share = 0
     for a in range(ints[i, N_ACC]):

@@ -101,6 +101,33 @@ def test_fragmentation_puts_a_share_where_it_loses_least() -> None:
     assert stages.fragmentation(0, ints, acc, 0, 0, 1, W, *load, whole) == 0.0 and whole[0] == 0  # 0.6 either way
 
 
+def test_a_placement_lowers_fragmentation_by_at_most_the_accelerators_it_takes() -> None:
+    """The floor `choose` prunes by: across random nodes, workloads and tasks, delta >= -count * milli."""
+    rng = random.Random(7)
+    levels = [0, 100, 250, 500, 750, W]
+    for _ in range(2000):
+        ints, acc = _table([[rng.choice(levels) for _ in range(4)]])
+        ints[0, stages.CPU_FREE], ints[0, stages.MEM_FREE] = rng.randrange(0, 8000), rng.randrange(0, 8000)
+        shapes = [(rng.randrange(0, 6000), rng.randrange(0, 6000), rng.choice([0, 1, 1, 2, 4]), 0) for _ in range(3)]
+        load = _load(*[(c, m, n, rng.choice([250, 500, W]) if n == 1 else W) for c, m, n, _ in shapes])
+        count = rng.choice([0, 1, 1, 2])
+        milli = rng.choice([100, 300, 500, W]) if count == 1 else W
+        if not stages.accelerators_fit(ints[0, stages.WHOLE_FREE], ints[0, stages.BEST_SHARE], count, milli):
+            continue
+        cpu = rng.randrange(0, int(ints[0, stages.CPU_FREE]) + 1)
+        delta = stages.fragmentation(0, ints, acc, cpu, 0, count, milli, *load, np.zeros(4, dtype=np.int64))
+        assert delta >= -count * milli / W - 1e-12
+
+
+def test_a_node_that_cannot_beat_the_runner_up_or_the_best_local_is_beaten() -> None:
+    assert not stages.beaten(5.0, False, -1, 0.0, -1, 0.0)  # no runner-up yet: anything may be it
+    assert not stages.beaten(5.0, False, 3, 5.0, -1, 0.0)  # a tie may still win on its lower row
+    assert stages.beaten(5.1, False, 3, 5.0, -1, 0.0)
+    assert not stages.beaten(5.1, True, 3, 5.0, -1, 0.0)  # in the origin hub, with no local yet
+    assert not stages.beaten(5.1, True, 3, 5.0, 4, 6.0)  # it may be the best local
+    assert stages.beaten(6.1, True, 3, 5.0, 4, 6.0)
+
+
 def test_reserve_best_fits_a_share_and_release_restores() -> None:
     ints, acc = _table([[W, 600, 400, 0]])
     assert (ints[0, stages.WHOLE_FREE], ints[0, stages.BEST_SHARE]) == (1, 600)
