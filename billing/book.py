@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from suanwang.errors import SuanwangError
+from suanwang.schemas.values import PRIORITY_CLASSES
 
 CST = ZoneInfo("Asia/Shanghai")
 VOUCHER_COVERS = {"compute": ("compute", "energy"), "network": ("transfer",)}  # 算力券 / 运力券
@@ -21,6 +22,16 @@ class Tenant(BaseModel):
     name: str
     province: str = ""
     sme: bool = False
+    priority: str = "production"  # the class of its requests that name none
+    emergency: bool = False  # may ask for emergency work (应急处置), which preempts other tenants' work
+
+    @model_validator(mode="after")
+    def _known_class(self) -> Tenant:
+        if self.priority not in PRIORITY_CLASSES:
+            raise ValueError(f"priority={self.priority!r} is not one of {', '.join(PRIORITY_CLASSES)}")
+        if self.priority == PRIORITY_CLASSES[0] and not self.emergency:
+            raise ValueError(f"priority={self.priority!r} needs emergency: true")
+        return self
 
 
 class Voucher(BaseModel):

@@ -14,7 +14,7 @@ from fastavro.validation import validate
 from suanwang.bus import event
 from suanwang.schemas.codec import parsed_schemas, schema_sources
 
-SET_BY_SERVER = {"event_id", "event_time", "escalated_from", "escalation_reason"}
+SET_BY_SERVER = {"event_id", "event_time", "escalated_from", "escalation_reason", "attempt", "retry_of", "not_before"}
 
 
 class BadRequest(ValueError):
@@ -83,6 +83,8 @@ def _describe(avro_type: Any) -> str:
             return "a timestamp (epoch ms or ISO 8601)"
         if avro_type["type"] == "array":
             return f"a list of {_describe(avro_type['items'])}"
+        if avro_type["type"] == "enum":
+            return f"one of {', '.join(avro_type['symbols'])}"
         return _describe(avro_type["type"])
     return {"long": "an integer", "int": "an integer", "double": "a number", "string": "a string"}.get(
         avro_type, avro_type
@@ -102,6 +104,8 @@ def json_schema() -> dict[str, Any]:
                 return {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
             if avro_type["type"] == "array":
                 return {"type": "array", "items": convert(avro_type["items"])}
+            if avro_type["type"] == "enum":
+                return {"type": "string", "enum": list(avro_type["symbols"])}
             return convert(avro_type["type"])
         return {
             "type": {"long": "integer", "int": "integer", "double": "number", "boolean": "boolean"}.get(

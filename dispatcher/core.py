@@ -11,9 +11,10 @@ import numpy as np
 
 from suanwang.bus import event, now_ms
 from suanwang.dispatcher import stages
+from suanwang.dispatcher.priority import BEST_EFFORT, EMERGENCY, RANK, Priorities, PriorityError, may_preempt
 from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
-from suanwang.schemas.topics import PLACEMENT, REJECTION, TopicSpec
+from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
 from suanwang.topology import PRECISIONS, Network
 
 MAX_TASK_HOURS = 24 * 365
@@ -22,15 +23,24 @@ NO_FEASIBLE_NODE = "NO_FEASIBLE_NODE"  # the national dispatcher's: no node of t
 UNKNOWN_ARCH = "UNKNOWN_ARCH"  # no registered node has any of the architectures asked for
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
 MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
+RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"  # a task that failed or was preempted too often is not re-dispatched
+NODE_OFFLINE, NODE_FAULT, PREEMPTED = "node_offline", "node_fault", "preempted"  # TaskLifecycle.cause
+PREEMPTION_CANDIDATES = 256  # nodes holding preemptible work examined for one preemptor, at most
 
 
 @dataclass
 class Reservation:
+    """What a placed task holds on its node, and what preemption and re-dispatch need to know of it."""
+
     row: int
     cpu: int
     mem: int
     acc_milli: int
     accelerators: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tenant: str = ""
+    priority: str = "production"
+    started_ms: int | None = None  # when it started running: the progress a preemption would lose
+    request: dict[str, Any] | None = None  # to dispatch it again; None if the request is not known here
 
 
 class Invalid(Exception):
@@ -200,8 +210,14 @@ class Dispatcher:
         fragmentation_weight: float = FRAGMENTATION_WEIGHT,
         start_timeout_s: float = 300.0,
         remembered_decisions: int = 50_000,
+        priorities: Priorities | None = None,
+        max_attempts: int = 4,
+        retry_backoff_s: float = 1.0,
     ) -> None:
         self.scope = scope
+        self.priorities = priorities or Priorities()
+        self.max_attempts = max_attempts
+        self.retry_backoff_ms = int(retry_backoff_s * 1000)
         self.start_timeout_ms = int(start_timeout_s * 1000)
         self.unstarted: dict[str, int] = {}  # task id -> when its placement lapses unless the task starts
         self.nodes = NodeTable(network)
@@ -209,6 +225,9 @@ class Dispatcher:
         self.fragmentation_weight = fragmentation_weight
         self.load = Shapes()  # the shapes of recent requests, that fragmentation is measured against
         self.reservations: dict[str, Reservation] = {}
+        self.on_row: dict[int, set[str]] = {}  # node row -> the tasks holding capacity on it
+        self.offline_since: dict[int, int] = {}  # node row -> when it was declared offline (ms), until back
+        self.outbox: list[tuple[TopicSpec, dict[str, Any]]] = []  # events a decision caused beside its own
         # the newest decisions, to answer a redelivered request the same way; redelivery replays only the
         # tail a consumer had not committed, so older ones are forgotten (capacity is tracked apart)
         self.decisions: OrderedDict[str, tuple[TopicSpec, dict[str, Any]]] = OrderedDict()
@@ -223,15 +242,19 @@ class Dispatcher:
         res = self.reservations.pop(task_id, None)
         if res is None:
             return False
+        self.on_row[res.row].discard(task_id)
         t = self.nodes
         stages.release(
             res.row, t.ints, t.acc_free, res.cpu, res.mem, res.acc_milli, res.accelerators, len(res.accelerators)
         )
         return True
 
-    def started(self, task_id: str) -> None:
-        """The task runs: its placement no longer lapses."""
+    def started(self, task_id: str, at_ms: int) -> None:
+        """The task runs: its placement no longer lapses, and a preemption would lose what it has done since."""
         self.unstarted.pop(task_id, None)
+        res = self.reservations.get(task_id)
+        if res is not None and res.started_ms is None:
+            res.started_ms = at_ms
 
     def lapse(self, now: int) -> list[tuple[str, str]]:
         """Frees every placement whose task has not started in time; (task id, node id) of each."""
@@ -242,26 +265,217 @@ class Dispatcher:
             self.release(task)
         return out
 
-    def restore(self, spec: TopicSpec, record: dict[str, Any], holds: bool, started: bool) -> None:
+    def restore(
+        self,
+        spec: TopicSpec,
+        record: dict[str, Any],
+        holds: bool,
+        started_ms: int | None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
         """Takes back an earlier decision (after a restart): the same answer to a redelivered request, and,
-        while the task `holds` its placement, the very resources it was given."""
+        while the task `holds` its placement, the very resources it was given (and its `request`, to dispatch
+        it again should its node fail)."""
         self._remember(record["task_id"], (spec, record))
         row = self.nodes.row.get(record.get("node_id") or "")
         if spec is not PLACEMENT or not holds or row is None or record["task_id"] in self.reservations:
             return
-        t = self.nodes
         chosen = np.array(record["accelerator_indices"], dtype=np.int64)
-        held = Reservation(row, record["cpu_milli"], record["memory_mib"], record["accelerator_milli"], chosen)
-        # `release` of negative amounts takes exactly what the placement was given
-        stages.release(row, t.ints, t.acc_free, -held.cpu, -held.mem, -held.acc_milli, chosen, len(chosen))
-        self.reservations[record["task_id"]] = held
-        if not started:
+        held = Reservation(
+            row, record["cpu_milli"], record["memory_mib"], record["accelerator_milli"], chosen,
+            record["tenant"], record.get("priority") or "production", started_ms, request,
+        )  # fmt: skip
+        self._hold(record["task_id"], held)
+        if started_ms is None:
             self.unstarted[record["task_id"]] = epoch_ms(record["start_at"]) + self.start_timeout_ms
 
-    def set_health(self, node_id: str, healthy: bool) -> None:
+    def _hold(self, task_id: str, held: Reservation) -> None:
+        """Takes what `held` names on its node (`release` of negative amounts takes exactly that)."""
+        t = self.nodes
+        n = len(held.accelerators)
+        stages.release(held.row, t.ints, t.acc_free, -held.cpu, -held.mem, -held.acc_milli, held.accelerators, n)
+        self.keep(task_id, held)
+
+    def keep(self, task_id: str, held: Reservation) -> None:
+        """Notes a reservation whose capacity is taken already, so release, preemption and fail-over find it."""
+        self.reservations[task_id] = held
+        self.on_row.setdefault(held.row, set()).add(task_id)
+
+    def set_health(self, node_id: str, healthy: bool, now: int) -> None:
+        """A node declared offline takes no new work at once; its tasks move once it stays offline (`fail_over`)."""
         row = self.nodes.row.get(node_id)
-        if row is not None:
-            self.nodes.column(stages.HEALTHY)[row] = healthy
+        if row is None:
+            return
+        self.nodes.column(stages.HEALTHY)[row] = healthy
+        if healthy:
+            self.offline_since.pop(row, None)
+        else:
+            self.offline_since.setdefault(row, now)
+
+    # ---- recovery: work whose node failed, or which was preempted, is dispatched again
+
+    def fail_over(self, now: int, grace_ms: int) -> int:
+        """Releases the tasks of every node offline for longer than `grace_ms` and dispatches them again
+        (their events go to `outbox`); how many tasks it moved."""
+        moved = 0
+        for row, since in list(self.offline_since.items()):
+            if now - since < grace_ms:
+                continue
+            silent = f"node {self.nodes.node_ids[row]} offline for {(now - since) / 1000:.0f} s"
+            for task_id in sorted(self.on_row.get(row, ())):
+                self.outbox.extend(self.evict(task_id, NODE_OFFLINE, silent, now))
+                moved += 1
+        return moved
+
+    def evict(
+        self, task_id: str, cause: str, detail: str, now: int, preempted_by: str | None = None, report: bool = True
+    ) -> list[tuple[TopicSpec, dict[str, Any]]]:
+        """Frees a task's capacity and dispatches it again; the lifecycle event that says so (unless `report`
+        is False: a provider's FAILED said it already) and its re-dispatch, or the rejection ending the chain.
+        A task holding nothing has been moved already: nothing happens twice."""
+        res = self.reservations.get(task_id)
+        if res is None:
+            return []
+        node_id = self.nodes.node_ids[res.row]
+        self.release(task_id)
+        out: list[tuple[TopicSpec, dict[str, Any]]] = []
+        retry = self._retry(task_id, res, f"{cause}: {detail}", now)
+        if report:
+            out.append(
+                (
+                    TASK_LIFECYCLE,
+                    event(
+                        task_id=task_id,
+                        node_id=node_id,
+                        state="FAILED",
+                        detail=detail,
+                        cause=cause,
+                        retry_task_id=retry[1]["task_id"] if retry else None,
+                        preempted_by=preempted_by,
+                    ),
+                )
+            )
+        if retry:
+            out.append(retry)
+        return out
+
+    def _retry(self, task_id: str, res: Reservation, why: str, now: int) -> tuple[TopicSpec, dict[str, Any]] | None:
+        """The next attempt's request (from the second on, after a back-off doubling each time), or past
+        `max_attempts` its rejection; None when the request is not known here."""
+        req = res.request
+        if req is None:
+            return None
+        first = req.get("retry_of") or task_id
+        attempt = req.get("attempt", 0) + 1
+        retry_id = f"{first}~{attempt}"
+        if attempt >= self.max_attempts:
+            reason = f"{first} ended {attempt} times, the last {why}; not dispatched again"
+            return REJECTION, self._rejection({**req, "task_id": retry_id}, RETRIES_EXHAUSTED, reason, {})
+        backoff = self.retry_backoff_ms * 2 ** (attempt - 2) if attempt > 1 else 0
+        fields = {k: v for k, v in req.items() if k not in ("event_id", "event_time")}
+        return TASK_REQUEST, event(
+            **fields
+            | dict(
+                task_id=retry_id,
+                attempt=attempt,
+                retry_of=first,
+                not_before=now + backoff if backoff else None,
+                escalated_from=None,
+                escalation_reason=None,
+            )
+        )
+
+    def _preempt(self, req: dict[str, Any], priority: str, d: Demand, w: Window) -> bool:
+        """PostFilter: when no node fits, frees the node where preempting costs least (fewest victims, of the
+        lowest classes, least progress lost), if any; whether it did. The victims' events go to `outbox`."""
+        now = now_ms()
+        best: tuple[tuple[int, int, int], int, list[str]] | None = None
+        candidates = 0
+        for row, tasks in self.on_row.items():
+            victims = [
+                v
+                for v in tasks
+                if may_preempt(priority, req["tenant"], self.reservations[v].priority, self.reservations[v].tenant)
+            ]
+            if not victims or not self.nodes.column(stages.HEALTHY)[row]:
+                continue
+            candidates += 1
+            if candidates > PREEMPTION_CANDIDATES:
+                break
+            chosen = self._victims(row, victims, d, w, now)
+            if chosen is not None:
+                key = (
+                    len(chosen),
+                    -min(RANK[self.reservations[v].priority] for v in chosen),
+                    sum(self._progress(v, now) for v in chosen),
+                )
+                if best is None or key < best[0]:
+                    best = key, row, chosen
+        if best is None:
+            return False
+        for victim in best[2]:
+            detail = f"preempted by {priority} task {req['task_id']} of {req['tenant']}"
+            self.outbox.extend(self.evict(victim, PREEMPTED, detail, now, preempted_by=req["task_id"]))
+        return True
+
+    def _victims(self, row: int, eligible: list[str], d: Demand, w: Window, now: int) -> list[str] | None:
+        """The fewest of `eligible` whose capacity lets the demand fit on `row`, or None; the table is left as
+        it was. Lowest class and least progress go first; then each is spared again if the demand still fits
+        without freeing it (kube-scheduler's reprieve)."""
+        order = sorted(eligible, key=lambda v: (-RANK[self.reservations[v].priority], self._progress(v, now), v))
+        freed: list[str] = []
+        for victim in order:
+            self._give_back(victim)
+            freed.append(victim)
+            if self._fits_on(row, d, w):
+                break
+        else:
+            for victim in freed:
+                self._take_again(victim)
+            return None
+        for victim in reversed(freed[:-1]):  # the last one freed was needed
+            self._take_again(victim)
+            if not self._fits_on(row, d, w):
+                self._give_back(victim)
+            else:
+                freed.remove(victim)
+        for victim in freed:
+            self._take_again(victim)
+        return freed
+
+    def _give_back(self, task_id: str) -> None:
+        res, t = self.reservations[task_id], self.nodes
+        n = len(res.accelerators)
+        stages.release(res.row, t.ints, t.acc_free, res.cpu, res.mem, res.acc_milli, res.accelerators, n)
+
+    def _take_again(self, task_id: str) -> None:
+        res, t = self.reservations[task_id], self.nodes
+        n = len(res.accelerators)
+        stages.release(res.row, t.ints, t.acc_free, -res.cpu, -res.mem, -res.acc_milli, res.accelerators, n)
+
+    def _fits_on(self, row: int, d: Demand, w: Window) -> bool:
+        """Whether the compiled pass, shown node `row` alone, finds it feasible: the one policy decides."""
+        arch = int(self.nodes.column(stages.ARCH)[row])
+        starts = np.zeros(len(self.nodes.archs) + 1, dtype=np.int64)
+        starts[arch + 1 :] = 1
+        only = Choice()
+        t = self.nodes
+        stages.choose(
+            t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, np.array([row], dtype=np.int64), starts,
+            d.arch_ok, d.model_ok, d.province_ok, d.ask, t.acc_free, self.load.shapes, self.load.weights,
+            self.load.version, self.load.keys, self.load.values, only.picks, only.costs, only.counts,
+        )  # fmt: skip
+        return int(only.picks[0]) == row
+
+    def _progress(self, task_id: str, now: int) -> int:
+        """The ms of work a task would lose if stopped now (0 before it starts)."""
+        started = self.reservations[task_id].started_ms
+        return 0 if started is None else max(0, now - started)
+
+    def take_outbox(self) -> list[tuple[TopicSpec, dict[str, Any]]]:
+        """The events decisions and fail-overs caused since the last call, in order, to be sent."""
+        out, self.outbox = self.outbox, []
+        return out
 
     def grid_signal(self, signal: dict[str, Any]) -> None:
         """Keeps the signal for its hour; the current hour's figures apply from the next decision."""
@@ -269,7 +483,8 @@ class Dispatcher:
 
     # ---- the decision
 
-    def _validate(self, req: dict[str, Any], now: int) -> None:
+    def _validate(self, req: dict[str, Any], now: int) -> str:
+        """Invalid naming the field and value of the first thing wrong; else the request's priority class."""
         t = self.nodes
         if req["origin_hub"] not in t.hubs.ids:
             raise Invalid("UNKNOWN_HUB", f"origin_hub {req['origin_hub']!r} is not a hub")
@@ -299,6 +514,10 @@ class Dispatcher:
         deadline = epoch_ms(req["deadline"])
         if deadline is not None and deadline < now:
             raise Invalid("DEADLINE_PASSED", f"deadline {req['deadline']} is in the past")
+        try:
+            return self.priorities.of(req)
+        except PriorityError as bad:
+            raise Invalid(bad.code, str(bad)) from None
 
     def decide(self, req: dict[str, Any], now: int | None = None) -> tuple[TopicSpec, dict[str, Any]]:
         """A Placement or Rejection record for the request; a redelivered request gets the same one.
@@ -310,8 +529,7 @@ class Dispatcher:
         started = time.perf_counter()
         now = now_ms() if now is None else now
         try:
-            self._validate(req, now)
-            out = self._place(req, started, now)
+            out = self._place(req, self._validate(req, now), started, now)
         except Invalid as bad:
             out = REJECTION, self._rejection(req, bad.code, str(bad), {})
         self._remember(req["task_id"], out)
@@ -332,12 +550,16 @@ class Dispatcher:
         if len(self.decisions) > self.remembered_decisions:
             self.decisions.popitem(last=False)
 
-    def _place(self, req: dict[str, Any], started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
+    def _place(self, req: dict[str, Any], priority: str, started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
         self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
         w = window_of(t, req, now, self.carbon_price)
         c = choose(t, d, self._choice, w, self.load)
+        # a tier passes on what it cannot place, and preempts only for emergency work, which cannot wait
+        may_preempt_here = priority != BEST_EFFORT and (self.scope == "national" or priority == EMERGENCY)
+        if c.picks[0] < 0 and may_preempt_here and self._preempt(req, priority, d, w):
+            c = choose(t, d, self._choice, w, self.load)
         best, second, local = (int(x) for x in c.picks)
         if best < 0:
             removed = {name: int(c.counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if c.counts[k + 1]}
@@ -346,7 +568,9 @@ class Dispatcher:
                 return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
             return REJECTION, self._rejection(req, NO_FEASIBLE_NODE, f"0/{t.size} nodes: {summary}", removed)
         chosen = reserve(t, best, d, self.load)
-        self.reservations[req["task_id"]] = Reservation(best, d.cpu, d.mem, d.acc_milli, chosen)
+        self.keep(
+            req["task_id"], Reservation(best, d.cpu, d.mem, d.acc_milli, chosen, req["tenant"], priority, None, req)
+        )
         start_at = int(w.start_ms[t.column(stages.PROVINCE)[best]])
         self.unstarted[req["task_id"]] = start_at + self.start_timeout_ms
         parts, quoted = explain(t, best, d.ask, w, self.carbon_price)
@@ -382,6 +606,8 @@ class Dispatcher:
             compute_class=t.classes.names[t.column(stages.CLASS)[best]],
             chip_model=t.models.names[t.column(stages.MODEL)[best]],
             input_gb=req["input_gb"] or 0.0,
+            priority=priority,
+            retry_of=req.get("retry_of"),
             **quoted,
         )
         record["start_at"] = start_at

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from suanwang.billing.book import load_book
 from suanwang.bus import (
     EventProducer,
     consumer_kwargs,
@@ -17,8 +19,10 @@ from suanwang.bus import (
     now_ms,
     read_to_end,
 )
-from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH, Dispatcher, warm_up
+from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, NODE_FAULT, UNKNOWN_ARCH, Dispatcher, warm_up
 from suanwang.dispatcher.market import PriceSetter
+from suanwang.dispatcher.priority import Priorities, TenantClass
+from suanwang.dispatcher.state import epoch_ms
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
 from suanwang.schemas.topics import (
     ALERT,
@@ -32,14 +36,16 @@ from suanwang.schemas.topics import (
     Topics,
     TopicSpec,
 )
+from suanwang.schemas.values import TASK_STATES
 from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network
 
-RELEASING_STATES = {"FINISHED", "FAILED", "CANCELLED"}
+RELEASING_STATES = set(TASK_STATES) - {"STARTED"}  # every end frees what the task held
 STATE_TOPICS = (REGISTRY, GRID_SIGNAL, MARKET_PRICE)  # read whole at start, then followed
 NODE_DEPENDENT = {ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH}  # rejections a registration not yet read could undo
 CATCH_UP_S = 5.0  # the longest a rejection waits for the state topics to be read to their end
+TIMERS_EVERY_S = 1.0  # lapsed placements, fail-overs and retries whose back-off ended are looked at this often
 
 
 def dispatcher_group(scope: Scope) -> str:
@@ -57,12 +63,16 @@ class DispatcherService:
         self.scope = parse_scope(settings.dispatcher_scope, network)
         self.tiers = Tiers(settings.dispatch_tiers, network)
         self.tiers.check_runs(self.scope)
+        book = load_book(settings.tenants_file)
         self.core = Dispatcher(
             network,
             scope=str(self.scope),
             carbon_price=settings.carbon_price_yuan_per_kg,
             start_timeout_s=settings.dispatch_start_timeout_s,
             remembered_decisions=settings.dispatch_remembered_decisions,
+            priorities=Priorities({name: TenantClass(t.priority, t.emergency) for name, t in book.tenants.items()}),
+            max_attempts=settings.dispatch_max_attempts,
+            retry_backoff_s=settings.dispatch_retry_backoff_s,
         )
         self.producer = EventProducer(settings)
         # the national dispatcher sets the market's prices; every tier applies them from `market.price`
@@ -71,6 +81,7 @@ class DispatcherService:
         self.state: AIOKafkaConsumer  # registry, grid and prices, no group: made in `run`, on its loop
         self._applied: dict[TopicPartition, int] = {}  # the next offset of each state partition not yet applied
         self._state_moved = asyncio.Event()
+        self._waiting: list[tuple[int, str, dict[str, Any]]] = []  # (not before ms, task id, request): back-offs
 
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
@@ -78,8 +89,9 @@ class DispatcherService:
         Decisions are read whole before any release, so a task that finished keeps nothing whatever the
         order in which the two topics are read."""
         ended: set[str] = set()
-        started: set[str] = set()
+        started: dict[str, int] = {}  # task id -> when it started
         decided: list[tuple[TopicSpec, dict[str, Any]]] = []
+        requests: dict[str, dict[str, Any]] = {}
 
         async def collect(topic: str, msg: Any) -> None:
             spec = self.topics.spec(topic)
@@ -91,18 +103,31 @@ class DispatcherService:
                 if record["state"] in RELEASING_STATES:
                     ended.add(record["task_id"])
                 elif record["state"] == "STARTED":
-                    started.add(record["task_id"])
+                    started.setdefault(record["task_id"], epoch_ms(record["event_time"]))
+            elif spec is TASK_REQUEST:
+                requests[record["task_id"]] = record
             elif record["scope"] == str(self.scope):
                 decided.append((spec, record))
 
         history = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         await history.start()
         try:
-            await read_to_end(history, [self.topics.name(s) for s in (PLACEMENT, REJECTION, TASK_LIFECYCLE)], collect)
+            names = [self.topics.name(s) for s in (PLACEMENT, REJECTION, TASK_LIFECYCLE)]
+            await read_to_end(history, [*names, self._request_topic], collect)
         finally:
             await history.stop()
         for spec, record in decided:
-            self.core.restore(spec, record, holds=record["task_id"] not in ended, started=record["task_id"] in started)
+            task_id = record["task_id"]
+            holds = task_id not in ended
+            request = requests.pop(task_id, None)
+            self.core.restore(spec, record, holds, started.get(task_id), request if holds else None)
+        for task_id, record in requests.items():  # re-dispatches still waiting out their back-off
+            if record["attempt"] > 0 and not self.core.has_decided(task_id):
+                heapq.heappush(self._waiting, (epoch_ms(record["not_before"]) or 0, task_id, record))
+
+    @property
+    def _request_topic(self) -> str:
+        return self.topics.requests(self.scope.topic_suffix)
 
     async def _apply_state(self, topic: str, msg: Any) -> None:
         await self._on_state(topic, msg)
@@ -141,24 +166,42 @@ class DispatcherService:
     async def _on_event(self, topic: str, record: dict[str, Any]) -> None:
         spec = self.topics.spec(topic)
         if spec is TASK_REQUEST:
-            if self.core.has_decided(record["task_id"]):
-                return  # redelivered: its decision is on the dispatch topic already (sent, or read back at start)
-            out_spec, out = self.core.decide(record)
-            if out_spec is REJECTION and out["reason_code"] in NODE_DEPENDENT and await self._catch_up():
-                self.core.forget(record["task_id"])
-                out_spec, out = self.core.decide(record)
-            await self.producer.send(out_spec, out)
-            if self.prices is not None:
-                self.prices.observe(record, out)
-            if out_spec is REJECTION and out["reason_code"] == ESCALATED:
-                escalated = {**record, "escalated_from": str(self.scope), "escalation_reason": out["reason"]}
-                await self.producer.send(TASK_REQUEST, escalated)  # the national request topic
+            not_before = epoch_ms(record.get("not_before"))
+            if not_before is not None and not_before > now_ms() and not self.core.has_decided(record["task_id"]):
+                heapq.heappush(self._waiting, (not_before, record["task_id"], record))  # a re-dispatch backing off
+            else:
+                await self._decide(record)
+        elif spec is TASK_LIFECYCLE and record["state"] == "FAILED" and record.get("cause") == NODE_FAULT:
+            detail = record["detail"] or f"node {record['node_id']} failed"
+            await self._send_all(self.core.evict(record["task_id"], NODE_FAULT, detail, now_ms(), report=False))
         elif spec is TASK_LIFECYCLE and record["state"] in RELEASING_STATES:
             self.core.release(record["task_id"])
         elif spec is TASK_LIFECYCLE and record["state"] == "STARTED":
-            self.core.started(record["task_id"])
+            self.core.started(record["task_id"], epoch_ms(record["event_time"]))
         elif spec is ALERT and record["kind"] == "node_offline":
-            self.core.set_health(record["scope_key"], healthy=record["resolved"])
+            self.core.set_health(record["scope_key"], healthy=record["resolved"], now=now_ms())
+
+    async def _decide(self, record: dict[str, Any]) -> None:
+        """Decides a request once and sends the decision, then what it caused (preempted tasks and their
+        re-dispatches), and passes on to the national dispatcher what this tier could not place."""
+        if self.core.has_decided(record["task_id"]):
+            return  # redelivered: its decision is on the dispatch topic already (sent, or read back at start)
+        out_spec, out = self.core.decide(record)
+        if out_spec is REJECTION and out["reason_code"] in NODE_DEPENDENT and await self._catch_up():
+            self.core.forget(record["task_id"])
+            out_spec, out = self.core.decide(record)
+        await self.producer.send(out_spec, out)
+        await self._send_all(self.core.take_outbox())
+        if self.prices is not None:
+            self.prices.observe(record, out)
+        if out_spec is REJECTION and out["reason_code"] == ESCALATED:
+            escalated = {**record, "escalated_from": str(self.scope), "escalation_reason": out["reason"]}
+            await self.producer.send(TASK_REQUEST, escalated)  # the national request topic
+
+    async def _send_all(self, events: list[tuple[TopicSpec, dict[str, Any]]]) -> None:
+        """Sends lifecycle events, rejections and re-dispatches; a re-dispatch goes to this tier's own requests."""
+        for spec, record in events:
+            await self.producer.send(spec, record, topic=self._request_topic if spec is TASK_REQUEST else None)
 
     async def run(self, stop: asyncio.Event) -> None:
         warm_up(load_network())
@@ -166,7 +209,7 @@ class DispatcherService:
         await self.producer.start()
         self.state = state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         group = dispatcher_group(self.scope)
-        names = [self.topics.requests(self.scope.topic_suffix), *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
+        names = [self._request_topic, *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
         events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group, auto_commit=False))
         try:
             await state.start()
@@ -177,7 +220,7 @@ class DispatcherService:
             announce_ready("dispatcher")
             await asyncio.gather(
                 follow(state, self._apply_state, stop),
-                self._lapse_unstarted(stop),
+                self._timers(stop),
                 self._set_prices(stop),
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
             )
@@ -186,16 +229,23 @@ class DispatcherService:
             await state.stop()
             await self.producer.stop()
 
-    async def _lapse_unstarted(self, stop: asyncio.Event) -> None:
-        """Once a second, frees placements whose task never started and says so on `tasks.lifecycle`."""
+    async def _timers(self, stop: asyncio.Event) -> None:
+        """Once a second: frees placements whose task never started, moves the tasks of nodes offline past
+        the grace period, and decides re-dispatches whose back-off has ended."""
+        grace_ms = int(self.settings.dispatch_failover_grace_s * 1000)
         while not stop.is_set():
-            for task_id, node_id in self.core.lapse(now_ms()):
+            now = now_ms()
+            for task_id, node_id in self.core.lapse(now):
                 detail = f"not started within {self.settings.dispatch_start_timeout_s:g} s of its start time"
                 await self.producer.send(
                     TASK_LIFECYCLE, event(task_id=task_id, node_id=node_id, state="CANCELLED", detail=detail)
                 )
+            self.core.fail_over(now, grace_ms)
+            await self._send_all(self.core.take_outbox())
+            while self._waiting and self._waiting[0][0] <= now:
+                await self._decide(heapq.heappop(self._waiting)[2])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), TIMERS_EVERY_S)
 
     async def _set_prices(self, stop: asyncio.Event) -> None:
         """Every market interval, the national dispatcher publishes each hub and class's new price."""

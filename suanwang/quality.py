@@ -185,7 +185,7 @@ def _run_day(
                 continue
             row = picker(t, d, w, ok)
             chosen = reserve(t, row, d, dispatcher.load)
-            dispatcher.reservations[req["task_id"]] = Reservation(row, d.cpu, d.mem, d.acc_milli, chosen)
+            dispatcher.keep(req["task_id"], Reservation(row, d.cpu, d.mem, d.acc_milli, chosen))
             parts = explain(t, row, d.ask, w, dispatcher.carbon_price)[0]
             index = 1.0  # baselines run without the market
         taken = [d.cpu, d.mem, d.acc_count * d.acc_milli]

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     dispatch_remembered_decisions: int = Field(
         50_000, ge=1, description="Newest decisions kept to answer a redelivered request the same way."
     )
+    dispatch_failover_grace_s: float = Field(
+        30.0, ge=0, le=3600, description="Seconds a node stays offline before its tasks are dispatched again."
+    )
+    dispatch_max_attempts: int = Field(
+        4, ge=1, le=20, description="Attempts a task gets (node failures and preemptions) before it is rejected."
+    )
+    dispatch_retry_backoff_s: float = Field(
+        1.0, gt=0, le=3600, description="Wait before a task's second re-dispatch; doubles with each one after."
+    )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
     market_interval_s: float = Field(
         10.0, gt=0, description="Seconds between two price updates of the market (network.yaml `market`)."

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from suanwang.bus import EventProducer, event, now_ms
-from suanwang.schemas.topics import REGISTRY, TELEMETRY
+from suanwang.bus import EventProducer, contract_consumer, event, now_ms
+from suanwang.schemas.codec import Codec
+from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics, TopicSpec
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration
@@ -91,3 +93,24 @@ def wrong_windows(samples: list[dict[str, Any]], published: list[list[Any]]) -> 
         for got, want in zip(published, out, strict=True)
         if got[:-1] != want[:-1] or abs(got[-1] - want[-1]) > 1e-6
     ]
+
+
+async def collect(
+    settings: Settings, specs: list[TopicSpec], want: int, timeout_s: float = 60.0, settle_s: float = 0.0
+) -> list[tuple[str, dict[str, Any]]]:
+    """The records on `specs` (contract name, record) once `want` have come, and any that follow within `settle_s`."""
+    consumer = contract_consumer(settings, specs, None)
+    await consumer.start()
+    codec, topics, out = Codec(), Topics(settings.topic_prefix), []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if len(out) >= want:
+                deadline, want = min(deadline, loop.time() + settle_s), float("inf")
+            for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
+                for m in msgs:
+                    out.append((topics.spec(tp.topic).name, codec.decode(m.value)[1]))
+    finally:
+        await consumer.stop()
+    return out

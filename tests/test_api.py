@@ -134,6 +134,11 @@ def test_bad_submissions_get_a_4xx_naming_what_is_wrong(settings: Settings, stor
     assert body["fields"]["colour"] == "is not a TaskRequest field" and "'lots'" in body["fields"]["cpu_milli"]
     status, body = submit(json={"tenant": "x"})
     assert status == 422 and body["fields"]["chip_archs"] == "is required"
+    status, body = submit(json=_task(priority="urgent", attempt=3))
+    assert status == 422 and set(body["fields"]) == {"priority", "attempt"}
+    assert "'urgent'" in body["fields"]["priority"]
+    assert "one of emergency, production, best_effort" in body["fields"]["priority"]
+    assert body["fields"]["attempt"] == "is not a TaskRequest field"  # set by the dispatcher, never by a client
     status, body = submit(json=[1, 2])
     assert status == 422 and "JSON object" in body["fields"]["(body)"]
     status, body = submit(data=b"x" * 100_000, headers={"Content-Type": "application/json"})

@@ -226,7 +226,7 @@ def test_the_shipped_book_loads_and_a_bad_one_is_named(tmp_path) -> None:
 
 def store_history(store: Store, placements: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
     store.insert_records("placements", placements)
-    store.insert_records("task_events", [{**e, "task_id": e["task_id"], "detail": ""} for e in events])
+    store.insert_records("task_events", [{**e, "task_id": e["task_id"], "detail": "", "cause": ""} for e in events])
 
 
 def lifecycle(p: dict[str, Any], start: int, hours: float, state: str = "FINISHED") -> list[dict[str, Any]]:

@@ -278,7 +278,7 @@ def test_energy_is_reported_even_when_power_is_free(network) -> None:
 def test_unhealthy_nodes_are_skipped(network) -> None:
     d = _dispatcher(network, 100)
     for node_id in d.nodes.node_ids:
-        d.set_health(node_id, False)
+        d.set_health(node_id, False, now_ms())
     _, out = d.decide(_request())
     assert out["reason_code"] == "NO_FEASIBLE_NODE" and out["filtered"] == {"unhealthy": 100}
 
@@ -335,7 +335,7 @@ def test_a_placement_never_started_lapses_and_frees_its_capacity(network) -> Non
     now = now_ms()
     _, idle = d.decide(_request(task_id="idle"), now)
     _, busy = d.decide(_request(task_id="busy"), now)
-    d.started("busy")
+    d.started("busy", now)
     assert d.lapse(now + 59_000) == []
     assert d.lapse(now + 61_000) == [("idle", idle["node_id"])]
     assert "idle" not in d.reservations and "busy" in d.reservations
@@ -375,11 +375,11 @@ def test_a_restored_placement_holds_its_resources_and_lapses_unless_started(netw
     after = Dispatcher(network, start_timeout_s=60)  # a restarted dispatcher
     for spec in scaled_nodes(network, 400):
         after.nodes.register(registration(spec, network))
-    after.restore(PLACEMENT, placed, holds=True, started=False)
+    after.restore(PLACEMENT, placed, holds=True, started_ms=None)
     assert np.array_equal(after.nodes.ints, d.nodes.ints) and np.array_equal(after.nodes.acc_free, d.nodes.acc_free)
     assert after.decide(_request(task_id="p")) == (PLACEMENT, placed)
     assert after.lapse(placed["start_at"] + 61_000) == [("p", placed["node_id"])]
     assert np.array_equal(after.nodes.ints, free)
     later = _dispatcher(network)
-    later.restore(PLACEMENT, placed, holds=True, started=True)
+    later.restore(PLACEMENT, placed, holds=True, started_ms=now_ms())
     assert "p" in later.reservations and later.unstarted == {}

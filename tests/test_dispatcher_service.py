@@ -6,15 +6,14 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
-from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
+from suanwang.bus import EventProducer, ensure_topics, event, now_ms
 from suanwang.dispatcher.service import DispatcherService
-from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import registration
 from tests.evidence import wait_for
-from tests.fleet import fleet, register
+from tests.fleet import collect, fleet, register
 
 
 def _request(task_id: str, **over) -> dict:
@@ -44,27 +43,6 @@ def _request(task_id: str, **over) -> dict:
     )
 
 
-async def _collect(
-    settings: Settings, specs, want: int, timeout_s: float = 60.0, settle_s: float = 0.0
-) -> list[tuple[str, dict]]:
-    """The records on `specs` once `want` have come, and any that follow within `settle_s`."""
-    consumer = contract_consumer(settings, specs, None)
-    await consumer.start()
-    codec, topics, out = Codec(), Topics(settings.topic_prefix), []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            if len(out) >= want:
-                deadline, want = min(deadline, loop.time() + settle_s), float("inf")
-            for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
-                for m in msgs:
-                    out.append((topics.spec(tp.topic).name, codec.decode(m.value)[1]))
-    finally:
-        await consumer.stop()
-    return out
-
-
 def test_service_decides_and_dead_letters_garbage(settings: Settings) -> None:
     async def scenario() -> list[tuple[str, dict]]:
         await ensure_topics(settings)
@@ -84,7 +62,7 @@ def test_service_decides_and_dead_letters_garbage(settings: Settings) -> None:
         await producer.send(TASK_REQUEST, _request("bad", chip_archs=["sparc"]))
         await producer.send(TASK_REQUEST, _request("good"))  # redelivered: decided, sent and reserved once
         await producer.flush()
-        got = await _collect(settings, [PLACEMENT, REJECTION, DEADLETTER], want=3, settle_s=1.5)
+        got = await collect(settings, [PLACEMENT, REJECTION, DEADLETTER], want=3, settle_s=1.5)
         stop.set()
         await service
         await producer.stop()
@@ -140,7 +118,7 @@ def test_a_restarted_dispatcher_keeps_its_decisions_and_the_capacity_still_held(
         for req in requests:
             await producer.send(TASK_REQUEST, req)
         await producer.flush()
-        got = await _collect(settings, [PLACEMENT, REJECTION], want=want, settle_s=1.5)
+        got = await collect(settings, [PLACEMENT, REJECTION], want=want, settle_s=1.5)
         stop.set()
         await service
         await producer.stop()
@@ -208,7 +186,7 @@ def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_t
         setter = asyncio.create_task(
             DispatcherService(settings.model_copy(update={"market_interval_s": 0.5})).run(stop)
         )
-        prices = await _collect(settings, [MARKET_PRICE], want=len(pairs))
+        prices = await collect(settings, [MARKET_PRICE], want=len(pairs))
         stop.set()
         await setter
         await producer.send(MARKET_PRICE, price(1.5))
@@ -264,7 +242,7 @@ def test_a_request_just_after_its_nodes_registration_is_placed_once_the_registry
         await register(producer, regs)
         await producer.send(TASK_REQUEST, _request("fresh", chip_models=[regs[0]["chip_model"]]))
         await producer.flush()
-        got = await _collect(settings, [PLACEMENT, REJECTION], want=1, settle_s=1.0)
+        got = await collect(settings, [PLACEMENT, REJECTION], want=1, settle_s=1.0)
         gate.set()  # lets the service stop whatever it decided
         stop.set()
         await running
