@@ -79,7 +79,9 @@ class Simulator:
         self.running: Counter[str] = Counter()
         self.used: dict[str, Usage] = {}  # node id -> what its running tasks hold
         self.sent: Counter[str] = Counter()
-        self._finishes: list[tuple[int, str, str, Usage]] = []  # (due ms, task id, node id, usage)
+        self._finishes: list[tuple[int, str]] = []  # (due ms, task id) of running tasks
+        self._running_tasks: dict[str, tuple[str, Usage, float | None]] = {}  # task id -> (node, holds, duration_s)
+        self.dead: set[str] = set()  # nodes killed: silent, their tasks gone, nothing starts on them
         self._durations: dict[str, float | None] = {}  # task id -> duration_s, until placed
         self._starts: list[tuple[int, str, dict[str, Any]]] = []  # (due ms, task id, placement) of deferred ones
         self._next_node = 0
@@ -107,6 +109,9 @@ class Simulator:
 
     async def _on_placement(self, topic: str, placement: dict[str, Any]) -> None:
         """A placed task starts at its start time (deferred ones later, time-scaled), or now."""
+        if self.topics.spec(topic) is TASK_LIFECYCLE:
+            await self._on_lifecycle(placement)
+            return
         now = now_ms()
         wait_ms = (placement["start_at"].timestamp() * 1000 - now) / self.settings.sim_time_scale
         if wait_ms > 0:
@@ -120,8 +125,11 @@ class Simulator:
 
     async def _start(self, placement: dict[str, Any], now: int) -> None:
         """The task runs from now and finishes after its (time-scaled) duration; open-ended ones never do."""
-        node = placement["node_id"]
-        await self._send(TASK_LIFECYCLE, event(task_id=placement["task_id"], node_id=node, state="STARTED"))
+        node, task_id = placement["node_id"], placement["task_id"]
+        if node in self.dead or task_id in self._running_tasks:
+            return  # a dead node starts nothing (the dispatcher moves the task once it is declared offline)
+        seconds = self._durations.pop(task_id, None)
+        await self._send(TASK_LIFECYCLE, event(task_id=task_id, node_id=node, state="STARTED"))
         self.running[node] += 1
         usage = Usage(
             placement["cpu_milli"],
@@ -129,20 +137,48 @@ class Simulator:
             placement["accelerator_milli"] * len(placement["accelerator_indices"]),
         )
         self.used[node] = self.used.get(node, IDLE) + usage
-        seconds = self._durations.pop(placement["task_id"], None)
+        self._running_tasks[task_id] = node, usage, seconds
         if seconds is None and self.replay is None:
             seconds = 3600.0  # the model's open-ended work is costed and run per hour
         if seconds is not None:
-            due = now + int(1000 * seconds / self.settings.sim_time_scale)
-            heapq.heappush(self._finishes, (due, placement["task_id"], node, usage))
+            heapq.heappush(self._finishes, (now + int(1000 * seconds / self.settings.sim_time_scale), task_id))
+
+    def _stop(self, task_id: str) -> tuple[str, float | None] | None:
+        """The task no longer runs (ended, or ended by the platform): its node and duration, or None if it was
+        not running."""
+        running = self._running_tasks.pop(task_id, None)
+        if running is None:
+            return None
+        node, usage, seconds = running
+        self.running[node] -= 1
+        self.used[node] = self.used[node] - usage
+        return node, seconds
 
     async def _finish_due(self, now: int) -> None:
         while self._finishes and self._finishes[0][0] <= now:
-            _, task_id, node, usage = heapq.heappop(self._finishes)
-            self.running[node] -= 1
-            self.used[node] = self.used[node] - usage
+            _, task_id = heapq.heappop(self._finishes)
+            node = self._running_tasks.get(task_id, ("", IDLE, None))[0]
+            if node in self.dead or self._stop(task_id) is None:
+                continue  # it was stopped, or died with its node: no end of its own
             state = "FAILED" if self.rng.random() < 0.01 else "FINISHED"
             await self._send(TASK_LIFECYCLE, event(task_id=task_id, node_id=node, state=state))
+
+    async def _on_lifecycle(self, record: dict[str, Any]) -> None:
+        """The platform ended a task (preempted, or its node declared offline): it stops running here."""
+        if record["state"] == "FAILED" and record["cause"]:
+            stopped = self._stop(record["task_id"])
+            seconds = stopped[1] if stopped else self._durations.pop(record["task_id"], None)
+            if record["retry_task_id"] and seconds is not None:
+                self._durations[record["retry_task_id"]] = seconds  # it runs again from the start
+
+    def kill(self, count: int) -> list[str]:
+        """Kills the `count` live nodes running the most tasks: they fall silent and their tasks are lost."""
+        live = [reg["node_id"] for reg in self.registrations if reg["node_id"] not in self.dead]
+        victims = sorted(live, key=lambda node: (-self.running[node], node))[:count]
+        self.dead.update(victims)
+        for node in victims:
+            log.warning("simulator: node %s killed with %d tasks running", node, self.running[node])
+        return victims
 
     def _due_requests(self, elapsed_s: float, now: int) -> list[dict[str, Any]]:
         """Requests due by now: at `sim_rate` from the model, or at trace arrival times scaled to real time."""
@@ -186,7 +222,9 @@ class Simulator:
 
     async def _follow_placements(self, stop: asyncio.Event) -> None:
         """Starts placed tasks; joining the group takes seconds, so it runs beside the drive, not before it."""
-        placements = contract_consumer(self.settings, [PLACEMENT], "suanwang-simulator", auto_commit=False)
+        placements = contract_consumer(
+            self.settings, [PLACEMENT, TASK_LIFECYCLE], "suanwang-simulator", auto_commit=False
+        )
         try:
             await placements.start()
             await consume(placements, self.topics, self.producer, "simulator", self._on_placement, stop)
@@ -197,6 +235,7 @@ class Simulator:
         s = self.settings
         start = time.monotonic()
         next_probe = next_progress = start
+        kill_at = start + s.sim_kill_after_s if s.sim_kill_nodes else float("inf")
         node_cursor = 0.0
         telemetry_per_s = len(self.registrations) / s.telemetry_interval_s
         last = start
@@ -209,6 +248,9 @@ class Simulator:
             if now_mono >= next_probe:
                 await self._probes()
                 next_probe += PROBE_INTERVAL_S
+            if now_mono >= kill_at:
+                self.kill(s.sim_kill_nodes)
+                kill_at = float("inf")
             if now_mono >= next_progress:
                 log.info(self.progress())
                 next_progress += PROGRESS_INTERVAL_S
@@ -219,6 +261,8 @@ class Simulator:
                 i = self._next_node
                 self._next_node = (i + 1) % len(self.registrations)
                 node = self.registrations[i]["node_id"]
+                if node in self.dead:
+                    continue
                 sample = self._samplers[i](now, self.running[node], self.used.get(node, IDLE))
                 if sample is not None:
                     await self._send(TELEMETRY, sample)

@@ -56,6 +56,12 @@ BILL_AS_YOU_GO = {  # prices every 2 s and bills every second, so a 20-s run has
 }
 # Silence is called after 2 s, far shorter than the worker's drain: a stop that looked like an outage would show.
 QUICK_TO_CALL_SILENT = {"SUANWANG_TELEMETRY_INTERVAL_S": "1", "SUANWANG_OFFLINE_AFTER_INTERVALS": "2"}
+# One node dies 6 s in; the dispatcher moves its tasks 1 s after the worker calls it offline.
+KILL_A_NODE = {
+    "SUANWANG_SIM_KILL_NODES": "1",
+    "SUANWANG_SIM_KILL_AFTER_S": "6",
+    "SUANWANG_DISPATCH_FAILOVER_GRACE_S": "1",
+}
 PREFIX = "e2e."
 
 
@@ -72,7 +78,7 @@ class Run:
 def platform_run(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Run:
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
     env = {"SUANWANG_KAFKA_BOOTSTRAP": broker.bootstrap, "SUANWANG_TOPIC_PREFIX": PREFIX}
-    summary = _up(data_dir, env={**env, **BILL_AS_YOU_GO, **QUICK_TO_CALL_SILENT})
+    summary = _up(data_dir, env={**env, **BILL_AS_YOU_GO, **QUICK_TO_CALL_SILENT, **KILL_A_NODE})
     return Run(summary, data_dir, asyncio.run(_read_all(broker.bootstrap, Topics(PREFIX).name(PLACEMENT))))
 
 
@@ -189,3 +195,31 @@ async def _read_all(bootstrap: str, topic: str) -> list[bytes]:
         return out
     finally:
         await consumer.stop()
+
+
+def test_the_tasks_of_failed_nodes_are_placed_elsewhere_exactly_once(platform_run: Run) -> None:
+    """The simulator kills its busiest node (and the model fails others now and then); the worker calls them
+    offline, and past the grace the dispatcher ends each task such a node held (FAILED, cause node_offline) and
+    dispatches it again once, onto another node."""
+    data_dir = platform_run.data_dir
+    moved = _rows(
+        data_dir,
+        "SELECT task_id, node_id, retry_task_id, toUnixTimestamp64Milli(event_time) AS at FROM suanwang.task_events "
+        "WHERE cause = 'node_offline' ORDER BY task_id",
+    )
+    failed_at = {r["node_id"]: r["at"] for r in moved}
+    assert len(failed_at) >= 1 and len({r["at"] for r in moved}) <= len(failed_at) + 1  # one sweep per node
+    held = _rows(
+        data_dir,
+        "SELECT p.task_id AS task_id, p.node_id AS node_id, toUnixTimestamp64Milli(p.event_time) AS at "
+        "FROM suanwang.placements AS p WHERE p.task_id NOT IN "
+        "(SELECT task_id FROM suanwang.task_events WHERE state != 'STARTED' AND cause = '')",
+    )
+    still_held = sorted(r["task_id"] for r in held if r["at"] <= failed_at.get(r["node_id"], 0))
+    assert still_held == [r["task_id"] for r in moved]  # every task a failed node held, once each
+    again = _rows(data_dir, "SELECT task_id, node_id FROM suanwang.placements WHERE retry_of IS NOT NULL")
+    rejected = _rows(data_dir, "SELECT task_id FROM suanwang.rejections WHERE task_id LIKE '%~%'")
+    decided = sorted([r["task_id"] for r in again] + [r["task_id"] for r in rejected])
+    assert decided == sorted(r["retry_task_id"] for r in moved) and again
+    origin = {r["retry_task_id"]: r["node_id"] for r in moved}
+    assert all(r["node_id"] != origin[r["task_id"]] for r in again)
