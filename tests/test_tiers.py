@@ -15,8 +15,8 @@ from suanwang.errors import SuanwangError
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_REQUEST, Topics
 from suanwang.settings import Settings
 from suanwang.topology import load_network
-from tests.fleet import fleet, register
-from tests.test_dispatcher_service import _collect, _request
+from tests.fleet import collect, fleet, register
+from tests.test_dispatcher_service import _request
 
 
 def test_scopes_parse_or_say_what_is_allowed() -> None:
@@ -71,7 +71,7 @@ def test_province_and_national_run_at_once_without_sharing_capacity(settings: Se
         await producer.flush()
         # every placement, the one escalation, and the national topic's requests with the escalated one
         want = len(to_province) + len(to_national) + 1 + len(to_national) + 1
-        got = await _collect(settings, [PLACEMENT, REJECTION, TASK_REQUEST], want=want, timeout_s=90)
+        got = await collect(settings, [PLACEMENT, REJECTION, TASK_REQUEST], want=want, timeout_s=90)
         stop.set()
         await asyncio.gather(*services)
         await producer.stop()
