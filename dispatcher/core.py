@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from suanwang.bus import event, now_ms
-from suanwang.dispatcher import stages
+from suanwang.dispatcher import batch, stages
 from suanwang.dispatcher.priority import BEST_EFFORT, EMERGENCY, RANK, Priorities, PriorityError, may_preempt
 from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
@@ -162,9 +162,15 @@ def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) 
     return Window(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
 
 
-def choose(t: NodeTable, d: Demand, out: Choice, w: Window, load: Shapes) -> Choice:
-    """Filter, score and select over the whole table (the compiled pass), packing for the `load` seen."""
-    rows, starts = t.by_arch()
+NO_SCORES = np.zeros(0)
+
+
+def choose(
+    t: NodeTable, d: Demand, out: Choice, w: Window, load: Shapes, scores: np.ndarray = NO_SCORES, only: int = -1
+) -> Choice:
+    """Filter, score and select over the whole table (the compiled pass), packing for the `load` seen; over
+    node `only` alone when given. `scores`, when not empty, gets every node's cost (infinite: infeasible)."""
+    rows, starts = t.by_arch() if only < 0 else _one_row(t, only)
     out.feasible = stages.choose(
         t.ints,
         t.floats,
@@ -186,8 +192,16 @@ def choose(t: NodeTable, d: Demand, out: Choice, w: Window, load: Shapes) -> Cho
         out.picks,
         out.costs,
         out.counts,
+        scores,
     )
     return out
+
+
+def _one_row(t: NodeTable, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """`by_arch` for a table of node `row` alone."""
+    starts = np.zeros(len(t.archs) + 1, dtype=np.int64)
+    starts[int(t.column(stages.ARCH)[row]) + 1 :] = 1
+    return np.array([row], dtype=np.int64), starts
 
 
 def reserve(t: NodeTable, row: int, d: Demand, load: Shapes) -> np.ndarray:
@@ -199,8 +213,24 @@ def reserve(t: NodeTable, row: int, d: Demand, load: Shapes) -> np.ndarray:
     return chosen[:taken]
 
 
+@dataclass
+class BatchPlan:
+    """A window's requests ready to be solved together: what `batch.solve` needs, and what binding needs after."""
+
+    requests: list[dict[str, Any]]
+    priorities: list[str]
+    demands: list[Demand]
+    windows: list[Window]
+    rows: np.ndarray  # the table row of each node of the problem
+    problem: batch.Problem
+    refused: list[tuple[dict[str, Any], tuple[TopicSpec, dict[str, Any]]]]  # requests invalid on their own
+    started: float
+    now: int
+
+
 class Dispatcher:
-    """Owns the node table and the reservations; every decision goes through `decide`."""
+    """Owns the node table and the reservations; every decision goes through `decide` (or, for a window of
+    work that can wait, `prepare_batch`, `batch.solve` and `bind_batch`)."""
 
     def __init__(
         self,
@@ -455,17 +485,7 @@ class Dispatcher:
 
     def _fits_on(self, row: int, d: Demand, w: Window) -> bool:
         """Whether the compiled pass, shown node `row` alone, finds it feasible: the one policy decides."""
-        arch = int(self.nodes.column(stages.ARCH)[row])
-        starts = np.zeros(len(self.nodes.archs) + 1, dtype=np.int64)
-        starts[arch + 1 :] = 1
-        only = Choice()
-        t = self.nodes
-        stages.choose(
-            t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, np.array([row], dtype=np.int64), starts,
-            d.arch_ok, d.model_ok, d.province_ok, d.ask, t.acc_free, self.load.shapes, self.load.weights,
-            self.load.version, self.load.keys, self.load.values, only.picks, only.costs, only.counts,
-        )  # fmt: skip
-        return int(only.picks[0]) == row
+        return int(choose(self.nodes, d, Choice(), w, self.load, only=row).picks[0]) == row
 
     def _progress(self, task_id: str, now: int) -> int:
         """The ms of work a task would lose if stopped now (0 before it starts)."""
@@ -535,6 +555,96 @@ class Dispatcher:
         self._remember(req["task_id"], out)
         return out
 
+    def decide_batch(
+        self, reqs: list[dict[str, Any]], now: int | None = None, time_limit_s: float = 0.2
+    ) -> list[tuple[TopicSpec, dict[str, Any]]]:
+        """The decisions of a window of requests placed together, in one call (the service solves apart)."""
+        plan = self.prepare_batch(reqs, now_ms() if now is None else now)
+        return [decision for _req, decision in self.bind_batch(plan, batch.solve(plan.problem, time_limit_s))]
+
+    def prepare_batch(self, reqs: list[dict[str, Any]], now: int) -> BatchPlan:
+        """Validates each request (rejecting the invalid) and offers the MILP each valid one's cheapest feasible
+        nodes, as the compiled pass scores them."""
+        started = time.perf_counter()
+        t = self.nodes
+        scores = np.empty(t.size)
+        kept: list[tuple[dict[str, Any], str, Demand, Window, np.ndarray, np.ndarray]] = []
+        refused = []
+        for req in reqs:
+            if self.has_decided(req["task_id"]):
+                continue
+            try:
+                priority = self._validate(req, now)
+            except Invalid as bad:
+                refused.append((req, (REJECTION, self._rejection(req, bad.code, str(bad), {}))))
+                self._remember(req["task_id"], refused[-1][1])
+                continue
+            d = demand_of(t, req, self.fragmentation_weight)
+            self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
+            w = window_of(t, req, now, self.carbon_price)
+            scores.fill(np.inf)
+            choose(t, d, Choice(), w, self.load, scores)
+            top = np.argpartition(scores, batch.CANDIDATES)[: batch.CANDIDATES] if t.size > batch.CANDIDATES else None
+            rows = np.arange(t.size) if top is None else top
+            rows = rows[np.isfinite(scores[rows])]
+            rows = rows[np.argsort(scores[rows], kind="stable")]
+            kept.append((req, priority, d, w, rows, scores[rows]))
+        rows = np.unique(np.concatenate([k[4] for k in kept])) if kept else np.zeros(0, dtype=np.int64)
+        index = {int(r): i for i, r in enumerate(rows)}
+        candidates = np.full((len(kept), batch.CANDIDATES), -1, dtype=np.int64)
+        costs = np.full((len(kept), batch.CANDIDATES), np.inf)
+        needs = np.zeros((len(kept), 4))
+        for j, (_req, _priority, d, _w, cand, cand_costs) in enumerate(kept):
+            candidates[j, : len(cand)] = [index[int(r)] for r in cand]
+            costs[j, : len(cand)] = cand_costs
+            whole = d.acc_milli == stages.WHOLE
+            needs[j] = (d.cpu, d.mem, d.acc_count if whole else 0, d.acc_count * d.acc_milli)
+        free = np.stack(
+            [
+                t.column(stages.CPU_FREE)[rows],
+                t.column(stages.MEM_FREE)[rows],
+                t.column(stages.WHOLE_FREE)[rows],
+                t.acc_free[rows].sum(axis=1),
+            ],
+            axis=1,
+        ).astype(float)
+        problem = batch.Problem(candidates, costs, needs, free)
+        problem.greedy = batch.warm_start(problem)
+        return BatchPlan(
+            [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], [k[3] for k in kept], rows, problem,
+            refused, started, now,
+        )  # fmt: skip
+
+    def bind_batch(
+        self, plan: BatchPlan, solution: batch.Solution
+    ) -> list[tuple[dict[str, Any], tuple[TopicSpec, dict[str, Any]]]]:
+        """Each request with its decision: binds each assignment through the table, which the greedy path may have
+        changed meanwhile; a task whose node no longer fits it (or that the MILP left out) is decided greedily."""
+        out = list(plan.refused)
+        chosen = solution.chosen
+        order = sorted(
+            range(len(plan.requests)),
+            key=lambda j: (chosen[j] < 0, plan.demands[j].acc_milli, -plan.demands[j].acc_count, j),
+        )  # whole accelerators before shares, so shares fill what is left
+        left = []
+        for j in order:
+            req, d, w = plan.requests[j], plan.demands[j], plan.windows[j]
+            if self.has_decided(req["task_id"]):
+                continue  # decided on another path while the window was being solved
+            if chosen[j] >= 0:
+                row = int(plan.rows[plan.problem.candidates[j, chosen[j]]])
+                c = choose(self.nodes, d, Choice(), w, self.load, only=row)
+                if int(c.picks[0]) == row:
+                    decision = PLACEMENT, self._bind(req, plan.priorities[j], d, w, c, plan.started)
+                    self._remember(req["task_id"], decision)
+                    out.append((req, decision))
+                    continue
+            left.append(j)
+        for j in sorted(left):
+            if not self.has_decided(plan.requests[j]["task_id"]):
+                out.append((plan.requests[j], self.decide(plan.requests[j], plan.now)))
+        return out
+
     def forget(self, task_id: str) -> None:
         """Drops a rejection made before the node table was current, so the request is decided again
         (a placement is never forgotten: it holds capacity until released)."""
@@ -567,6 +677,14 @@ class Dispatcher:
             if self.scope != "national":  # a tier passes on what it cannot place
                 return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
             return REJECTION, self._rejection(req, NO_FEASIBLE_NODE, f"0/{t.size} nodes: {summary}", removed)
+        return PLACEMENT, self._bind(req, priority, d, w, c, started)
+
+    def _bind(
+        self, req: dict[str, Any], priority: str, d: Demand, w: Window, c: Choice, started: float
+    ) -> dict[str, Any]:
+        """Reserve and bind: takes the demand on the chosen node and says so in the explained Placement record."""
+        t = self.nodes
+        best, second, local = (int(x) for x in c.picks)
         chosen = reserve(t, best, d, self.load)
         self.keep(
             req["task_id"], Reservation(best, d.cpu, d.mem, d.acc_milli, chosen, req["tenant"], priority, None, req)
@@ -611,7 +729,7 @@ class Dispatcher:
             **quoted,
         )
         record["start_at"] = start_at
-        return PLACEMENT, record
+        return record
 
     def _rejection(self, req: dict[str, Any], code: str, reason: str, removed: dict[str, int]) -> dict[str, Any]:
         return event(

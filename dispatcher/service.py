@@ -19,6 +19,7 @@ from suanwang.bus import (
     now_ms,
     read_to_end,
 )
+from suanwang.dispatcher import batch
 from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, NODE_FAULT, UNKNOWN_ARCH, Dispatcher, warm_up
 from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.priority import Priorities, TenantClass
@@ -82,6 +83,11 @@ class DispatcherService:
         self._applied: dict[TopicPartition, int] = {}  # the next offset of each state partition not yet applied
         self._state_moved = asyncio.Event()
         self._waiting: list[tuple[int, str, dict[str, Any]]] = []  # (not before ms, task id, request): back-offs
+        self._window: list[dict[str, Any]] = []  # work that can wait, gathered to be placed together
+        self._window_due: float | None = None  # loop time at which the gathered window is solved
+        self._window_opened = asyncio.Event()
+        self.batches = 0  # windows solved, and the tasks they held
+        self.batched_tasks = 0
 
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
@@ -119,11 +125,12 @@ class DispatcherService:
         for spec, record in decided:
             task_id = record["task_id"]
             holds = task_id not in ended
-            request = requests.pop(task_id, None)
+            request = requests.pop(task_id, None)  # what is left in `requests` is undecided
             self.core.restore(spec, record, holds, started.get(task_id), request if holds else None)
-        for task_id, record in requests.items():  # re-dispatches still waiting out their back-off
-            if record["attempt"] > 0 and not self.core.has_decided(task_id):
-                heapq.heappush(self._waiting, (epoch_ms(record["not_before"]) or 0, task_id, record))
+        # requests read but never decided (gathered in a window, or backing off, when the process ended): their
+        # offsets may be committed already, so they are decided now rather than lost
+        for task_id, record in requests.items():
+            heapq.heappush(self._waiting, (epoch_ms(record["not_before"]) or 0, task_id, record))
 
     @property
     def _request_topic(self) -> str:
@@ -169,6 +176,8 @@ class DispatcherService:
             not_before = epoch_ms(record.get("not_before"))
             if not_before is not None and not_before > now_ms() and not self.core.has_decided(record["task_id"]):
                 heapq.heappush(self._waiting, (not_before, record["task_id"], record))  # a re-dispatch backing off
+            elif not self.core.has_decided(record["task_id"]) and (window := self._window_for(record)) > 0:
+                self._gather(record, window)
             else:
                 await self._decide(record)
         elif spec is TASK_LIFECYCLE and record["state"] == "FAILED" and record.get("cause") == NODE_FAULT:
@@ -181,12 +190,55 @@ class DispatcherService:
         elif spec is ALERT and record["kind"] == "node_offline":
             self.core.set_health(record["scope_key"], healthy=record["resolved"], now=now_ms())
 
+    def _window_for(self, record: dict[str, Any]) -> float:
+        """Seconds this request may wait to be placed with others (0: decided at once): work with no latency
+        tier, by its kind's window, unless its deadline leaves no time to wait."""
+        if not batch.deferrable(record):
+            return 0.0
+        window = self.settings.batch_windows.get(record["kind"], self.settings.dispatch_batch_window_s)
+        deadline, duration_s = epoch_ms(record["deadline"]), record["duration_s"] or 0.0
+        if deadline is not None and deadline - now_ms() < (window + duration_s) * 1000:
+            return 0.0
+        return window
+
+    def _gather(self, record: dict[str, Any], window: float) -> None:
+        due = asyncio.get_running_loop().time() + window
+        if all(r["task_id"] != record["task_id"] for r in self._window):  # a redelivered one is there already
+            self._window.append(record)
+        self._window_due = due if self._window_due is None else min(self._window_due, due)
+        self._window_opened.set()
+
+    async def _windows(self, stop: asyncio.Event) -> None:
+        """Places each window of gathered work together once it is due: the solve runs on a thread, so urgent
+        work goes on being decided meanwhile, and both reserve through the one table when binding."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            if self._window_due is None or loop.time() < self._window_due:
+                left = TIMERS_EVERY_S if self._window_due is None else self._window_due - loop.time()
+                self._window_opened.clear()  # set again by a request that opens or shortens the window
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._window_opened.wait(), min(left, TIMERS_EVERY_S))
+                continue
+            gathered, self._window, self._window_due = self._window, [], None
+            plan = self.core.prepare_batch(gathered, now_ms())
+            solution = await asyncio.to_thread(batch.solve, plan.problem, self.settings.dispatch_batch_time_limit_s)
+            self.batches += 1
+            self.batched_tasks += len(gathered)
+            for record, (out_spec, out) in self.core.bind_batch(plan, solution):
+                await self._publish(record, out_spec, out)
+        for record in self._window:  # a stop: what was gathered is decided now, not lost
+            await self._decide(record)
+
     async def _decide(self, record: dict[str, Any]) -> None:
         """Decides a request once and sends the decision, then what it caused (preempted tasks and their
         re-dispatches), and passes on to the national dispatcher what this tier could not place."""
         if self.core.has_decided(record["task_id"]):
             return  # redelivered: its decision is on the dispatch topic already (sent, or read back at start)
-        out_spec, out = self.core.decide(record)
+        await self._publish(record, *self.core.decide(record))
+
+    async def _publish(self, record: dict[str, Any], out_spec: TopicSpec, out: dict[str, Any]) -> None:
+        """Sends a decision (decided again first if it is a rejection the state topics' tail could undo) and
+        what it caused."""
         if out_spec is REJECTION and out["reason_code"] in NODE_DEPENDENT and await self._catch_up():
             self.core.forget(record["task_id"])
             out_spec, out = self.core.decide(record)
@@ -221,6 +273,7 @@ class DispatcherService:
             await asyncio.gather(
                 follow(state, self._apply_state, stop),
                 self._timers(stop),
+                self._windows(stop),
                 self._set_prices(stop),
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
             )

@@ -265,9 +265,11 @@ def choose(
     picks,
     costs,
     counts,
+    scores,
 ):
     """Filter, score and select in one pass: `picks` gets best, runner-up and best local node (-1: none),
-    `costs` their costs, `counts` how many nodes each verdict got. Returns the number of feasible nodes.
+    `costs` their costs, `counts` how many nodes each verdict got, and `scores` (unless empty) the cost of
+    every visited node, infinite where it is not feasible. Returns the number of feasible nodes.
     `per_kwh` is the yuan per kWh (energy and carbon) of each province over the hours the task would run.
 
     Only nodes of an allowed architecture are visited (`arch_rows[arch_starts[a]:arch_starts[a + 1]]` are
@@ -320,6 +322,8 @@ def choose(
                 if budget > 0 and c > budget:
                     v = BUDGET
             counts[v] += 1
+            if scores.shape[0] > 0:
+                scores[i] = c if v == FEASIBLE else np.inf
             if v != FEASIBLE:
                 continue
             frag = 0.0

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from suanwang.errors import SuanwangError
@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     dispatch_remembered_decisions: int = Field(
         50_000, ge=1, description="Newest decisions kept to answer a redelivered request the same way."
     )
+    dispatch_batch_window_s: float = Field(
+        1.0, ge=0, le=60, description="Seconds work that can wait (no latency tier) is gathered to be placed together."
+    )
+    dispatch_batch_windows: str = Field(
+        "", description="Windows per task kind overriding it, e.g. training=2,backup=5 (0 to 60 s; 0: greedy)."
+    )
+    dispatch_batch_time_limit_s: float = Field(
+        0.2, gt=0, le=10, description="Longest a window's solve may run; the best assignment found by then is used."
+    )
     dispatch_failover_grace_s: float = Field(
         30.0, ge=0, le=3600, description="Seconds a node stays offline before its tasks are dispatched again."
     )
@@ -139,6 +148,17 @@ class Settings(BaseSettings):
     sim_kill_after_s: float = Field(60.0, ge=0, description="Seconds into a run at which those nodes are killed.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of services.")
 
+    @field_validator("dispatch_batch_windows")
+    @classmethod
+    def _windows_in_bounds(cls, value: str) -> str:
+        parse_windows(value)
+        return value
+
+    @property
+    def batch_windows(self) -> dict[str, float]:
+        """The batch window of each task kind named in `dispatch_batch_windows`."""
+        return parse_windows(self.dispatch_batch_windows)
+
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> Settings:
         sasl = self.kafka_security_protocol.startswith("SASL")
@@ -163,6 +183,24 @@ class Settings(BaseSettings):
         return env
 
 
+MAX_BATCH_WINDOW_S = 60.0
+
+
+def parse_windows(text: str) -> dict[str, float]:
+    """`kind=seconds,…` as a dict; ValueError naming the entry that is malformed or out of 0..60 s."""
+    windows = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        kind, _, seconds = entry.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not kind=seconds") from None
+        if not kind.strip() or not 0 <= value <= MAX_BATCH_WINDOW_S:
+            raise ValueError(f"{entry!r}: a window is a kind and 0 to {MAX_BATCH_WINDOW_S:g} seconds")
+        windows[kind.strip()] = value
+    return windows
+
+
 def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     """SUANWANG_* variables that name no setting: almost always a typo worth stopping for."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
@@ -183,4 +221,4 @@ def load_settings(**overrides: object) -> Settings:
         if not err["loc"]:  # a rule across settings names its variables itself
             raise SuanwangError(err["msg"].removeprefix("Value error, ")) from None
         source = ENV_PREFIX + str(err["loc"][0]).upper()
-        raise SuanwangError(f"{source}={err.get('input')!r}: {err['msg']}") from None
+        raise SuanwangError(f"{source}={err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None

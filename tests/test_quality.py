@@ -28,9 +28,12 @@ def test_the_default_policy_beats_every_baseline_without_violations() -> None:
     assert priced["hot_share"] < plain["hot_share"]  # the market's prices move work off capacity near its limit
     assert priced["cost_per_task"] <= 1.01 * plain["cost_per_task"]  # at no more than 1 % more in resources
     assert priced["billed_cost"] >= priced["total_cost"]  # the index never falls below the base price
-    assert figures["batch_placed"] <= 200
-    assert figures["lower_bound_gap"] >= -1e-9  # no placement of the batch costs less than the LP optimum
-    assert figures["batch_cost"] >= figures["batch_lower_bound"] - 1e-6
+    for prefix in ("", "greedy_"):  # the dispatcher with its batch path, and the greedy path alone
+        assert figures[f"{prefix}batch_placed"] <= 200
+        assert figures[f"{prefix}lower_bound_gap"] >= -1e-9  # no placement of the batch costs less than the LP
+        assert figures[f"{prefix}batch_cost"] >= figures[f"{prefix}batch_lower_bound"] - 1e-6
+    assert figures["batch_placed"] >= figures["greedy_batch_placed"]
+    assert figures["lower_bound_gap"] < figures["greedy_lower_bound_gap"]  # placing work that waits together pays
 
 
 def test_bench_quality_command_prints_the_json_keys() -> None:
@@ -39,7 +42,7 @@ def test_bench_quality_command_prints_the_json_keys() -> None:
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"policies", "default_policy", "lower_bound_gap"} <= set(figures)
+    assert {"policies", "default_policy", "lower_bound_gap", "greedy_lower_bound_gap", "batch_seconds"} <= set(figures)
     for row in figures["policies"].values():
         assert {"total_cost", "acceptance", "violations", "carbon_kg", "transfer_cost"} <= set(row)
 
