@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import track
 
 from suanwang.bus import now_ms
+from suanwang.dispatcher.batch import deferrable
 from suanwang.dispatcher.core import (
     FRAGMENTATION_WEIGHT,
     Choice,
@@ -27,6 +28,7 @@ from suanwang.dispatcher.core import (
 from suanwang.dispatcher.reference import choose_numpy, choose_python, reserve_python
 from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import NodeTable
+from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
 
@@ -59,7 +61,9 @@ def _timed(
     return decisions, seconds
 
 
-def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console: Console) -> dict[str, Any]:
+def bench_dispatch(
+    nodes: int, tasks: int, python_tasks: int, seed: int, console: Console, window: int = 25
+) -> dict[str, Any]:
     """Decision time of the compiled core, of NumPy and of pure Python on one workload, decisions compared.
 
     Each implementation starts from the same table and reserves what it places, so a difference in any
@@ -161,6 +165,35 @@ def bench_dispatch(nodes: int, tasks: int, python_tasks: int, seed: int, console
         "python_over_numba_p50": python_p50 / numba_p50,
         "explained_p50_us": full_p50,
         "explained_p99_us": full_p99,
+        **_batch_windows(network, nodes, requests, window, now, console),
+    }
+
+
+def _batch_windows(
+    network: Any, nodes: int, requests: list[dict[str, Any]], window: int, now: int, console: Console
+) -> dict[str, Any]:
+    """The batch path on the requests that can wait, `window` at a time: prepare, solve (at the service's
+    default time limit) and bind, per task; and the cost against deciding the same windows greedily."""
+    waiting = [req for req in requests if deferrable(req)]
+    windows = [waiting[k : k + window] for k in range(0, len(waiting), window)]
+    together, one_by_one = Dispatcher(network), Dispatcher(network)
+    for spec in scaled_nodes(network, nodes):
+        together.nodes.register(registration(spec, network))
+        one_by_one.nodes.register(registration(spec, network))
+    per_task, cost, greedy_cost = [], 0.0, 0.0
+    for reqs in _steps(windows, "batch", console):
+        started = time.perf_counter()
+        decided = together.decide_batch(reqs, now, Settings.model_fields["dispatch_batch_time_limit_s"].default)
+        per_task.append((time.perf_counter() - started) / len(reqs))
+        cost += sum(r.get("total_cost", 0.0) for _, r in decided)
+        greedy_cost += sum(one_by_one.decide(req, now)[1].get("total_cost", 0.0) for req in reqs)
+    p50, p99 = _percentiles(per_task)
+    return {
+        "batch_window_tasks": window,
+        "batch_windows": len(windows),
+        "batch_us_per_task_p50": p50,
+        "batch_us_per_task_p99": p99,
+        "batch_cost_over_greedy": cost / greedy_cost if greedy_cost else None,
     }
 
 

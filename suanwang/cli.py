@@ -226,13 +226,17 @@ def bench_dispatch(
     nodes: Annotated[int, typer.Option(min=10, help="Nodes in the table.")] = 10_000,
     tasks: Annotated[int, typer.Option(min=1, help="Requests decided by numba and NumPy.")] = 2_000,
     python_tasks: Annotated[int, typer.Option(min=1, help="The first requests also decided in pure Python.")] = 100,
+    window: Annotated[
+        int, typer.Option(min=1, help="Requests that can wait per window of the batch path (1 s at 50 tasks/s).")
+    ] = 25,
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 7,
     json_out: JsonOut = False,
 ) -> None:
-    """Decision time of the numba core against NumPy and pure Python, after checking they agree."""
+    """Decision time of the numba core against NumPy and pure Python, after checking they agree; and the batch
+    path's time per task for windows of work that can wait."""
     from suanwang.bench import bench_dispatch as run
 
-    figures = run(nodes, tasks, min(python_tasks, tasks), seed, err)
+    figures = run(nodes, tasks, min(python_tasks, tasks), seed, err, window)
     _report(figures, json_out, f"dispatch: {nodes:,} nodes, {tasks:,} tasks")
     if not figures["identical"]:
         raise SuanwangError("the numba, NumPy and Python implementations decided differently")

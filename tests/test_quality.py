@@ -53,3 +53,6 @@ def test_bench_dispatch_command_prints_the_json_keys() -> None:
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     keys = {"numba_p50_us", "numba_p99_us", "numba_decisions_per_s", "numpy_p99_us", "python_p99_us", "identical"}
     assert keys <= set(figures) and figures["identical"] is True
+    assert figures["batch_window_tasks"] == 25 and figures["batch_windows"] >= 1
+    assert 0 < figures["batch_us_per_task_p50"] <= figures["batch_us_per_task_p99"]
+    assert figures["batch_cost_over_greedy"] > 0
