@@ -1,14 +1,12 @@
-"""The dispatch policy written again in plain NumPy and in pure Python.
+"""The dispatch policy written again in whole-array NumPy: an independent oracle, not a second policy.
 
-They are the yardsticks of `suanwang bench dispatch`, and the check that the compiled pass in `stages`
-decides exactly what the policy says: same filters in the same order, same cost arithmetic in the same
-order (so the same floating-point results), ties to the lowest row.
+Tests and `suanwang bench dispatch` check that the compiled pass in `stages` decides exactly as this does:
+same filters in the same order, same cost arithmetic in the same order (so the same floating-point
+results), ties to the lowest row. The pure-Python yardstick is the compiled pass's own source run with
+numba's JIT disabled (`suanwang.bench.interpreted`), not a port.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import numpy as np
 
@@ -116,114 +114,32 @@ def fragmentation_numpy(
     return unusable_numpy(ints, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before
 
 
-def unusable_python(
-    row: list[int], free_row: list[int], cpu_free: int, mem_free: int, shapes: list[list[int]], weights: list[float]
-) -> float:
-    """`stages.unusable` of one node in the interpreter."""
-    free = free_row[: row[s.N_ACC]]
-    total = sum(free)
-    if total == 0:
-        return 0.0
-    whole = sum(f == s.WHOLE for f in free)
-    lost, weight_sum = 0.0, 0.0
-    for (cpu, mem, count, milli), w in zip(shapes, weights, strict=True):
-        if w <= 0:
-            continue
-        weight_sum += w
-        if cpu_free < cpu or mem_free < mem or (milli == s.WHOLE and whole < count):
-            lost += w * total
-        elif count > 0:
-            lost += w * sum(f for f in free if f < milli)
-    return lost / weight_sum / s.WHOLE if weight_sum > 0 else 0.0
-
-
-def fragmentation_python(
-    row: list[int], free_row: list[int], cpu: int, mem: int, count: int, milli: int, shapes: list[list[int]],
-    weights: list[float],
-) -> tuple[float, list[int]]:  # fmt: skip
-    """`stages.fragmentation` of one node in the interpreter: the increase and the accelerators it takes."""
-    cpu_free, mem_free, n = row[s.CPU_FREE], row[s.MEM_FREE], row[s.N_ACC]
-    before = unusable_python(row, free_row, cpu_free, mem_free, shapes, weights)
-    if count == 1 and milli < s.WHOLE:
-        best, best_delta = -1, 0.0
-        for a in range(n):
-            free = free_row[a]
-            if free < milli or free in free_row[:a]:
-                continue
-            after = list(free_row)
-            after[a] = free - milli
-            delta = unusable_python(row, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before
-            if best < 0 or delta < best_delta or (delta == best_delta and free < free_row[best]):
-                best, best_delta = a, delta
-        return best_delta, [best]
-    taken = [a for a in range(n) if free_row[a] == s.WHOLE][:count]
-    after = [0 if a in taken else f for a, f in enumerate(free_row)]
-    return unusable_python(row, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before, taken
-
-
-def choose_python(
-    rows: list[list[int]],
-    figures: list[list[float]],
-    transfer: list[list[float]],
-    rtt: list[list[float]],
-    per_kwh: list[float],
-    arch_ok: list[int],
-    model_ok: list[int],
-    province_ok: list[int],
-    ask: list[float],
-    acc: list[list[int]],
-    shapes: list[list[int]],
-    weights: list[float],
-) -> int:
-    """The best row for the request, or -1, one node at a time in the interpreter."""
-    origin, data_hub, tier = int(ask[s.ORIGIN]), int(ask[s.DATA_HUB]), ask[s.TIER_MS]
-    cpu, mem, count, milli = int(ask[s.CPU]), int(ask[s.MEM]), int(ask[s.ACC_COUNT]), int(ask[s.ACC_MILLI])
-    any_model, any_province = ask[s.ANY_MODEL] > 0, ask[s.ANY_PROVINCE] > 0
-    cu = s.CU + int(ask[s.PRECISION])
-    best, best_score = -1, math.inf
-    for i, row in enumerate(rows):
-        if row[s.HEALTHY] == 0 or not arch_ok[row[s.ARCH]] or not (any_model or model_ok[row[s.MODEL]]):
-            continue
-        if not figures[i][cu] > 0:
-            continue
-        if not (any_province or province_ok[row[s.PROVINCE]]):
-            continue
-        if tier > 0 and rtt[origin][row[s.HUB]] > tier:
-            continue
-        whole, best_share, n_acc = row[s.WHOLE_FREE], row[s.BEST_SHARE], row[s.N_ACC]
-        if count == 0:
-            fits = True
-        elif count == 1 and milli < s.WHOLE:
-            fits = best_share >= milli or whole > 0
-        else:
-            fits = whole >= count
-        if row[s.CPU_FREE] < cpu or row[s.MEM_FREE] < mem or not fits:
-            continue
-        share = count * (milli / s.WHOLE) / n_acc if count > 0 and n_acc > 0 else cpu / row[s.CPU_TOTAL]
-        compute = figures[i][cu] * figures[i][s.UNIT_PRICE] * figures[i][s.PRICE_INDEX]
-        rate = compute + figures[i][s.METER_KW] * per_kwh[row[s.PROVINCE]]
-        cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub][row[s.HUB]]
-        if ask[s.BUDGET_YUAN] > 0 and cost > ask[s.BUDGET_YUAN]:
-            continue
-        frag = fragmentation_python(row, acc[i], cpu, mem, count, milli, shapes, weights)[0]
-        score = cost + ask[s.FRAG_WEIGHT] * frag
-        if score < best_score:
-            best, best_score = i, score
-    return best
-
-
-def reserve_python(
-    ints: Any, acc: Any, i: int, cpu: int, mem: int, count: int, milli: int, shapes: list[list[int]],
-    weights: list[float],
+def reserve_numpy(
+    ints: np.ndarray, acc: np.ndarray, i: int, cpu: int, mem: int, count: int, milli: int, shapes: np.ndarray,
+    weights: np.ndarray,
 ) -> list[int]:  # fmt: skip
-    """`stages.reserve` in the interpreter, over NumPy arrays or lists of lists; the accelerator indices."""
-    row, free_row = [int(x) for x in ints[i]], [int(x) for x in acc[i]]
-    chosen = fragmentation_python(row, free_row, cpu, mem, count, milli, shapes, weights)[1] if count else []
-    ints[i][s.CPU_FREE] -= cpu
-    ints[i][s.MEM_FREE] -= mem
-    for a in chosen:
-        acc[i][a] -= milli
-    free = [int(acc[i][a]) for a in range(int(ints[i][s.N_ACC]))]
-    ints[i][s.WHOLE_FREE] = sum(f == s.WHOLE for f in free)
-    ints[i][s.BEST_SHARE] = max([f for f in free if f != s.WHOLE], default=0)
+    """`stages.reserve` on node i with whole-array operations; the accelerator indices it took (a share: the one
+    that raises fragmentation least, then the fullest, then the lowest index)."""
+    row = slice(i, i + 1)
+    n = int(ints[i, s.N_ACC])
+    if count == 1 and milli < s.WHOLE:
+        before = unusable_numpy(ints[row], acc[row], ints[row, s.CPU_FREE], ints[row, s.MEM_FREE], shapes, weights)
+        options = []
+        for a in range(n):
+            if acc[i, a] < milli:
+                continue
+            after = acc[row].copy()
+            after[0, a] -= milli
+            cpu_left, mem_left = ints[row, s.CPU_FREE] - cpu, ints[row, s.MEM_FREE] - mem
+            delta = unusable_numpy(ints[row], after, cpu_left, mem_left, shapes, weights) - before
+            options.append((float(delta[0]), int(acc[i, a]), a))
+        chosen = [min(options)[2]]
+    else:
+        chosen = [a for a in range(n) if acc[i, a] == s.WHOLE][:count]
+    ints[i, s.CPU_FREE] -= cpu
+    ints[i, s.MEM_FREE] -= mem
+    acc[i, chosen] -= milli
+    free = acc[i, :n]
+    ints[i, s.WHOLE_FREE] = int((free == s.WHOLE).sum())
+    ints[i, s.BEST_SHARE] = int(free[free != s.WHOLE].max(initial=0))
     return chosen

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,17 +23,19 @@ from suanwang.dispatcher.core import (
     Choice,
     Demand,
     Dispatcher,
+    Window,
     choose,
     demand_of,
     reserve,
     warm_up,
     window_of,
 )
-from suanwang.dispatcher.reference import choose_numpy, choose_python, reserve_python
+from suanwang.dispatcher.reference import choose_numpy, reserve_numpy
 from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import NodeTable
+from suanwang.errors import SuanwangError
 from suanwang.settings import Settings
-from suanwang.topology import load_network, scaled_nodes
+from suanwang.topology import Network, load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
 
 Decision = tuple[int, tuple[int, ...]]  # (node row or -1, accelerator indices)
@@ -61,84 +67,70 @@ def _timed(
     return decisions, seconds
 
 
+def workload(nodes: int, seed: int, tasks: int, now: int) -> tuple[Network, NodeTable, list[dict[str, Any]]]:
+    """The bench's network, table of `nodes` nodes and `tasks` requests: the same for the same arguments, so
+    another process can rebuild them."""
+    network = load_network()
+    table = NodeTable(network)
+    for spec in scaled_nodes(network, nodes):
+        table.register(registration(spec, network))
+    gen = TaskGenerator(network, random.Random(seed))
+    return network, table, [gen.next(now) for _ in range(tasks)]
+
+
+CARBON_PRICE = 0.1
+
+
+class KernelDecisions:
+    """Decides and reserves through the compiled pass on its table, learning the workload as it goes."""
+
+    def __init__(self, table: NodeTable, now: int) -> None:
+        self.table, self.now = table, now
+        self.load, self.choice = Shapes(), Choice()
+
+    def demand(self, req: dict[str, Any]) -> tuple[Demand, Window]:
+        d = demand_of(self.table, req, FRAGMENTATION_WEIGHT)
+        self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
+        return d, window_of(self.table, req, self.now, CARBON_PRICE)
+
+    def __call__(self, req: dict[str, Any]) -> Decision:
+        d, w = self.demand(req)
+        best = int(choose(self.table, d, self.choice, w, self.load).picks[0])
+        return (best, tuple(int(a) for a in reserve(self.table, best, d, self.load))) if best >= 0 else (-1, ())
+
+
 def bench_dispatch(
     nodes: int, tasks: int, python_tasks: int, seed: int, console: Console, window: int = 25
 ) -> dict[str, Any]:
-    """Decision time of the compiled core, of NumPy and of pure Python on one workload, decisions compared.
+    """Decision time of the compiled pass, of the NumPy oracle and of the pass's own source in the interpreter
+    (JIT disabled, in a process of its own) on one workload, decisions compared.
 
     Each implementation starts from the same table and reserves what it places, so a difference in any
     one decision shows up in every later one. A decision is timed from the request record to the
     reserved node: building the request's masks, filter, score, select and reserve.
     """
-    network = load_network()
-    warm_up(network)
-    table = NodeTable(network)
-    for spec in scaled_nodes(network, nodes):
-        table.register(registration(spec, network))
-    gen = TaskGenerator(network, random.Random(seed))
     now = now_ms()
-    requests = [gen.next(now) for _ in range(tasks)]
-    weight = FRAGMENTATION_WEIGHT
-    ints0, acc0 = table.ints.copy(), table.acc_free.copy()
-    loads = {name: Shapes() for name in ("numba", "numpy", "python")}  # each learns the same requests
-
-    def demand(req: dict[str, Any], name: str) -> tuple[Demand, Any, Shapes]:
-        d, load = demand_of(table, req, weight), loads[name]
-        load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
-        return d, window_of(table, req, now, carbon_price), load
-
-    choice = Choice()
-    carbon_price = 0.1
-
-    def numba_decide(req: dict[str, Any]) -> Decision:
-        d, w, load = demand(req, "numba")
-        best = int(choose(table, d, choice, w, load).picks[0])
-        return (best, tuple(int(a) for a in reserve(table, best, d, load))) if best >= 0 else (-1, ())
+    network, table, requests = workload(nodes, seed, tasks, now)
+    warm_up(network)
+    numpy_side = KernelDecisions(table, now)  # its demands and windows; it reserves on copies of the arrays
+    np_ints, np_acc = table.ints.copy(), table.acc_free.copy()
 
     def numpy_decide(req: dict[str, Any]) -> Decision:
-        d, w, load = demand(req, "numpy")
+        d, w = numpy_side.demand(req)
+        load = numpy_side.load
         best = choose_numpy(
-            np_ints,
-            table.floats,
-            table.transfer_price,
-            table.rtt,
-            w.per_kwh,
-            d.arch_ok,
-            d.model_ok,
-            d.province_ok,
-            d.ask,
-            np_acc,
-            load.shapes,
-            load.weights,
-        )
-        return (best, tuple(_reserve_python(np_ints, np_acc, best, d, load))) if best >= 0 else (-1, ())
+            np_ints, table.floats, table.transfer_price, table.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok,
+            d.ask, np_acc, load.shapes, load.weights,
+        )  # fmt: skip
+        if best < 0:
+            return -1, ()
+        taken = reserve_numpy(np_ints, np_acc, best, d.cpu, d.mem, d.acc_count, d.acc_milli, load.shapes, load.weights)
+        return best, tuple(taken)
 
-    rows, acc_rows, figures = ints0.tolist(), acc0.tolist(), table.floats.tolist()
-    transfer, rtt = table.transfer_price.tolist(), table.rtt.tolist()
-
-    def python_decide(req: dict[str, Any]) -> Decision:
-        d, w, load = demand(req, "python")
-        best = choose_python(
-            rows,
-            figures,
-            transfer,
-            rtt,
-            w.per_kwh.tolist(),
-            d.arch_ok.tolist(),
-            d.model_ok.tolist(),
-            d.province_ok.tolist(),
-            d.ask.tolist(),
-            acc_rows,
-            load.shapes.tolist(),
-            load.weights.tolist(),
-        )
-        return (best, tuple(_reserve_python(rows, acc_rows, best, d, load))) if best >= 0 else (-1, ())
-
-    np_ints, np_acc = ints0.copy(), acc0.copy()
     by_numpy, numpy_s = _timed(requests, numpy_decide, "numpy", console)
-    by_python, python_s = _timed(requests[:python_tasks], python_decide, "python", console)
+    by_python, python_s = interpreted(nodes, seed, python_tasks, now)
     full_s = _full_decisions(network, nodes, requests, console)
-    by_numba, numba_s = _timed(requests, numba_decide, "numba", console)
+    by_numba, numba_s = _timed(requests, KernelDecisions(table, now), "numba", console)
     identical = by_numba == by_numpy and by_numba[: len(by_python)] == by_python
     numba_p50, numba_p99 = _percentiles(numba_s)
     numpy_p50, numpy_p99 = _percentiles(numpy_s)
@@ -169,6 +161,31 @@ def bench_dispatch(
     }
 
 
+def interpreted(nodes: int, seed: int, tasks: int, now: int) -> tuple[list[Decision], list[float]]:
+    """The first `tasks` decisions of the workload, and their times, by the compiled pass's source run in the
+    interpreter: a process with numba's JIT disabled, so every stage is the Python numba would compile."""
+    args = json.dumps({"nodes": nodes, "seed": seed, "tasks": tasks, "now": now})
+    done = subprocess.run(
+        [sys.executable, "-m", "suanwang.bench", args],
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SuanwangError(f"the interpreted kernel failed: {done.stderr.strip().splitlines()[-1:]}")
+    out = json.loads(done.stdout)
+    return [(best, tuple(taken)) for best, taken in out["decisions"]], out["seconds"]
+
+
+def _interpret(args: dict[str, int]) -> None:
+    """`interpreted`'s other side: decides with numba's JIT disabled and prints decisions and times as JSON."""
+    _, table, requests = workload(args["nodes"], args["seed"], args["tasks"], args["now"])
+    with np.errstate(over="ignore"):  # the state hash wraps around 64 bits, as it does compiled
+        decisions, seconds = _timed(requests, KernelDecisions(table, args["now"]), "python", Console(quiet=True))
+    print(json.dumps({"decisions": decisions, "seconds": seconds}))
+
+
 def _batch_windows(
     network: Any, nodes: int, requests: list[dict[str, Any]], window: int, now: int, console: Console
 ) -> dict[str, Any]:
@@ -197,14 +214,13 @@ def _batch_windows(
     }
 
 
-def _reserve_python(ints: Any, acc: Any, row: int, d: Demand, load: Shapes) -> list[int]:
-    shapes, weights = load.shapes.tolist(), load.weights.tolist()
-    return reserve_python(ints, acc, row, d.cpu, d.mem, d.acc_count, d.acc_milli, shapes, weights)
-
-
 def _full_decisions(network: Any, nodes: int, requests: list[dict[str, Any]], console: Console) -> list[float]:
     """Time of `Dispatcher.decide` itself: validation, the core, and the explained event."""
     dispatcher = Dispatcher(network)
     for spec in scaled_nodes(network, nodes):
         dispatcher.nodes.register(registration(spec, network))
     return _timed(requests, dispatcher.decide, "explained", console)[1]
+
+
+if __name__ == "__main__":
+    _interpret(json.loads(sys.argv[1]))

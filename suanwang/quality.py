@@ -31,17 +31,18 @@ from scipy.sparse import coo_matrix, vstack
 from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.batch import deferrable
 from suanwang.dispatcher.core import (
+    Choice,
     Demand,
     Dispatcher,
     Reservation,
     Window,
+    choose,
     demand_of,
     explain,
     reserve,
     window_of,
 )
 from suanwang.dispatcher.market import PriceSetter, utilisation
-from suanwang.dispatcher.reference import evaluate_numpy
 from suanwang.dispatcher.state import HOUR_MS, NodeTable, epoch_ms
 from suanwang.topology import Network, load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, grid_signal, registration
@@ -179,10 +180,7 @@ def _run_day(
             end += epoch_ms(record["start_at"]) - now  # deferred: capacity is held from now until it ends
         else:  # baselines do not shift work in time
             w = window_of(t, {**req, "deadline": None}, now, dispatcher.carbon_price)
-            ok, _, _ = evaluate_numpy(
-                t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask,
-                t.acc_free, dispatcher.load.shapes, dispatcher.load.weights,
-            )  # fmt: skip
+            ok = np.isfinite(_costs(dispatcher, d, w))
             if not ok.any():
                 continue
             row = picker(t, d, w, ok)
@@ -251,6 +249,13 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int, time_li
     return out
 
 
+def _costs(dispatcher: Dispatcher, d: Demand, w: Window) -> np.ndarray:
+    """Every node's cost for the demand as the compiled pass scores it (infinite where it is not feasible)."""
+    scores = np.full(dispatcher.nodes.size, np.inf)
+    choose(dispatcher.nodes, d, Choice(), w, dispatcher.load, scores)
+    return scores
+
+
 def _fresh(network: Network, nodes: int) -> Dispatcher:
     dispatcher = Dispatcher(network)
     for spec in scaled_nodes(network, nodes):
@@ -267,11 +272,8 @@ def _lp_bound(network: Network, nodes: int, placed: list[dict[str, Any]], now: i
     var_task, var_node, costs = [], [], []
     for k, req in enumerate(placed):
         d, w = demands[k], window_of(t, req, now, dispatcher.carbon_price)
-        ok, cost, _ = evaluate_numpy(
-            t.ints, t.floats, t.transfer_price, t.rtt, w.per_kwh, d.arch_ok, d.model_ok, d.province_ok, d.ask,
-            t.acc_free, dispatcher.load.shapes, dispatcher.load.weights,
-        )  # fmt: skip
-        feasible = np.flatnonzero(ok)
+        cost = _costs(dispatcher, d, w)
+        feasible = np.flatnonzero(np.isfinite(cost))
         var_task += [k] * len(feasible)
         var_node += feasible.tolist()
         costs += cost[feasible].tolist()

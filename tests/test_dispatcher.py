@@ -296,7 +296,7 @@ def test_grid_signals_apply_in_their_hour_only(network) -> None:
     assert later["energy_cost"] == pytest.approx(later["energy_kwh"] * 2.0) and later["carbon_kg"] == 0
 
 
-def test_numpy_and_python_references_decide_exactly_as_the_compiled_pass(network) -> None:
+def test_the_numpy_oracle_and_the_interpreted_kernel_decide_exactly_as_the_compiled_pass(network) -> None:
     from rich.console import Console
 
     from suanwang.bench import bench_dispatch
@@ -309,7 +309,7 @@ def test_numpy_and_python_references_decide_exactly_as_the_compiled_pass(network
 
 def test_references_break_ties_to_the_lowest_row(network) -> None:
     from suanwang.dispatcher.core import Choice, choose, demand_of, window_of
-    from suanwang.dispatcher.reference import choose_numpy, choose_python
+    from suanwang.dispatcher.reference import choose_numpy
 
     d = Dispatcher(network)
     twin = registration(scaled_nodes(network, 100)[0], network)
@@ -323,8 +323,6 @@ def test_references_break_ties_to_the_lowest_row(network) -> None:
     args = (t.transfer_price, t.rtt, w.per_kwh, dem.arch_ok, dem.model_ok, dem.province_ok, dem.ask, t.acc_free)
     args += (d.load.shapes, d.load.weights)
     assert choose_numpy(t.ints, t.floats, *args) == 0
-    py = [x.tolist() for x in args]
-    assert choose_python(t.ints.tolist(), t.floats.tolist(), *py) == 0
 
 
 def test_a_placement_never_started_lapses_and_frees_its_capacity(network) -> None:
