@@ -175,6 +175,7 @@ class Monitor:
         self.codec = make_codec(settings)
         self.counts: Counter[str] = Counter()
         self.latency_ms: list[float] = []
+        self.decision_us: list[float] = []  # the dispatcher's own time per decision, from each placement
         self.hubs = HubView()
         self.consumer: AIOKafkaConsumer
 
@@ -205,6 +206,7 @@ class Monitor:
     def _observe(self, spec: TopicSpec, record: dict[str, Any], now: float) -> None:
         if spec is PLACEMENT:
             self.latency_ms.append(now - record["request_time"].timestamp() * 1000)
+            self.decision_us.append(record["decision_us"])
         elif spec is TELEMETRY:
             self.hubs.telemetry(record)
         elif spec is TASK_REQUEST:
@@ -212,8 +214,9 @@ class Monitor:
         else:
             self.hubs.grid_signal(record, int(now))
 
-    def percentile(self, q: float) -> float | None:
-        return round(float(np.percentile(self.latency_ms, q)), 3) if self.latency_ms else None
+    def percentile(self, q: float, of: str = "latency_ms") -> float | None:
+        values = getattr(self, of)
+        return round(float(np.percentile(values, q)), 3) if values else None
 
 
 Tick = Callable[["Platform", Monitor], Awaitable[None]]
@@ -349,6 +352,8 @@ class Platform:
         summary: dict[str, Any] = {name: monitor.counts[name] for name in COUNTED.values()}
         summary["dispatch_p50_ms"] = monitor.percentile(50)
         summary["dispatch_p99_ms"] = monitor.percentile(99)
+        summary["decision_p50_us"] = monitor.percentile(50, "decision_us")
+        summary["decision_p99_us"] = monitor.percentile(99, "decision_us")
         summary["seconds"] = round(time.monotonic() - self.started, 1)
         store = Store(self.settings)
         try:
