@@ -224,7 +224,7 @@ class BatchPlan:
     rows: np.ndarray  # the table row of each node of the problem
     problem: batch.Problem
     refused: list[tuple[dict[str, Any], tuple[TopicSpec, dict[str, Any]]]]  # requests invalid on their own
-    started: float
+    prepare_s: float  # what preparing took, shared out over the window's tasks in their decision time
     now: int
 
 
@@ -612,7 +612,7 @@ class Dispatcher:
         problem.greedy = batch.warm_start(problem)
         return BatchPlan(
             [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], [k[3] for k in kept], rows, problem,
-            refused, started, now,
+            refused, time.perf_counter() - started, now,
         )  # fmt: skip
 
     def bind_batch(
@@ -622,6 +622,7 @@ class Dispatcher:
         changed meanwhile; a task whose node no longer fits it (or that the MILP left out) is decided greedily."""
         out = list(plan.refused)
         chosen = solution.chosen
+        share_s = (plan.prepare_s + solution.seconds) / max(len(plan.requests), 1)  # each task's part of the window
         order = sorted(
             range(len(plan.requests)),
             key=lambda j: (chosen[j] < 0, plan.demands[j].acc_milli, -plan.demands[j].acc_count, j),
@@ -635,7 +636,8 @@ class Dispatcher:
                 row = int(plan.rows[plan.problem.candidates[j, chosen[j]]])
                 c = choose(self.nodes, d, Choice(), w, self.load, only=row)
                 if int(c.picks[0]) == row:
-                    decision = PLACEMENT, self._bind(req, plan.priorities[j], d, w, c, plan.started)
+                    started = time.perf_counter() - share_s  # its decision time: its share, then its own binding
+                    decision = PLACEMENT, self._bind(req, plan.priorities[j], d, w, c, started)
                     self._remember(req["task_id"], decision)
                     out.append((req, decision))
                     continue
