@@ -19,13 +19,15 @@ from typing import Any
 import highspy
 import numpy as np
 
+from suanwang.dispatcher.priority import EMERGENCY
+
 CANDIDATES = 48  # cheapest feasible nodes per task offered to the MILP
 CPU, MEM, WHOLE_COUNT, ACC_MILLI = range(4)  # columns of a task's needs and a node's free capacity
 
 
 def deferrable(req: dict[str, Any]) -> bool:
     """Work that can wait for a window: offline (no latency tier) and not emergency work."""
-    return req["latency_tier_ms"] is None and req.get("priority") != "emergency"
+    return req["latency_tier_ms"] is None and req.get("priority") != EMERGENCY
 
 
 @dataclass

@@ -11,7 +11,15 @@ import numpy as np
 
 from suanwang.bus import event, now_ms
 from suanwang.dispatcher import batch, stages
-from suanwang.dispatcher.priority import BEST_EFFORT, EMERGENCY, RANK, Priorities, PriorityError, may_preempt
+from suanwang.dispatcher.priority import (
+    BEST_EFFORT,
+    EMERGENCY,
+    PRODUCTION,
+    RANK,
+    Priorities,
+    PriorityError,
+    may_preempt,
+)
 from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
@@ -38,7 +46,7 @@ class Reservation:
     acc_milli: int
     accelerators: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     tenant: str = ""
-    priority: str = "production"
+    priority: str = PRODUCTION
     started_ms: int | None = None  # when it started running: the progress a preemption would lose
     request: dict[str, Any] | None = None  # to dispatch it again; None if the request is not known here
 
@@ -313,7 +321,7 @@ class Dispatcher:
         chosen = np.array(record["accelerator_indices"], dtype=np.int64)
         held = Reservation(
             row, record["cpu_milli"], record["memory_mib"], record["accelerator_milli"], chosen,
-            record["tenant"], record.get("priority") or "production", started_ms, request,
+            record["tenant"], record.get("priority") or PRODUCTION, started_ms, request,
         )  # fmt: skip
         self._hold(record["task_id"], held)
         if started_ms is None:
