@@ -8,6 +8,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from suanwang.billing.metering import HOUR_MS, meter
 from suanwang.bus import EventProducer, ensure_topics, event, now_ms
 from suanwang.dispatcher.service import DispatcherService, dispatcher_group
@@ -121,8 +123,8 @@ def test_a_preempted_task_is_dispatched_again_and_billed_only_for_what_ran(setti
     [usage] = metered.usages
     ran_ms = int(failed["event_time"].timestamp() * 1000) - started
     assert usage.outcome == "FAILED" and 30 * 60_000 <= ran_ms < 30 * 60_000 + (ended_by - started)
-    assert usage.hours == ran_ms / HOUR_MS
-    assert usage.charges["compute"] == placed["low"]["compute_yuan_per_hour"] * ran_ms / HOUR_MS
+    assert usage.hours == pytest.approx(ran_ms / HOUR_MS)
+    assert usage.charges["compute"] == pytest.approx(placed["low"]["compute_yuan_per_hour"] * ran_ms / HOUR_MS)
 
 
 def test_the_tasks_of_a_node_killed_mid_run_are_placed_elsewhere_exactly_once(settings: Settings) -> None:
