@@ -59,15 +59,8 @@ class Solution:
 
 def warm_start(p: Problem) -> np.ndarray:
     """Each task in turn on its cheapest candidate with room left: the greedy answer in the MILP's own terms."""
-    left = p.free.copy()
     chosen = np.full(p.tasks, -1, dtype=np.int64)
-    for t in range(p.tasks):
-        for k in np.argsort(p.costs[t], kind="stable"):
-            n = p.candidates[t, k]
-            if n >= 0 and np.isfinite(p.costs[t, k]) and (left[n] >= p.needs[t]).all():
-                left[n] -= p.needs[t]
-                chosen[t] = k
-                break
+    _fill(p, chosen)
     return chosen
 
 
