@@ -114,8 +114,6 @@ class _Model:
         self.task_of, self.k_of = np.nonzero((p.candidates >= 0) & np.isfinite(p.costs))
         self.columns = len(self.task_of)
         self.status = ""
-        if self.columns == 0:
-            return
         node_of = p.candidates[self.task_of, self.k_of]
         n_tasks, n_nodes = p.tasks, p.free.shape[0]
         entries = [self.task_of] + [n_tasks + node_of * 4 + r for r in range(4)]  # each column's rows, in order
@@ -132,9 +130,6 @@ class _Model:
         lp.a_matrix_.value_ = np.stack(values, axis=1).reshape(-1)
         lp.integrality_ = [highspy.HighsVarType.kInteger] * self.columns
         self.lp = lp
-        self.column = {
-            (t, k): c for c, (t, k) in enumerate(zip(self.task_of.tolist(), self.k_of.tolist(), strict=True))
-        }
 
     def run(self, time_limit_s: float, start: np.ndarray) -> np.ndarray | None:
         """The columns' values of the best solution found in time from `start` (a candidate per task), or None."""
@@ -142,11 +137,8 @@ class _Model:
         h.setOptionValue("time_limit", max(time_limit_s, 1e-3))
         h.setOptionValue("threads", 1)
         h.passModel(self.lp)
-        values = np.zeros(self.columns)
-        for t, k in enumerate(start.tolist()):
-            values[self.column[(t, k)]] = 1.0
         warm = highspy.HighsSolution()
-        warm.col_value = values  # set whole: the attribute hands out a copy
+        warm.col_value = (self.k_of == start[self.task_of]).astype(float)  # set whole: the attribute hands out a copy
         warm.value_valid = True
         h.setSolution(warm)
         h.run()

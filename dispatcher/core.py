@@ -281,11 +281,15 @@ class Dispatcher:
         if res is None:
             return False
         self.on_row[res.row].discard(task_id)
-        t = self.nodes
-        stages.release(
-            res.row, t.ints, t.acc_free, res.cpu, res.mem, res.acc_milli, res.accelerators, len(res.accelerators)
-        )
+        self._give(res)
         return True
+
+    def _give(self, res: Reservation, sign: int = 1) -> None:
+        """Gives back what `res` names on its node, or with `sign` -1 takes exactly that again."""
+        t, n = self.nodes, len(res.accelerators)
+        stages.release(
+            res.row, t.ints, t.acc_free, sign * res.cpu, sign * res.mem, sign * res.acc_milli, res.accelerators, n
+        )
 
     def started(self, task_id: str, at_ms: int) -> None:
         """The task runs: its placement no longer lapses, and a preemption would lose what it has done since."""
@@ -328,10 +332,8 @@ class Dispatcher:
             self.unstarted[record["task_id"]] = epoch_ms(record["start_at"]) + self.start_timeout_ms
 
     def _hold(self, task_id: str, held: Reservation) -> None:
-        """Takes what `held` names on its node (`release` of negative amounts takes exactly that)."""
-        t = self.nodes
-        n = len(held.accelerators)
-        stages.release(held.row, t.ints, t.acc_free, -held.cpu, -held.mem, -held.acc_milli, held.accelerators, n)
+        """Takes what `held` names on its node and keeps the reservation."""
+        self._give(held, -1)
         self.keep(task_id, held)
 
     def keep(self, task_id: str, held: Reservation) -> None:
@@ -461,35 +463,26 @@ class Dispatcher:
         it was. Lowest class and least progress go first; then each is spared again if the demand still fits
         without freeing it (kube-scheduler's reprieve)."""
         order = sorted(eligible, key=lambda v: (-RANK[self.reservations[v].priority], self._progress(v, now), v))
+        held = self.reservations
         freed: list[str] = []
         for victim in order:
-            self._give_back(victim)
+            self._give(held[victim])
             freed.append(victim)
             if self._fits_on(row, d, w):
                 break
         else:
             for victim in freed:
-                self._take_again(victim)
+                self._give(held[victim], -1)
             return None
         for victim in reversed(freed[:-1]):  # the last one freed was needed
-            self._take_again(victim)
+            self._give(held[victim], -1)
             if not self._fits_on(row, d, w):
-                self._give_back(victim)
+                self._give(held[victim])
             else:
                 freed.remove(victim)
         for victim in freed:
-            self._take_again(victim)
+            self._give(held[victim], -1)
         return freed
-
-    def _give_back(self, task_id: str) -> None:
-        res, t = self.reservations[task_id], self.nodes
-        n = len(res.accelerators)
-        stages.release(res.row, t.ints, t.acc_free, res.cpu, res.mem, res.acc_milli, res.accelerators, n)
-
-    def _take_again(self, task_id: str) -> None:
-        res, t = self.reservations[task_id], self.nodes
-        n = len(res.accelerators)
-        stages.release(res.row, t.ints, t.acc_free, -res.cpu, -res.mem, -res.acc_milli, res.accelerators, n)
 
     def _fits_on(self, row: int, d: Demand, w: Window) -> bool:
         """Whether the compiled pass, shown node `row` alone, finds it feasible: the one policy decides."""
@@ -650,9 +643,13 @@ class Dispatcher:
                     out.append((req, decision))
                     continue
             left.append(j)
-        for j in sorted(left):
-            if not self.has_decided(plan.requests[j]["task_id"]):
-                out.append((plan.requests[j], self.decide(plan.requests[j], plan.now)))
+        for j in sorted(left):  # the greedy path, with the demand and window already made
+            req = plan.requests[j]
+            if not self.has_decided(req["task_id"]):
+                started = time.perf_counter() - share_s
+                decision = self._place_demand(req, plan.priorities[j], plan.demands[j], plan.windows[j], started)
+                self._remember(req["task_id"], decision)
+                out.append((req, decision))
         return out
 
     def forget(self, task_id: str) -> None:
@@ -674,7 +671,13 @@ class Dispatcher:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
         self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
-        w = window_of(t, req, now, self.carbon_price)
+        return self._place_demand(req, priority, d, window_of(t, req, now, self.carbon_price), started)
+
+    def _place_demand(
+        self, req: dict[str, Any], priority: str, d: Demand, w: Window, started: float
+    ) -> tuple[TopicSpec, dict[str, Any]]:
+        """Filter, score, select (and, when nothing fits, preempt), then reserve and bind; or the rejection."""
+        t = self.nodes
         c = choose(t, d, self._choice, w, self.load)
         # a tier passes on what it cannot place, and preempts only for emergency work, which cannot wait
         may_preempt_here = priority != BEST_EFFORT and (self.scope == "national" or priority == EMERGENCY)

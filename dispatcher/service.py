@@ -83,7 +83,7 @@ class DispatcherService:
         self._applied: dict[TopicPartition, int] = {}  # the next offset of each state partition not yet applied
         self._state_moved = asyncio.Event()
         self._waiting: list[tuple[int, str, dict[str, Any]]] = []  # (not before ms, task id, request): back-offs
-        self._window: list[dict[str, Any]] = []  # work that can wait, gathered to be placed together
+        self._window: dict[str, dict[str, Any]] = {}  # task id -> request: work gathered to be placed together
         self._window_due: float | None = None  # loop time at which the gathered window is solved
         self._window_opened = asyncio.Event()
         self.batches = 0  # windows solved, and the tasks they held
@@ -203,8 +203,7 @@ class DispatcherService:
 
     def _gather(self, record: dict[str, Any], window: float) -> None:
         due = asyncio.get_running_loop().time() + window
-        if all(r["task_id"] != record["task_id"] for r in self._window):  # a redelivered one is there already
-            self._window.append(record)
+        self._window.setdefault(record["task_id"], record)  # a redelivered one is there already
         self._window_due = due if self._window_due is None else min(self._window_due, due)
         self._window_opened.set()
 
@@ -219,14 +218,14 @@ class DispatcherService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._window_opened.wait(), min(left, TIMERS_EVERY_S))
                 continue
-            gathered, self._window, self._window_due = self._window, [], None
+            gathered, self._window, self._window_due = list(self._window.values()), {}, None
             plan = self.core.prepare_batch(gathered, now_ms())
             solution = await asyncio.to_thread(batch.solve, plan.problem, self.settings.dispatch_batch_time_limit_s)
             self.batches += 1
             self.batched_tasks += len(gathered)
             for record, (out_spec, out) in self.core.bind_batch(plan, solution):
                 await self._publish(record, out_spec, out)
-        for record in self._window:  # a stop: what was gathered is decided now, not lost
+        for record in self._window.values():  # a stop: what was gathered is decided now, not lost
             await self._decide(record)
 
     async def _decide(self, record: dict[str, Any]) -> None:

@@ -193,10 +193,7 @@ def _batch_windows(
     default time limit) and bind, per task; and the cost against deciding the same windows greedily."""
     waiting = [req for req in requests if deferrable(req)]
     windows = [waiting[k : k + window] for k in range(0, len(waiting), window)]
-    together, one_by_one = Dispatcher(network), Dispatcher(network)
-    for spec in scaled_nodes(network, nodes):
-        together.nodes.register(registration(spec, network))
-        one_by_one.nodes.register(registration(spec, network))
+    together, one_by_one = dispatcher_on(network, nodes), dispatcher_on(network, nodes)
     per_task, cost, greedy_cost = [], 0.0, 0.0
     for reqs in _steps(windows, "batch", console):
         started = time.perf_counter()
@@ -216,10 +213,15 @@ def _batch_windows(
 
 def _full_decisions(network: Any, nodes: int, requests: list[dict[str, Any]], console: Console) -> list[float]:
     """Time of `Dispatcher.decide` itself: validation, the core, and the explained event."""
+    return _timed(requests, dispatcher_on(network, nodes).decide, "explained", console)[1]
+
+
+def dispatcher_on(network: Network, nodes: int) -> Dispatcher:
+    """A dispatcher whose table holds the model's first `nodes` nodes, nothing reserved."""
     dispatcher = Dispatcher(network)
     for spec in scaled_nodes(network, nodes):
         dispatcher.nodes.register(registration(spec, network))
-    return _timed(requests, dispatcher.decide, "explained", console)[1]
+    return dispatcher
 
 
 if __name__ == "__main__":

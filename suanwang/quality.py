@@ -28,6 +28,7 @@ from rich.progress import track
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
+from suanwang.bench import dispatcher_on
 from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.batch import deferrable
 from suanwang.dispatcher.core import (
@@ -226,9 +227,9 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int, time_li
     gen = TaskGenerator(network, random.Random(seed))
     now = DAY_START_MS + 3 * HOUR_MS
     requests = [gen.next(now) for _ in range(batch)]
-    greedy = _fresh(network, nodes)
+    greedy = dispatcher_on(network, nodes)
     by_greedy = [greedy.decide(req, now) for req in requests]
-    ours = _fresh(network, nodes)
+    ours = dispatcher_on(network, nodes)
     urgent = [req for req in requests if not deferrable(req)]
     by_ours = [ours.decide(req, now) for req in urgent]
     started = time.perf_counter()
@@ -256,17 +257,10 @@ def _costs(dispatcher: Dispatcher, d: Demand, w: Window) -> np.ndarray:
     return scores
 
 
-def _fresh(network: Network, nodes: int) -> Dispatcher:
-    dispatcher = Dispatcher(network)
-    for spec in scaled_nodes(network, nodes):
-        dispatcher.nodes.register(registration(spec, network))
-    return dispatcher
-
-
 def _lp_bound(network: Network, nodes: int, placed: list[dict[str, Any]], now: int) -> float | None:
     """The LP relaxation's least cost for placing every one of `placed` on the empty table (every feasible node
     a candidate); None if HiGHS finds no optimum."""
-    dispatcher = _fresh(network, nodes)
+    dispatcher = dispatcher_on(network, nodes)
     t = dispatcher.nodes
     demands = [demand_of(t, req, 0.0) for req in placed]
     var_task, var_node, costs = [], [], []

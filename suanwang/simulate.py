@@ -107,11 +107,15 @@ class Simulator:
             for j, b in enumerate(hubs):
                 await self._send(NETWORK_PROBE, network_probe(self.network, a, b, float(self.rtt[i, j]), self.rng))
 
-    async def _on_placement(self, topic: str, placement: dict[str, Any]) -> None:
-        """A placed task starts at its start time (deferred ones later, time-scaled), or now."""
+    async def _on_dispatch(self, topic: str, record: dict[str, Any]) -> None:
+        """What the platform decided: a placement to start, or a task it ended."""
         if self.topics.spec(topic) is TASK_LIFECYCLE:
-            await self._on_lifecycle(placement)
-            return
+            self._on_lifecycle(record)
+        else:
+            await self._on_placement(record)
+
+    async def _on_placement(self, placement: dict[str, Any]) -> None:
+        """A placed task starts at its start time (deferred ones later, time-scaled), or now."""
         now = now_ms()
         wait_ms = (placement["start_at"].timestamp() * 1000 - now) / self.settings.sim_time_scale
         if wait_ms > 0:
@@ -163,7 +167,7 @@ class Simulator:
             state = "FAILED" if self.rng.random() < 0.01 else "FINISHED"
             await self._send(TASK_LIFECYCLE, event(task_id=task_id, node_id=node, state=state))
 
-    async def _on_lifecycle(self, record: dict[str, Any]) -> None:
+    def _on_lifecycle(self, record: dict[str, Any]) -> None:
         """The platform ended a task (preempted, or its node declared offline): it stops running here."""
         if record["state"] == "FAILED" and record["cause"]:
             stopped = self._stop(record["task_id"])
@@ -221,13 +225,14 @@ class Simulator:
             log.info(self.progress())
 
     async def _follow_placements(self, stop: asyncio.Event) -> None:
-        """Starts placed tasks; joining the group takes seconds, so it runs beside the drive, not before it."""
+        """Starts placed tasks and stops those the platform ends; joining the group takes seconds, so it runs
+        beside the drive, not before it."""
         placements = contract_consumer(
             self.settings, [PLACEMENT, TASK_LIFECYCLE], "suanwang-simulator", auto_commit=False
         )
         try:
             await placements.start()
-            await consume(placements, self.topics, self.producer, "simulator", self._on_placement, stop)
+            await consume(placements, self.topics, self.producer, "simulator", self._on_dispatch, stop)
         finally:
             await placements.stop()
 

@@ -6,9 +6,9 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from suanwang.bus import EventProducer, contract_consumer, event, now_ms
+from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, event, now_ms, read_to_end
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics, TopicSpec
 from suanwang.settings import Settings
@@ -111,6 +111,22 @@ async def collect(
             for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
                 for m in msgs:
                     out.append((topics.spec(tp.topic).name, codec.decode(m.value)[1]))
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_all(settings: Settings, specs: list[TopicSpec]) -> list[tuple[str, dict[str, Any]]]:
+    """Every record on `specs` (contract name, record), from the start to the topics' current end."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(settings, None))
+    await consumer.start()
+    codec, topics, out = Codec(), Topics(settings.topic_prefix), []
+
+    async def keep(topic: str, msg: Any) -> None:
+        out.append((topics.spec(topic).name, codec.decode(msg.value)[1]))
+
+    try:
+        await read_to_end(consumer, [topics.name(s) for s in specs], keep)
     finally:
         await consumer.stop()
     return out

@@ -8,7 +8,6 @@ import asyncio
 from suanwang.bus import now_ms
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, TASK_REQUEST
 from suanwang.settings import Settings
-from tests.fleet import collect
 from tests.test_recovery_service import Running, gpu_node, request
 
 
@@ -29,7 +28,7 @@ def test_a_window_of_work_that_can_wait_is_placed_together_and_urgent_work_does_
             pending = {t: run.service.core.has_decided(t) for t in waiting}  # still waiting for their window
             await run.send(TASK_REQUEST, request("train", "tenant-01"))  # training's window, 0.5 s, ends first
             await run.until(lambda: all(run.holds(t) for t in [*waiting, "train"]))
-            got = await collect(settings, [PLACEMENT], want=len(waiting) + 2)
+            got = [r for r in await run.everything() if r[0] == PLACEMENT.name]
             return got, pending, run.service.batches, run.service.batched_tasks
 
     got, pending, batches, batched = asyncio.run(scenario())
