@@ -21,6 +21,7 @@ from suanwang.dispatcher.priority import (
     may_preempt,
 )
 from suanwang.dispatcher.shapes import Shapes
+from suanwang.dispatcher.stages import Ask, Float, Int, Verdict
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
 from suanwang.topology import PRECISIONS, Network
@@ -70,19 +71,19 @@ class Demand:
 
     @property
     def cpu(self) -> int:
-        return int(self.ask[stages.CPU])
+        return int(self.ask[Ask.CPU])
 
     @property
     def mem(self) -> int:
-        return int(self.ask[stages.MEM])
+        return int(self.ask[Ask.MEM])
 
     @property
     def acc_count(self) -> int:
-        return int(self.ask[stages.ACC_COUNT])
+        return int(self.ask[Ask.ACC_COUNT])
 
     @property
     def acc_milli(self) -> int:
-        return int(self.ask[stages.ACC_MILLI])
+        return int(self.ask[Ask.ACC_MILLI])
 
 
 FRAGMENTATION_WEIGHT = 1.0  # yuan per accelerator the workload could no longer use: measured by bench packing
@@ -124,7 +125,7 @@ class Choice:
 
     picks: np.ndarray = field(default_factory=lambda: np.full(3, -1, dtype=np.int64))
     costs: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(stages.FILTER_NAMES) + 1, dtype=np.int64))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(Verdict), dtype=np.int64))
     feasible: int = 0
 
 
@@ -208,7 +209,7 @@ def choose(
 def _one_row(t: NodeTable, row: int) -> tuple[np.ndarray, np.ndarray]:
     """`by_arch` for a table of node `row` alone."""
     starts = np.zeros(len(t.archs) + 1, dtype=np.int64)
-    starts[int(t.column(stages.ARCH)[row]) + 1 :] = 1
+    starts[int(t.column(Int.ARCH)[row]) + 1 :] = 1
     return np.array([row], dtype=np.int64), starts
 
 
@@ -346,7 +347,7 @@ class Dispatcher:
         row = self.nodes.row.get(node_id)
         if row is None:
             return
-        self.nodes.column(stages.HEALTHY)[row] = healthy
+        self.nodes.column(Int.HEALTHY)[row] = healthy
         if healthy:
             self.offline_since.pop(row, None)
         else:
@@ -437,7 +438,7 @@ class Dispatcher:
                 for v in tasks
                 if may_preempt(priority, req["tenant"], self.reservations[v].priority, self.reservations[v].tenant)
             ]
-            if not victims or not self.nodes.column(stages.HEALTHY)[row]:
+            if not victims or not self.nodes.column(Int.HEALTHY)[row]:
                 continue
             candidates += 1
             if candidates > PREEMPTION_CANDIDATES:
@@ -602,9 +603,9 @@ class Dispatcher:
             needs[j] = (d.cpu, d.mem, d.acc_count if whole else 0, d.acc_count * d.acc_milli)
         free = np.stack(
             [
-                t.column(stages.CPU_FREE)[rows],
-                t.column(stages.MEM_FREE)[rows],
-                t.column(stages.WHOLE_FREE)[rows],
+                t.column(Int.CPU_FREE)[rows],
+                t.column(Int.MEM_FREE)[rows],
+                t.column(Int.WHOLE_FREE)[rows],
                 t.acc_free[rows].sum(axis=1),
             ],
             axis=1,
@@ -685,7 +686,7 @@ class Dispatcher:
             c = choose(t, d, self._choice, w, self.load)
         best, second, local = (int(x) for x in c.picks)
         if best < 0:
-            removed = {name: int(c.counts[k + 1]) for k, name in enumerate(stages.FILTER_NAMES) if c.counts[k + 1]}
+            removed = {v.meaning: int(c.counts[v]) for v in Verdict if v != Verdict.FEASIBLE and c.counts[v]}
             summary = ", ".join(f"{v} {k}" for k, v in removed.items())
             if self.scope != "national":  # a tier passes on what it cannot place
                 return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
@@ -702,7 +703,7 @@ class Dispatcher:
         self.keep(
             req["task_id"], Reservation(best, d.cpu, d.mem, d.acc_milli, chosen, req["tenant"], priority, None, req)
         )
-        start_at = int(w.start_ms[t.column(stages.PROVINCE)[best]])
+        start_at = int(w.start_ms[t.column(Int.PROVINCE)[best]])
         self.unstarted[req["task_id"]] = start_at + self.start_timeout_ms
         parts, quoted = explain(t, best, d.ask, w, self.carbon_price)
         local_cost = float(c.costs[2]) if local >= 0 else None
@@ -714,9 +715,9 @@ class Dispatcher:
             request_time=epoch_ms(req["event_time"]),
             scope=self.scope,
             node_id=t.node_ids[best],
-            hub=t.hubs.names[t.column(stages.HUB)[best]],
+            hub=t.hubs.names[t.column(Int.HUB)[best]],
             cluster=t.clusters[best],
-            province=t.provinces.names[t.column(stages.PROVINCE)[best]],
+            province=t.provinces.names[t.column(Int.PROVINCE)[best]],
             origin_hub=req["origin_hub"],
             accelerator_indices=[int(a) for a in chosen],
             accelerator_milli=d.acc_milli,
@@ -724,7 +725,7 @@ class Dispatcher:
             memory_mib=d.mem,
             **parts,
             total_cost=float(c.costs[0]),
-            est_latency_ms=float(t.rtt[int(d.ask[stages.ORIGIN]), t.column(stages.HUB)[best]]),
+            est_latency_ms=float(t.rtt[int(d.ask[Ask.ORIGIN]), t.column(Int.HUB)[best]]),
             runner_up_node_id=t.node_ids[second] if second >= 0 else None,
             runner_up_cost=float(c.costs[1]) if second >= 0 else None,
             local_node_id=t.node_ids[local] if local >= 0 else None,
@@ -734,8 +735,8 @@ class Dispatcher:
             feasible_nodes=c.feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
             precision=req.get("precision", "fp32"),
-            compute_class=t.classes.names[t.column(stages.CLASS)[best]],
-            chip_model=t.models.names[t.column(stages.MODEL)[best]],
+            compute_class=t.classes.names[t.column(Int.CLASS)[best]],
+            chip_model=t.models.names[t.column(Int.MODEL)[best]],
             input_gb=req["input_gb"] or 0.0,
             priority=priority,
             retry_of=req.get("retry_of"),
@@ -761,26 +762,24 @@ def explain(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: fl
     """A placement on node `row`: the parts of its cost, for the explained event (they sum to its total), and
     the prices it is quoted at per hour of the task's share, which the bill applies to the hours metered."""
     node, figures, a = t.ints[row].tolist(), t.floats[row].tolist(), ask.tolist()  # Python scalars: cheap to read
-    node_share = stages.share(
-        node[stages.N_ACC], node[stages.CPU_TOTAL], a[stages.CPU], a[stages.ACC_COUNT], a[stages.ACC_MILLI]
-    )
-    cu = figures[stages.CU + int(a[stages.PRECISION])]
-    price, green = w.grid(node[stages.PROVINCE])
+    node_share = stages.share(node[Int.N_ACC], node[Int.CPU_TOTAL], a[Ask.CPU], a[Ask.ACC_COUNT], a[Ask.ACC_MILLI])
+    cu = figures[Float.CU + int(a[Ask.PRECISION])]
+    price, green = w.grid(node[Int.PROVINCE])
     quoted = {
-        "price_index": figures[stages.PRICE_INDEX],
+        "price_index": figures[Float.PRICE_INDEX],
         "cu_per_hour": node_share * cu,
         "compute_yuan_per_hour": node_share
-        * stages.compute_rate(cu, figures[stages.UNIT_PRICE], figures[stages.PRICE_INDEX]),
-        "meter_kw": node_share * figures[stages.METER_KW],
+        * stages.compute_rate(cu, figures[Float.UNIT_PRICE], figures[Float.PRICE_INDEX]),
+        "meter_kw": node_share * figures[Float.METER_KW],
         "yuan_per_kwh": price,
     }
-    hours = a[stages.HOURS]
+    hours = a[Ask.HOURS]
     kwh = quoted["meter_kw"] * hours
     carbon_kg = kwh * (1.0 - green) * t.emission_kg_per_kwh
     parts = {
         "compute_cost": quoted["compute_yuan_per_hour"] * hours,
         "energy_cost": kwh * price,
-        "transfer_cost": a[stages.INPUT_GB] * float(t.transfer_price[int(a[stages.DATA_HUB]), node[stages.HUB]]),
+        "transfer_cost": a[Ask.INPUT_GB] * float(t.transfer_price[int(a[Ask.DATA_HUB]), node[Int.HUB]]),
         "carbon_cost": carbon_kg * carbon_price,
         "energy_kwh": kwh,
         "carbon_kg": carbon_kg,

@@ -15,6 +15,7 @@ import numpy as np
 
 from suanwang.bus import event
 from suanwang.dispatcher import stages as s
+from suanwang.dispatcher.stages import Float, Int
 from suanwang.dispatcher.state import NodeTable
 from suanwang.topology import Market
 
@@ -31,18 +32,18 @@ def utilisation(t: NodeTable) -> dict[tuple[int, int], tuple[float, int, float]]
     """Per (hub id, class id): the promised share of the class's scarce resource (accelerator thousandths
     where nodes have accelerators, else CPU), its node count and mean unit price."""
     ints, floats = t.ints, t.floats
-    n_acc = ints[:, s.N_ACC]
+    n_acc = ints[:, Int.N_ACC]
     acc_total = n_acc * s.WHOLE
     acc_free = t.acc_free.sum(axis=1)
-    total = np.where(n_acc > 0, acc_total, ints[:, s.CPU_TOTAL]).astype(float)
-    used = np.where(n_acc > 0, acc_total - acc_free, ints[:, s.CPU_TOTAL] - ints[:, s.CPU_FREE]).astype(float)
+    total = np.where(n_acc > 0, acc_total, ints[:, Int.CPU_TOTAL]).astype(float)
+    used = np.where(n_acc > 0, acc_total - acc_free, ints[:, Int.CPU_TOTAL] - ints[:, Int.CPU_FREE]).astype(float)
     classes = max(len(t.classes), 1)
-    key = ints[:, s.HUB] * classes + ints[:, s.CLASS]
+    key = ints[:, Int.HUB] * classes + ints[:, Int.CLASS]
     size = len(t.hubs) * classes
     totals = np.bincount(key, total, size)
     useds = np.bincount(key, used, size)
     counts = np.bincount(key, minlength=size)
-    prices = np.bincount(key, floats[:, s.UNIT_PRICE], size)
+    prices = np.bincount(key, floats[:, Float.UNIT_PRICE], size)
     return {
         (int(k) // classes, int(k) % classes): (useds[k] / totals[k], int(counts[k]), prices[k] / counts[k])
         for k in np.flatnonzero(counts)
@@ -69,8 +70,8 @@ class PriceSetter:
         found = self._classes_of.get(key)
         if found is None:
             archs = [t.archs.ids[a] for a in chip_archs if a in t.archs.ids]
-            rows = np.isin(t.column(s.ARCH), archs)
-            found = tuple(int(c) for c in np.unique(t.column(s.CLASS)[rows]))
+            rows = np.isin(t.column(Int.ARCH), archs)
+            found = tuple(int(c) for c in np.unique(t.column(Int.CLASS)[rows]))
             if len(self._classes_of) > 1024:
                 self._classes_of.clear()
             self._classes_of[key] = found

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from suanwang.dispatcher import stages as s
+from suanwang.dispatcher.stages import Ask, Float, Int
 
 
 def choose_numpy(*args: np.ndarray) -> int:
@@ -35,41 +36,46 @@ def evaluate_numpy(
     weights: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per node: feasible or not, expected cost, and score (infinite where infeasible)."""
-    origin, data_hub, tier = int(ask[s.ORIGIN]), int(ask[s.DATA_HUB]), ask[s.TIER_MS]
-    cpu, mem, count, milli = int(ask[s.CPU]), int(ask[s.MEM]), int(ask[s.ACC_COUNT]), int(ask[s.ACC_MILLI])
-    hub, n_acc, whole, best_share = ints[:, s.HUB], ints[:, s.N_ACC], ints[:, s.WHOLE_FREE], ints[:, s.BEST_SHARE]
+    origin, data_hub, tier = int(ask[Ask.ORIGIN]), int(ask[Ask.DATA_HUB]), ask[Ask.TIER_MS]
+    cpu, mem, count, milli = int(ask[Ask.CPU]), int(ask[Ask.MEM]), int(ask[Ask.ACC_COUNT]), int(ask[Ask.ACC_MILLI])
+    hub, n_acc, whole, best_share = (
+        ints[:, Int.HUB],
+        ints[:, Int.N_ACC],
+        ints[:, Int.WHOLE_FREE],
+        ints[:, Int.BEST_SHARE],
+    )
     if count == 0:
         fits = np.ones(len(ints), dtype=np.bool_)
     elif count == 1 and milli < s.WHOLE:
         fits = (best_share >= milli) | (whole > 0)
     else:
         fits = whole >= count
-    cu = s.CU + int(ask[s.PRECISION])
-    ok = ints[:, s.HEALTHY] != 0
-    ok &= (arch_ok[ints[:, s.ARCH]] != 0) & (floats[:, cu] > 0)
-    if ask[s.ANY_MODEL] == 0:
-        ok &= model_ok[ints[:, s.MODEL]] != 0
-    if ask[s.ANY_PROVINCE] == 0:
-        ok &= province_ok[ints[:, s.PROVINCE]] != 0
+    cu = Float.CU + int(ask[Ask.PRECISION])
+    ok = ints[:, Int.HEALTHY] != 0
+    ok &= (arch_ok[ints[:, Int.ARCH]] != 0) & (floats[:, cu] > 0)
+    if ask[Ask.ANY_MODEL] == 0:
+        ok &= model_ok[ints[:, Int.MODEL]] != 0
+    if ask[Ask.ANY_PROVINCE] == 0:
+        ok &= province_ok[ints[:, Int.PROVINCE]] != 0
     if tier > 0:
         ok &= ~(rtt[origin, hub] > tier)
-    ok &= (ints[:, s.CPU_FREE] >= cpu) & (ints[:, s.MEM_FREE] >= mem) & fits
+    ok &= (ints[:, Int.CPU_FREE] >= cpu) & (ints[:, Int.MEM_FREE] >= mem) & fits
     if count > 0:
-        share = np.where(n_acc > 0, count * (milli / s.WHOLE) / np.maximum(n_acc, 1), cpu / ints[:, s.CPU_TOTAL])
+        share = np.where(n_acc > 0, count * (milli / s.WHOLE) / np.maximum(n_acc, 1), cpu / ints[:, Int.CPU_TOTAL])
     else:
-        share = cpu / ints[:, s.CPU_TOTAL]
-    compute = floats[:, cu] * floats[:, s.UNIT_PRICE] * floats[:, s.PRICE_INDEX]
-    rate = compute + floats[:, s.METER_KW] * per_kwh[ints[:, s.PROVINCE]]
-    cost = share * ask[s.HOURS] * rate + ask[s.INPUT_GB] * transfer[data_hub, hub]
-    if ask[s.BUDGET_YUAN] > 0:
-        ok &= ~(cost > ask[s.BUDGET_YUAN])
+        share = cpu / ints[:, Int.CPU_TOTAL]
+    compute = floats[:, cu] * floats[:, Float.UNIT_PRICE] * floats[:, Float.PRICE_INDEX]
+    rate = compute + floats[:, Float.METER_KW] * per_kwh[ints[:, Int.PROVINCE]]
+    cost = share * ask[Ask.HOURS] * rate + ask[Ask.INPUT_GB] * transfer[data_hub, hub]
+    if ask[Ask.BUDGET_YUAN] > 0:
+        ok &= ~(cost > ask[Ask.BUDGET_YUAN])
     frag = (  # weighed at zero (the baselines' feasibility), fragmentation is not worth its cost
         fragmentation_numpy(ints, acc, cpu, mem, count, milli, shapes, weights)
-        if ask[s.FRAG_WEIGHT]
+        if ask[Ask.FRAG_WEIGHT]
         else np.zeros(len(ints))
     )
     frag = np.where(ok, frag, 0.0)  # a share no accelerator holds scores infinite: never times a zero weight
-    return ok, cost, np.where(ok, cost + ask[s.FRAG_WEIGHT] * frag, np.inf)
+    return ok, cost, np.where(ok, cost + ask[Ask.FRAG_WEIGHT] * frag, np.inf)
 
 
 def unusable_numpy(
@@ -77,7 +83,7 @@ def unusable_numpy(
     weights: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     """`stages.unusable` of every node at once, summed shape by shape in the kernel's order."""
-    exists = np.arange(acc.shape[1])[None, :] < ints[:, s.N_ACC][:, None]
+    exists = np.arange(acc.shape[1])[None, :] < ints[:, Int.N_ACC][:, None]
     free = np.where(exists, acc, 0)
     total, whole = free.sum(axis=1), ((free == s.WHOLE) & exists).sum(axis=1)
     lost, weight_sum = np.zeros(len(ints)), 0.0
@@ -97,12 +103,12 @@ def fragmentation_numpy(
     weights: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     """`stages.fragmentation` of every node at once (infinite where a share fits no accelerator)."""
-    cpu_free, mem_free = ints[:, s.CPU_FREE], ints[:, s.MEM_FREE]
+    cpu_free, mem_free = ints[:, Int.CPU_FREE], ints[:, Int.MEM_FREE]
     before = unusable_numpy(ints, acc, cpu_free, mem_free, shapes, weights)
-    exists = np.arange(acc.shape[1])[None, :] < ints[:, s.N_ACC][:, None]
+    exists = np.arange(acc.shape[1])[None, :] < ints[:, Int.N_ACC][:, None]
     if count == 1 and milli < s.WHOLE:
         best = np.full(len(ints), np.inf)
-        for a in range(int(ints[:, s.N_ACC].max(initial=0))):
+        for a in range(int(ints[:, Int.N_ACC].max(initial=0))):
             after = acc.copy()
             after[:, a] -= milli
             delta = unusable_numpy(ints, after, cpu_free - cpu, mem_free - mem, shapes, weights) - before
@@ -121,25 +127,25 @@ def reserve_numpy(
     """`stages.reserve` on node i with whole-array operations; the accelerator indices it took (a share: the one
     that raises fragmentation least, then the fullest, then the lowest index)."""
     row = slice(i, i + 1)
-    n = int(ints[i, s.N_ACC])
+    n = int(ints[i, Int.N_ACC])
     if count == 1 and milli < s.WHOLE:
-        before = unusable_numpy(ints[row], acc[row], ints[row, s.CPU_FREE], ints[row, s.MEM_FREE], shapes, weights)
+        before = unusable_numpy(ints[row], acc[row], ints[row, Int.CPU_FREE], ints[row, Int.MEM_FREE], shapes, weights)
         options = []
         for a in range(n):
             if acc[i, a] < milli:
                 continue
             after = acc[row].copy()
             after[0, a] -= milli
-            cpu_left, mem_left = ints[row, s.CPU_FREE] - cpu, ints[row, s.MEM_FREE] - mem
+            cpu_left, mem_left = ints[row, Int.CPU_FREE] - cpu, ints[row, Int.MEM_FREE] - mem
             delta = unusable_numpy(ints[row], after, cpu_left, mem_left, shapes, weights) - before
             options.append((float(delta[0]), int(acc[i, a]), a))
         chosen = [min(options)[2]]
     else:
         chosen = [a for a in range(n) if acc[i, a] == s.WHOLE][:count]
-    ints[i, s.CPU_FREE] -= cpu
-    ints[i, s.MEM_FREE] -= mem
+    ints[i, Int.CPU_FREE] -= cpu
+    ints[i, Int.MEM_FREE] -= mem
     acc[i, chosen] -= milli
     free = acc[i, :n]
-    ints[i, s.WHOLE_FREE] = int((free == s.WHOLE).sum())
-    ints[i, s.BEST_SHARE] = int(free[free != s.WHOLE].max(initial=0))
+    ints[i, Int.WHOLE_FREE] = int((free == s.WHOLE).sum())
+    ints[i, Int.BEST_SHARE] = int(free[free != s.WHOLE].max(initial=0))
     return chosen

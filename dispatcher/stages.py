@@ -7,10 +7,13 @@ the stages are inlined into it, and each is also callable, and tested, alone.
 
 Node figures are the columns of two node-major matrices (`ints`, `floats`: one row per node, so a
 node's figures share a cache line and a decision hands numba a dozen arguments, not forty); the request
-is one float array `ask`.
+is one float array `ask`. Their columns, and the filters' verdicts, are declared once, below: `Int`,
+`Float`, `Ask` and `Verdict`.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 import numpy as np
 from numba import njit
@@ -20,33 +23,84 @@ from suanwang.topology import PRECISIONS
 WHOLE = 1000  # an accelerator's capacity in thousandths
 CPU_STEP, MEM_STEP = 4000, 16384  # the workload's shapes are bucketed by these (dispatcher.shapes)
 
-# verdicts: FEASIBLE, or the first filter a node fails
-FEASIBLE = 0
-UNHEALTHY = 1
-ARCHITECTURE = 2
-RESIDENCY = 3
-LATENCY = 4
-CAPACITY = 5
-BUDGET = 6
-FILTER_NAMES = ("unhealthy", "wrong architecture", "data residency", "latency tier", "capacity", "budget")
 
-# columns of the int matrix
-HEALTHY, ARCH, MODEL, HUB, PROVINCE, CPU_TOTAL, CPU_FREE, MEM_TOTAL, MEM_FREE, N_ACC, WHOLE_FREE, BEST_SHARE = range(12)
-CLASS = 12  # compute class (CPU, GPU, NPU, HPC): with HUB, what a market price applies to
-ACC_KEY = 13  # a hash of the free accelerators as a multiset, kept by `summarise_accelerators`
-INT_FIELDS = 14
-# columns of the float matrix: METER_KW is the power the whole node draws at the meter (power x PUE), and
-# CU + p the compute units the whole node does per hour at precision p (topology.PRECISIONS order; 0: it
-# cannot). Compute costs CU x UNIT_PRICE x PRICE_INDEX (the market's index of the node's hub and class) per
-# hour; energy and carbon follow the grid of the hours run
-UNIT_PRICE, PRICE_INDEX, METER_KW, CU = range(4)
-FLOAT_FIELDS = CU + len(PRECISIONS)
-# fields of `ask`, the request as numbers
-ANY_MODEL, ANY_PROVINCE, ORIGIN, DATA_HUB, TIER_MS, CPU, MEM, ACC_COUNT, ACC_MILLI, HOURS, INPUT_GB, BUDGET_YUAN = (
-    range(12)
-)
-FRAG_WEIGHT, PRECISION = 12, 13
-ASK_FIELDS = 14
+class Declared(IntEnum):
+    """An index into one of the dispatcher's number layouts, numbered in the order declared, with what it
+    holds. Declared here, beside the stages, so an edit recompiles them; numba reads a member as a constant."""
+
+    meaning: str
+
+    def __new__(cls, meaning: str) -> Declared:
+        index = len(cls.__members__)
+        member = int.__new__(cls, index)
+        member._value_ = index
+        member.meaning = meaning
+        return member
+
+
+class Int(Declared):
+    """The node table's integer columns (`NodeTable.ints`, one row per node)."""
+
+    HEALTHY = "1 while the node is registered active, not paused and not offline"
+    ARCH = "chip architecture (an id of NodeTable.archs)"
+    MODEL = "chip model (an id of NodeTable.models)"
+    HUB = "hub (an id of NodeTable.hubs)"
+    PROVINCE = "province (an id of NodeTable.provinces)"
+    CPU_TOTAL = "CPU, millicores"
+    CPU_FREE = "CPU not reserved, millicores"
+    MEM_TOTAL = "memory, MiB"
+    MEM_FREE = "memory not reserved, MiB"
+    N_ACC = "accelerators (at most state.MAX_ACCELERATORS)"
+    WHOLE_FREE = "accelerators wholly free"
+    BEST_SHARE = "the largest free share of an accelerator in use, thousandths"
+    CLASS = "compute class (CPU, GPU, NPU, HPC): with HUB, what a market price applies to"
+    ACC_KEY = "a hash of the free accelerators as a multiset, kept by `summarise_accelerators`"
+
+
+class Float(Declared):
+    """The node table's float columns (`NodeTable.floats`). Compute costs CU x UNIT_PRICE x PRICE_INDEX per
+    hour; energy and carbon follow the grid of the hours run."""
+
+    UNIT_PRICE = "yuan per compute unit"
+    PRICE_INDEX = "the market's index of the node's hub and class (1: none published)"
+    METER_KW = "power the whole node draws at the meter, kW (power x PUE)"
+    CU = "compute units per hour of the whole node at precision 0; column CU + p at precision p (0: cannot)"
+
+
+class Ask(Declared):
+    """The fields of `ask`, a request as the numbers the compiled pass reads."""
+
+    ANY_MODEL = "1 when the request names no chip model"
+    ANY_PROVINCE = "1 when the request's data may go to any province"
+    ORIGIN = "the hub the request comes from (an id of NodeTable.hubs)"
+    DATA_HUB = "the hub its input data is in"
+    TIER_MS = "the round trip it allows from its origin, ms (0: any)"
+    CPU = "CPU, millicores"
+    MEM = "memory, MiB"
+    ACC_COUNT = "accelerators"
+    ACC_MILLI = "thousandths of each accelerator (below WHOLE only for a share of one)"
+    HOURS = "hours it runs"
+    INPUT_GB = "input to move to the node, GB"
+    BUDGET_YUAN = "the most it may cost (0: no limit)"
+    FRAG_WEIGHT = "yuan per accelerator of fragmentation"
+    PRECISION = "its precision (an index of topology.PRECISIONS)"
+
+
+class Verdict(Declared):
+    """Filter's answer for a node: FEASIBLE, or the first check it fails, named as a rejection counts it."""
+
+    FEASIBLE = "feasible"
+    UNHEALTHY = "unhealthy"
+    ARCHITECTURE = "wrong architecture"
+    RESIDENCY = "data residency"
+    LATENCY = "latency tier"
+    CAPACITY = "capacity"
+    BUDGET = "budget"
+
+
+INT_FIELDS = len(Int)
+FLOAT_FIELDS = Float.CU + len(PRECISIONS)
+ASK_FIELDS = len(Ask)
 
 
 @njit(cache=True)
@@ -78,16 +132,16 @@ def verdict(
 ):
     """Filter: the first check a node fails, or FEASIBLE."""
     if healthy == 0:
-        return UNHEALTHY
+        return Verdict.UNHEALTHY
     if not arch_ok or not model_ok:
-        return ARCHITECTURE
+        return Verdict.ARCHITECTURE
     if not province_ok:
-        return RESIDENCY
+        return Verdict.RESIDENCY
     if tier_ms > 0 and rtt > tier_ms:
-        return LATENCY
+        return Verdict.LATENCY
     if cpu_free < cpu or mem_free < mem or not accelerators_fit(whole_free, best_share, count, milli):
-        return CAPACITY
-    return FEASIBLE
+        return Verdict.CAPACITY
+    return Verdict.FEASIBLE
 
 
 @njit(cache=True)
@@ -114,7 +168,7 @@ def cost(node_share, hours, rate, input_gb, transfer_price):
 def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
     """FGD's measure of node i: the free accelerator capacity (in accelerators) the workload could not use,
     each shape (cpu, mem, count, milli per accelerator) weighted by how often it comes."""
-    n = ints[i, N_ACC]
+    n = ints[i, Int.N_ACC]
     total = 0
     whole = 0
     for a in range(n):
@@ -147,9 +201,9 @@ def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, ch
     """Score's packing term (FGD): how much the workload's unusable capacity on node i grows if the task goes
     there, in accelerators; the accelerators it would take go into `chosen` (a share: the one that grows it
     least, then the fullest, then the lowest index)."""
-    cpu_free, mem_free = ints[i, CPU_FREE], ints[i, MEM_FREE]
+    cpu_free, mem_free = ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE]
     before = unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights)
-    n = ints[i, N_ACC]
+    n = ints[i, Int.N_ACC]
     if count == 1 and milli < WHOLE:
         best = -1
         best_delta = 0.0
@@ -195,7 +249,7 @@ def mix(h, v):
 def multiset_key(i, ints, acc_free, scratch):
     """A hash of node i's free accelerators as a multiset (sorted first: which accelerator is which does not
     matter to the workload)."""
-    n = ints[i, N_ACC]
+    n = ints[i, Int.N_ACC]
     for a in range(n):  # insertion sort: at most MAX_ACCELERATORS values
         v = acc_free[i, a]
         b = a
@@ -214,8 +268,8 @@ def state_key(i, ints, cpu, mem, count, milli, version):
     """A hash of what `fragmentation` depends on: node i's free accelerators (their key, kept with the row),
     the buckets of its free CPU and memory before and after the task (the shapes' CPU and memory are whole
     buckets, so within one the answer is the same), the task's accelerators and the workload's version."""
-    cpu_free, mem_free = ints[i, CPU_FREE], ints[i, MEM_FREE]
-    h = np.uint64(ints[i, ACC_KEY])
+    cpu_free, mem_free = ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE]
+    h = np.uint64(ints[i, Int.ACC_KEY])
     for v in (
         cpu_free // CPU_STEP,
         (cpu_free - cpu) // CPU_STEP,
@@ -277,11 +331,11 @@ def choose(
     cost, less the most its fragmentation term could take off, is already above the runner-up's score (and,
     in the origin hub, the best local's) is not measured: it can win nothing. The stages take scalars only:
     a numba function taking arrays pays reference counting on every call."""
-    any_model, any_province = ask[ANY_MODEL] > 0, ask[ANY_PROVINCE] > 0
-    origin, data_hub, tier = int(ask[ORIGIN]), int(ask[DATA_HUB]), ask[TIER_MS]
-    cpu, mem, count, milli = int(ask[CPU]), int(ask[MEM]), int(ask[ACC_COUNT]), int(ask[ACC_MILLI])
-    hours, input_gb, budget, weight = ask[HOURS], ask[INPUT_GB], ask[BUDGET_YUAN], ask[FRAG_WEIGHT]
-    cu = CU + int(ask[PRECISION])
+    any_model, any_province = ask[Ask.ANY_MODEL] > 0, ask[Ask.ANY_PROVINCE] > 0
+    origin, data_hub, tier = int(ask[Ask.ORIGIN]), int(ask[Ask.DATA_HUB]), ask[Ask.TIER_MS]
+    cpu, mem, count, milli = int(ask[Ask.CPU]), int(ask[Ask.MEM]), int(ask[Ask.ACC_COUNT]), int(ask[Ask.ACC_MILLI])
+    hours, input_gb, budget, weight = ask[Ask.HOURS], ask[Ask.INPUT_GB], ask[Ask.BUDGET_YUAN], ask[Ask.FRAG_WEIGHT]
+    cu = Float.CU + int(ask[Ask.PRECISION])
     freed = count * milli / WHOLE  # a placement lowers fragmentation by at most the accelerators it takes
     best = second = local = -1
     best_score = second_score = local_score = 0.0
@@ -296,42 +350,42 @@ def choose(
         for k in range(arch_starts[a], arch_starts[a + 1]):
             i = arch_rows[k]
             visited += 1
-            hub = ints[i, HUB]
+            hub = ints[i, Int.HUB]
             v = verdict(
-                ints[i, HEALTHY],
+                ints[i, Int.HEALTHY],
                 floats[i, cu] > 0,
-                any_model or model_ok[ints[i, MODEL]] != 0,
-                any_province or province_ok[ints[i, PROVINCE]] != 0,
+                any_model or model_ok[ints[i, Int.MODEL]] != 0,
+                any_province or province_ok[ints[i, Int.PROVINCE]] != 0,
                 rtt[origin, hub],
                 tier,
-                ints[i, CPU_FREE],
-                ints[i, MEM_FREE],
-                ints[i, WHOLE_FREE],
-                ints[i, BEST_SHARE],
+                ints[i, Int.CPU_FREE],
+                ints[i, Int.MEM_FREE],
+                ints[i, Int.WHOLE_FREE],
+                ints[i, Int.BEST_SHARE],
                 cpu,
                 mem,
                 count,
                 milli,
             )
             c = 0.0
-            if v == FEASIBLE:
-                node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-                compute = compute_rate(floats[i, cu], floats[i, UNIT_PRICE], floats[i, PRICE_INDEX])
-                rate = compute + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
+            if v == Verdict.FEASIBLE:
+                node_share = share(ints[i, Int.N_ACC], ints[i, Int.CPU_TOTAL], cpu, count, milli)
+                compute = compute_rate(floats[i, cu], floats[i, Float.UNIT_PRICE], floats[i, Float.PRICE_INDEX])
+                rate = compute + floats[i, Float.METER_KW] * per_kwh[ints[i, Int.PROVINCE]]
                 c = cost(node_share, hours, rate, input_gb, transfer[data_hub, hub])
                 if budget > 0 and c > budget:
-                    v = BUDGET
+                    v = Verdict.BUDGET
             counts[v] += 1
             if scores.shape[0] > 0:
-                scores[i] = c if v == FEASIBLE else np.inf
-            if v != FEASIBLE:
+                scores[i] = c if v == Verdict.FEASIBLE else np.inf
+            if v != Verdict.FEASIBLE:
                 continue
             frag = 0.0
             if weight != 0:  # weighed at zero it would change nothing
                 floor = c - weight * freed  # the lowest score fragmentation could give this node
                 if weight > 0 and beaten(floor, hub == origin, second, second_score, local, local_score):
                     continue
-                if ints[i, WHOLE_FREE] > 0 or ints[i, BEST_SHARE] > 0:  # else nothing free to lose
+                if ints[i, Int.WHOLE_FREE] > 0 or ints[i, Int.BEST_SHARE] > 0:  # else nothing free to lose
                     # remembered per distinct state in a direct-mapped table; looked up here, not in a call
                     # taking the arrays, whose reference counting would cost more than the lookup
                     h = state_key(i, ints, cpu, mem, count, milli, version)
@@ -352,37 +406,37 @@ def choose(
     unhealthy_elsewhere = 0
     if best < 0:  # a rejection reports each node's first failing filter, and health comes before architecture
         for i in range(ints.shape[0]):
-            if ints[i, HEALTHY] == 0 and arch_ok[ints[i, ARCH]] == 0:
+            if ints[i, Int.HEALTHY] == 0 and arch_ok[ints[i, Int.ARCH]] == 0:
                 unhealthy_elsewhere += 1
-    counts[UNHEALTHY] += unhealthy_elsewhere
-    counts[ARCHITECTURE] += ints.shape[0] - visited - unhealthy_elsewhere
+    counts[Verdict.UNHEALTHY] += unhealthy_elsewhere
+    counts[Verdict.ARCHITECTURE] += ints.shape[0] - visited - unhealthy_elsewhere
     picks[0], picks[1], picks[2] = best, second, local
     for k in range(3):
         costs[k] = 0.0
         i = picks[k]
         if i >= 0:
-            node_share = share(ints[i, N_ACC], ints[i, CPU_TOTAL], cpu, count, milli)
-            compute = compute_rate(floats[i, cu], floats[i, UNIT_PRICE], floats[i, PRICE_INDEX])
-            rate = compute + floats[i, METER_KW] * per_kwh[ints[i, PROVINCE]]
-            costs[k] = cost(node_share, hours, rate, input_gb, transfer[data_hub, ints[i, HUB]])
-    return counts[FEASIBLE]
+            node_share = share(ints[i, Int.N_ACC], ints[i, Int.CPU_TOTAL], cpu, count, milli)
+            compute = compute_rate(floats[i, cu], floats[i, Float.UNIT_PRICE], floats[i, Float.PRICE_INDEX])
+            rate = compute + floats[i, Float.METER_KW] * per_kwh[ints[i, Int.PROVINCE]]
+            costs[k] = cost(node_share, hours, rate, input_gb, transfer[data_hub, ints[i, Int.HUB]])
+    return counts[Verdict.FEASIBLE]
 
 
 @njit(cache=True)
 def summarise_accelerators(i, ints, acc_free):
     """Refreshes node i's count of whole free accelerators, its largest free share of a used one and the
     key of its free multiset."""
-    ints[i, ACC_KEY] = np.int64(multiset_key(i, ints, acc_free, np.zeros(acc_free.shape[1], dtype=np.int64)))
+    ints[i, Int.ACC_KEY] = np.int64(multiset_key(i, ints, acc_free, np.zeros(acc_free.shape[1], dtype=np.int64)))
     whole = 0
     share = 0
-    for a in range(ints[i, N_ACC]):
+    for a in range(ints[i, Int.N_ACC]):
         free = acc_free[i, a]
         if free == WHOLE:
             whole += 1
         elif free > share:
             share = free
-    ints[i, WHOLE_FREE] = whole
-    ints[i, BEST_SHARE] = share
+    ints[i, Int.WHOLE_FREE] = whole
+    ints[i, Int.BEST_SHARE] = share
 
 
 @njit(cache=True)
@@ -390,8 +444,8 @@ def reserve(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen):
     """Takes the task's resources on node i; writes the accelerator indices into `chosen`, returns their count.
     The accelerators are those `fragmentation` scored."""
     fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen)
-    ints[i, CPU_FREE] -= cpu
-    ints[i, MEM_FREE] -= mem
+    ints[i, Int.CPU_FREE] -= cpu
+    ints[i, Int.MEM_FREE] -= mem
     taken = 0 if count == 0 else count
     for k in range(taken):
         acc_free[i, chosen[k]] -= milli
@@ -402,8 +456,8 @@ def reserve(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen):
 @njit(cache=True)
 def release(i, ints, acc_free, cpu, mem, milli, chosen, n_chosen):
     """Gives back what `reserve` took."""
-    ints[i, CPU_FREE] += cpu
-    ints[i, MEM_FREE] += mem
+    ints[i, Int.CPU_FREE] += cpu
+    ints[i, Int.MEM_FREE] += mem
     for k in range(n_chosen):
         acc_free[i, chosen[k]] += milli
     summarise_accelerators(i, ints, acc_free)

@@ -8,6 +8,7 @@ import numpy as np
 
 from suanwang.bus import HOUR_MS
 from suanwang.dispatcher import stages as s
+from suanwang.dispatcher.stages import Float, Int
 from suanwang.topology import PRECISIONS, Metering, Network
 
 MAX_ACCELERATORS = 16
@@ -161,13 +162,13 @@ class NodeTable:
         return self._acc[: self.size]
 
     def column(self, field: int) -> np.ndarray:
-        """One integer figure of every live node (a view), e.g. `column(stages.CPU_FREE)`."""
+        """One integer figure of every live node (a view), e.g. `column(Int.CPU_FREE)`."""
         return self._ints[: self.size, field]
 
     def by_arch(self) -> tuple[np.ndarray, np.ndarray]:
         """Rows grouped by architecture: `rows[starts[a]:starts[a + 1]]` are those of architecture a."""
         if self._by_arch is None:
-            arch = self._ints[: self.size, s.ARCH]
+            arch = self._ints[: self.size, Int.ARCH]
             rows = np.argsort(arch, kind="stable")
             starts = np.searchsorted(arch[rows], np.arange(len(self.archs) + 1))
             self._by_arch = rows.astype(np.int64), starts.astype(np.int64)
@@ -195,29 +196,29 @@ class NodeTable:
             self.row[reg["node_id"]] = i
             self.node_ids.append(reg["node_id"])
             self.clusters.append(reg["cluster"])
-            ints[i, s.CPU_FREE] = reg["cpu_milli"]
-            ints[i, s.MEM_FREE] = reg["memory_mib"]
-            ints[i, s.N_ACC] = min(reg["accelerators"], MAX_ACCELERATORS)
-            self._acc[i, : ints[i, s.N_ACC]] = s.WHOLE
+            ints[i, Int.CPU_FREE] = reg["cpu_milli"]
+            ints[i, Int.MEM_FREE] = reg["memory_mib"]
+            ints[i, Int.N_ACC] = min(reg["accelerators"], MAX_ACCELERATORS)
+            self._acc[i, : ints[i, Int.N_ACC]] = s.WHOLE
         else:  # capacity changes keep what is reserved
-            ints[i, s.CPU_FREE] += reg["cpu_milli"] - ints[i, s.CPU_TOTAL]
-            ints[i, s.MEM_FREE] += reg["memory_mib"] - ints[i, s.MEM_TOTAL]
-        ints[i, s.HEALTHY] = reg.get("active", True) and not reg.get("paused", False)
+            ints[i, Int.CPU_FREE] += reg["cpu_milli"] - ints[i, Int.CPU_TOTAL]
+            ints[i, Int.MEM_FREE] += reg["memory_mib"] - ints[i, Int.MEM_TOTAL]
+        ints[i, Int.HEALTHY] = reg.get("active", True) and not reg.get("paused", False)
         arch = self.archs.add(reg["chip_arch"])
-        if ints[i, s.ARCH] != arch or i == self.size - 1:
+        if ints[i, Int.ARCH] != arch or i == self.size - 1:
             self._by_arch = None
-        ints[i, s.ARCH] = arch
-        ints[i, s.MODEL] = self.models.add(reg["chip_model"])
-        ints[i, s.HUB] = self.hubs.ids[reg["hub"]]
-        ints[i, s.PROVINCE] = self.provinces.ids[reg["province"]]
-        ints[i, s.CLASS] = self.classes.add(reg["compute_class"])
-        ints[i, s.CPU_TOTAL] = reg["cpu_milli"]
-        ints[i, s.MEM_TOTAL] = reg["memory_mib"]
-        floats[i, s.UNIT_PRICE] = reg["unit_price"]
-        floats[i, s.PRICE_INDEX] = self.price_index.get((ints[i, s.HUB], ints[i, s.CLASS]), 1.0)
-        floats[i, s.METER_KW] = reg["power_kw"] * reg["pue"]
+        ints[i, Int.ARCH] = arch
+        ints[i, Int.MODEL] = self.models.add(reg["chip_model"])
+        ints[i, Int.HUB] = self.hubs.ids[reg["hub"]]
+        ints[i, Int.PROVINCE] = self.provinces.ids[reg["province"]]
+        ints[i, Int.CLASS] = self.classes.add(reg["compute_class"])
+        ints[i, Int.CPU_TOTAL] = reg["cpu_milli"]
+        ints[i, Int.MEM_TOTAL] = reg["memory_mib"]
+        floats[i, Float.UNIT_PRICE] = reg["unit_price"]
+        floats[i, Float.PRICE_INDEX] = self.price_index.get((ints[i, Int.HUB], ints[i, Int.CLASS]), 1.0)
+        floats[i, Float.METER_KW] = reg["power_kw"] * reg["pue"]
         for p, precision in enumerate(PRECISIONS):
-            floats[i, s.CU + p] = reg["throughput"] * self.metering.factor(reg["chip_model"], precision)
+            floats[i, Float.CU + p] = reg["throughput"] * self.metering.factor(reg["chip_model"], precision)
         s.summarise_accelerators(i, ints, self._acc)
         return i
 
@@ -228,8 +229,8 @@ class NodeTable:
             return 0
         key = (self.hubs.ids[hub], self.classes.add(compute_class))
         self.price_index[key] = index
-        rows = (self.column(s.HUB) == key[0]) & (self.column(s.CLASS) == key[1])
-        self._floats[: self.size, s.PRICE_INDEX][rows] = index
+        rows = (self.column(Int.HUB) == key[0]) & (self.column(Int.CLASS) == key[1])
+        self._floats[: self.size, Float.PRICE_INDEX][rows] = index
         return int(rows.sum())
 
 

@@ -44,6 +44,7 @@ from suanwang.dispatcher.core import (
     window_of,
 )
 from suanwang.dispatcher.market import PriceSetter, utilisation
+from suanwang.dispatcher.stages import Ask, Int
 from suanwang.dispatcher.state import HOUR_MS, NodeTable, epoch_ms
 from suanwang.topology import Network, load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, grid_signal, registration
@@ -57,14 +58,14 @@ Picker = Callable[[NodeTable, Demand, Window, np.ndarray], int]
 
 def _local_first(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
     """The nearest feasible node to the task's origin (its own hub first), lowest row on ties."""
-    rtt = t.rtt[int(d.ask[s.ORIGIN]), t.column(s.HUB)]
+    rtt = t.rtt[int(d.ask[Ask.ORIGIN]), t.column(Int.HUB)]
     return int(np.argmin(np.where(ok, rtt, np.inf)))
 
 
 def _cheapest_power(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
     """The feasible node in the province with the lowest power price over the hours the task runs."""
     price = w.horizon.mean("price", 0, w.hours)  # baselines start at once
-    return int(np.argmin(np.where(ok, price[t.column(s.PROVINCE)], np.inf)))
+    return int(np.argmin(np.where(ok, price[t.column(Int.PROVINCE)], np.inf)))
 
 
 class _Random:
@@ -120,8 +121,8 @@ class Tally:
 
 def _violations(t: NodeTable, row: int, req: dict[str, Any], capacity: np.ndarray) -> int:
     """1 if placing `req` on `row` breaks a constraint, checked from the request and the node's facts."""
-    hub, province = t.hubs.names[t.column(s.HUB)[row]], t.provinces.names[t.column(s.PROVINCE)[row]]
-    arch, model = t.archs.names[t.column(s.ARCH)[row]], t.models.names[t.column(s.MODEL)[row]]
+    hub, province = t.hubs.names[t.column(Int.HUB)[row]], t.provinces.names[t.column(Int.PROVINCE)[row]]
+    arch, model = t.archs.names[t.column(Int.ARCH)[row]], t.models.names[t.column(Int.MODEL)[row]]
     tier, origin = req["latency_tier_ms"], t.hubs.ids[req["origin_hub"]]
     broken = [
         arch not in req["chip_archs"],
@@ -155,7 +156,9 @@ def _run_day(
         dispatcher.grid_signal(signal)
     tally = Tally(tasks=len(requests))
     running: list[tuple[int, str]] = []
-    free = np.stack([t.column(s.CPU_FREE).copy(), t.column(s.MEM_FREE).copy(), t.column(s.N_ACC) * s.WHOLE], axis=1)
+    free = np.stack(
+        [t.column(Int.CPU_FREE).copy(), t.column(Int.MEM_FREE).copy(), t.column(Int.N_ACC) * s.WHOLE], axis=1
+    )
     steps = track(requests, description=label, console=console, transient=True, disable=not console.is_terminal)
     for now, req in steps:
         while running and running[0][0] <= now:
@@ -275,9 +278,9 @@ def _lp_bound(network: Network, nodes: int, placed: list[dict[str, Any]], now: i
     n_vars, columns = len(costs), np.arange(len(costs))
     one_each = coo_matrix((np.ones(n_vars), (tasks, columns)), shape=(len(placed), n_vars))
     needs = [
-        ([d.cpu for d in demands], t.column(s.CPU_FREE)),
-        ([d.mem for d in demands], t.column(s.MEM_FREE)),
-        ([d.acc_count * d.acc_milli for d in demands], t.column(s.N_ACC) * s.WHOLE),
+        ([d.cpu for d in demands], t.column(Int.CPU_FREE)),
+        ([d.mem for d in demands], t.column(Int.MEM_FREE)),
+        ([d.acc_count * d.acc_milli for d in demands], t.column(Int.N_ACC) * s.WHOLE),
     ]
     capacity = vstack(
         [

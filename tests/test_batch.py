@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from suanwang.bus import now_ms
-from suanwang.dispatcher import batch, stages
+from suanwang.dispatcher import batch
 from suanwang.dispatcher.core import Dispatcher
+from suanwang.dispatcher.stages import Int
 from suanwang.schemas.topics import PLACEMENT
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
@@ -94,7 +95,7 @@ def test_a_window_costs_less_than_deciding_its_requests_one_by_one_and_promises_
     assert sum(r["total_cost"] for r in placed) < sum(r["total_cost"] for r in greedy_placed)
     assert sum(r["decision_us"] for r in placed) <= elapsed_us  # each its share of the window, not all of it
     t = together.nodes
-    assert (t.column(stages.CPU_FREE) >= 0).all() and (t.column(stages.MEM_FREE) >= 0).all()
+    assert (t.column(Int.CPU_FREE) >= 0).all() and (t.column(Int.MEM_FREE) >= 0).all()
     assert (t.acc_free >= 0).all() and len(together.reservations) == len(placed)
 
 

@@ -10,6 +10,7 @@ import pytest
 from suanwang.bus import now_ms
 from suanwang.dispatcher import stages
 from suanwang.dispatcher.core import Dispatcher
+from suanwang.dispatcher.stages import Int, Verdict
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REJECTION
 from suanwang.topology import load_network, scaled_nodes
@@ -43,15 +44,15 @@ def test_verdict_reports_the_first_failing_filter() -> None:
         count=1,
         milli=W,
     )
-    assert stages.verdict(**ok) == stages.FEASIBLE
+    assert stages.verdict(**ok) == Verdict.FEASIBLE
     for change, expected in [
-        (dict(healthy=0, arch_ok=False), stages.UNHEALTHY),
-        (dict(model_ok=False, province_ok=False), stages.ARCHITECTURE),
-        (dict(province_ok=False, rtt=9.0), stages.RESIDENCY),
-        (dict(rtt=9.0, cpu_free=0), stages.LATENCY),
-        (dict(tier_ms=0.0, rtt=99.0), stages.FEASIBLE),  # no tier: any distance
-        (dict(mem_free=100), stages.CAPACITY),
-        (dict(whole_free=0, best_share=900), stages.CAPACITY),  # a whole one is asked for
+        (dict(healthy=0, arch_ok=False), Verdict.UNHEALTHY),
+        (dict(model_ok=False, province_ok=False), Verdict.ARCHITECTURE),
+        (dict(province_ok=False, rtt=9.0), Verdict.RESIDENCY),
+        (dict(rtt=9.0, cpu_free=0), Verdict.LATENCY),
+        (dict(tier_ms=0.0, rtt=99.0), Verdict.FEASIBLE),  # no tier: any distance
+        (dict(mem_free=100), Verdict.CAPACITY),
+        (dict(whole_free=0, best_share=900), Verdict.CAPACITY),  # a whole one is asked for
     ]:
         assert stages.verdict(**{**ok, **change}) == expected, change
 
@@ -67,8 +68,8 @@ def _table(rows: list[list[int]], n_acc: int = 4) -> tuple[np.ndarray, np.ndarra
     ints = np.zeros((len(rows), stages.INT_FIELDS), dtype=np.int64)
     acc = np.zeros((len(rows), 16), dtype=np.int64)
     for i, free in enumerate(rows):
-        ints[i, stages.N_ACC] = n_acc
-        ints[i, stages.CPU_FREE] = ints[i, stages.MEM_FREE] = 4000
+        ints[i, Int.N_ACC] = n_acc
+        ints[i, Int.CPU_FREE] = ints[i, Int.MEM_FREE] = 4000
         acc[i, : len(free)] = free
         stages.summarise_accelerators(i, ints, acc)
     return ints, acc
@@ -107,14 +108,14 @@ def test_a_placement_lowers_fragmentation_by_at_most_the_accelerators_it_takes()
     levels = [0, 100, 250, 500, 750, W]
     for _ in range(2000):
         ints, acc = _table([[rng.choice(levels) for _ in range(4)]])
-        ints[0, stages.CPU_FREE], ints[0, stages.MEM_FREE] = rng.randrange(0, 8000), rng.randrange(0, 8000)
+        ints[0, Int.CPU_FREE], ints[0, Int.MEM_FREE] = rng.randrange(0, 8000), rng.randrange(0, 8000)
         shapes = [(rng.randrange(0, 6000), rng.randrange(0, 6000), rng.choice([0, 1, 1, 2, 4]), 0) for _ in range(3)]
         load = _load(*[(c, m, n, rng.choice([250, 500, W]) if n == 1 else W) for c, m, n, _ in shapes])
         count = rng.choice([0, 1, 1, 2])
         milli = rng.choice([100, 300, 500, W]) if count == 1 else W
-        if not stages.accelerators_fit(ints[0, stages.WHOLE_FREE], ints[0, stages.BEST_SHARE], count, milli):
+        if not stages.accelerators_fit(ints[0, Int.WHOLE_FREE], ints[0, Int.BEST_SHARE], count, milli):
             continue
-        cpu = rng.randrange(0, int(ints[0, stages.CPU_FREE]) + 1)
+        cpu = rng.randrange(0, int(ints[0, Int.CPU_FREE]) + 1)
         delta = stages.fragmentation(0, ints, acc, cpu, 0, count, milli, *load, np.zeros(4, dtype=np.int64))
         assert delta >= -count * milli / W - 1e-12
 
@@ -130,21 +131,21 @@ def test_a_node_that_cannot_beat_the_runner_up_or_the_best_local_is_beaten() -> 
 
 def test_reserve_best_fits_a_share_and_release_restores() -> None:
     ints, acc = _table([[W, 600, 400, 0]])
-    assert (ints[0, stages.WHOLE_FREE], ints[0, stages.BEST_SHARE]) == (1, 600)
+    assert (ints[0, Int.WHOLE_FREE], ints[0, Int.BEST_SHARE]) == (1, 600)
     chosen = np.zeros(1, dtype=np.int64)
     n = stages.reserve(0, ints, acc, 1000, 10, 1, 400, *_load((0, 0, 1, 500)), chosen)
     assert n == 1 and chosen[0] == 2  # the fullest accelerator that still holds 400
-    assert acc[0, :4].tolist() == [W, 600, 0, 0] and ints[0, stages.CPU_FREE] == 3000
+    assert acc[0, :4].tolist() == [W, 600, 0, 0] and ints[0, Int.CPU_FREE] == 3000
     stages.release(0, ints, acc, 1000, 10, 400, chosen, n)
-    assert acc[0, :4].tolist() == [W, 600, 400, 0] and ints[0, stages.CPU_FREE] == 4000
-    assert ints[0, stages.MEM_FREE] == 4000
+    assert acc[0, :4].tolist() == [W, 600, 400, 0] and ints[0, Int.CPU_FREE] == 4000
+    assert ints[0, Int.MEM_FREE] == 4000
 
 
 def test_reserve_takes_whole_accelerators_in_order() -> None:
     ints, acc = _table([[W, 300, W, W]])
     chosen = np.zeros(2, dtype=np.int64)
     assert stages.reserve(0, ints, acc, 0, 0, 2, W, *_load((0, 0, 1, W)), chosen) == 2
-    assert chosen.tolist() == [0, 2] and ints[0, stages.WHOLE_FREE] == 1
+    assert chosen.tolist() == [0, 2] and ints[0, Int.WHOLE_FREE] == 1
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +212,16 @@ def test_rejection_counts_what_each_filter_removed(network) -> None:
     assert out["reason"].startswith("0/200 nodes: ")
 
 
+def test_the_layouts_are_declared_once_and_everything_reads_them(network) -> None:
+    """Columns and verdicts are numbered in the order declared; the table, the pass and the rejection follow."""
+    for layout in (stages.Int, stages.Float, stages.Ask, Verdict):
+        assert [int(c) for c in layout] == list(range(len(layout))) and all(c.meaning for c in layout)
+    d = _dispatcher(network, 50)
+    assert d.nodes.ints.shape[1] == len(Int) and d.nodes.floats.shape[1] == stages.Float.CU + len(stages.PRECISIONS)
+    spec, out = d.decide(_request(latency_tier_ms=1, allowed_provinces=["Gansu"]))
+    assert spec is REJECTION and set(out["filtered"]) <= {v.meaning for v in Verdict if v != Verdict.FEASIBLE}
+
+
 def test_latency_tier_and_residency_are_honoured(network) -> None:
     d = _dispatcher(network)
     _, tight = d.decide(_request(task_id="a", latency_tier_ms=1))
@@ -257,7 +268,7 @@ def test_random_stream_never_overcommits_and_release_restores_everything(network
         if spec is PLACEMENT:
             placed.append(out)
     assert placed
-    assert (d.nodes.column(stages.CPU_FREE) >= 0).all() and (d.nodes.column(stages.MEM_FREE) >= 0).all()
+    assert (d.nodes.column(Int.CPU_FREE) >= 0).all() and (d.nodes.column(Int.MEM_FREE) >= 0).all()
     assert (d.nodes.acc_free >= 0).all() and (d.nodes.acc_free <= W).all()
     for p in placed:
         assert d.release(p["task_id"])

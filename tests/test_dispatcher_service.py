@@ -152,7 +152,7 @@ def test_a_restarted_dispatcher_keeps_its_decisions_and_the_capacity_still_held(
 def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_them(settings: Settings) -> None:
     """Prices on `market.price` each interval for every hub and class; a dispatcher started later applies the
     newest price of each from the compacted topic, and a running one each new price as it comes."""
-    from suanwang.dispatcher import stages
+    from suanwang.dispatcher.stages import Float, Int
     from suanwang.schemas.topics import MARKET_PRICE
 
     network = load_network()
@@ -174,8 +174,8 @@ def test_the_national_dispatcher_publishes_prices_and_every_dispatcher_applies_t
 
     def gansu_gpu(service: DispatcherService) -> float:
         t = service.core.nodes
-        rows = (t.column(stages.HUB) == t.hubs.ids["gansu"]) & (t.column(stages.CLASS) == t.classes.ids["GPU"])
-        return float(t.floats[rows, stages.PRICE_INDEX][0])
+        rows = (t.column(Int.HUB) == t.hubs.ids["gansu"]) & (t.column(Int.CLASS) == t.classes.ids["GPU"])
+        return float(t.floats[rows, Float.PRICE_INDEX][0])
 
     async def scenario() -> tuple[list[dict], float, float]:
         await ensure_topics(settings)

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.market import PriceSetter, next_index, utilisation
+from suanwang.dispatcher.stages import Float
 from suanwang.topology import PRECISIONS, Market, load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration
 
@@ -80,7 +80,7 @@ def test_a_price_rise_steers_the_next_task_elsewhere_and_the_quote_carries_it() 
     else:
         assert second["total_cost"] >= first["total_cost"]  # moved: the dearer hub lost it to the next best
     node = d.nodes.row[second["node_id"]]
-    assert d.nodes.floats[node, s.PRICE_INDEX] == second["price_index"]
+    assert d.nodes.floats[node, Float.PRICE_INDEX] == second["price_index"]
 
 
 def test_a_node_registered_after_a_price_gets_it() -> None:
@@ -89,7 +89,7 @@ def test_a_node_registered_after_a_price_gets_it() -> None:
     pool = NETWORK.pools[spec.pool]
     d.nodes.set_price(spec.hub, pool.compute_class, 1.3)
     row = d.nodes.register({**registration(spec, NETWORK), "node_id": "late-node"})
-    assert d.nodes.floats[row, s.PRICE_INDEX] == 1.3
+    assert d.nodes.floats[row, Float.PRICE_INDEX] == 1.3
 
 
 def test_unsupported_precision_is_filtered_and_an_unknown_one_refused() -> None:
