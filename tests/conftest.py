@@ -1,4 +1,4 @@
-"""Real components only: the embedded tansu broker and a chdb store, shared by the whole session."""
+"""Real components only: the embedded tansu broker and a chdb store, one each per session (per xdist worker)."""
 
 from __future__ import annotations
 
