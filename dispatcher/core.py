@@ -68,6 +68,12 @@ class Demand:
     model_ok: np.ndarray
     province_ok: np.ndarray
     ask: np.ndarray
+    models: int = -1  # the chip models it may run on, as `Vocabulary.bits`
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """What the workload's shapes record of it (`Shapes.observe`)."""
+        return self.cpu, self.mem, self.acc_count, self.acc_milli, self.models
 
     @property
     def cpu(self) -> int:
@@ -116,6 +122,7 @@ def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) ->
         t.models.mask(req["chip_models"]),
         t.provinces.mask(req["allowed_provinces"]),
         ask,
+        t.models.bits(req["chip_models"]),
     )
 
 
@@ -582,7 +589,7 @@ class Dispatcher:
                 self._remember(req["task_id"], refused[-1][1])
                 continue
             d = demand_of(t, req, self.fragmentation_weight)
-            self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
+            self.load.observe(*d.shape)
             w = window_of(t, req, now, self.carbon_price)
             scores.fill(np.inf)
             choose(t, d, Choice(), w, self.load, scores)
@@ -671,7 +678,7 @@ class Dispatcher:
     def _place(self, req: dict[str, Any], priority: str, started: float, now: int) -> tuple[TopicSpec, dict[str, Any]]:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
-        self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
+        self.load.observe(*d.shape)
         return self._place_demand(req, priority, d, window_of(t, req, now, self.carbon_price), started)
 
     def _place_demand(

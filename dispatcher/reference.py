@@ -87,11 +87,13 @@ def unusable_numpy(
     free = np.where(exists, acc, 0)
     total, whole = free.sum(axis=1), ((free == s.WHOLE) & exists).sum(axis=1)
     lost, weight_sum = np.zeros(len(ints)), 0.0
-    for (cpu, mem, count, milli), w in zip(shapes.tolist(), weights.tolist(), strict=True):
+    model = ints[:, Int.MODEL]
+    for (cpu, mem, count, milli, models), w in zip(shapes.tolist(), weights.tolist(), strict=True):
         if w <= 0:
             continue
         weight_sum += w
-        cannot = (cpu_free < cpu) | (mem_free < mem) | ((milli == s.WHOLE) & (whole < count))
+        elsewhere = (model < s.ANY_MODEL_BIT) & ((models >> np.minimum(model, s.ANY_MODEL_BIT - 1)) & 1 == 0)
+        cannot = (cpu_free < cpu) | (mem_free < mem) | ((milli == s.WHOLE) & (whole < count)) | elsewhere
         below = np.where(free < milli, free, 0).sum(axis=1) if count > 0 else np.zeros(len(ints), dtype=np.int64)
         lost = lost + np.where(cannot, w * total, w * below)
     out = lost / weight_sum / s.WHOLE if weight_sum > 0 else np.zeros(len(ints))

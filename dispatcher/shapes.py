@@ -1,18 +1,18 @@
 """The task shapes the dispatcher has seen lately, weighted by how often they come: FGD's workload.
 
 Fragmentation is measured against the work that will arrive, so the dispatcher learns it from the requests
-themselves: each request adds 1 to its shape's weight (cpu and memory bucketed, the accelerator ask exact)
-and every weight decays with a half-life counted in requests. Before any request the weights are a prior
-of the common shapes, so the first decisions already pack. The compiled pass reads a snapshot taken every
-SNAPSHOT requests (and after 1, 2, 4 … while it first learns), so between two its answers per node state can
-be remembered.
+themselves: each request adds 1 to its shape's weight (cpu and memory bucketed, the accelerator ask and the
+chip models it names exact) and every weight decays with a half-life counted in requests. Before any
+request the weights are a prior of the common shapes, so the first decisions already pack. The compiled
+pass reads a snapshot taken every SNAPSHOT requests (and after 1, 2, 4 … while it first learns), so between
+two its answers per node state can be remembered.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from suanwang.dispatcher.stages import CPU_STEP, MEM_STEP, WHOLE
+from suanwang.dispatcher.stages import CPU_STEP, MEM_STEP, SHAPE_FIELDS, WHOLE
 
 MAX_SHAPES = 64
 HALF_LIFE = 2000  # requests
@@ -20,35 +20,37 @@ SNAPSHOT = 256  # requests between two versions of the weights the compiled pass
 CACHE_SLOTS = 1 << 16  # remembered fragmentation answers, one per distinct node state and task shape
 PRIOR = ((1, WHOLE), (1, 500), (2, WHOLE), (4, WHOLE), (8, WHOLE))  # (accelerators, thousandths of each)
 PRIOR_WEIGHT = 1.0
+ANY = -1  # a shape that may run on every chip model
 
 
 class Shapes:
-    """The arrays the compiled pass reads: `shapes` rows of (cpu, mem, count, milli), their `weights` as of
-    snapshot `version`, and the table of answers remembered for that version (`keys`, `values`)."""
+    """The arrays the compiled pass reads: `shapes` (columns: `stages.Shape`), their `weights` as of snapshot
+    `version`, and the table of answers remembered for that version (`keys`, `values`)."""
 
     def __init__(self) -> None:
-        self.shapes = np.zeros((MAX_SHAPES, 4), dtype=np.int64)
+        self.shapes = np.zeros((MAX_SHAPES, SHAPE_FIELDS), dtype=np.int64)
         self.weights = np.zeros(MAX_SHAPES, dtype=np.float64)
         self.version = 0
         self.keys = np.zeros(CACHE_SLOTS, dtype=np.uint64)
         self.values = np.zeros(CACHE_SLOTS, dtype=np.float64)
         self._live = np.zeros(MAX_SHAPES, dtype=np.float64)
-        self._live_shapes = np.zeros((MAX_SHAPES, 4), dtype=np.int64)
+        self._live_shapes = np.zeros((MAX_SHAPES, SHAPE_FIELDS), dtype=np.int64)
         self._seen = 0
-        self._rows: dict[tuple[int, int, int, int], int] = {}
+        self._rows: dict[tuple[int, int, int, int, int], int] = {}
         self._scale = 1.0  # weights are stored divided by the decay so far, so a request costs O(1)
         self._decay = 0.5 ** (1 / HALF_LIFE)
         for count, milli in PRIOR:
-            self._add((0, 0, count, milli), PRIOR_WEIGHT)
+            self._add((0, 0, count, milli, ANY), PRIOR_WEIGHT)
         self._snapshot()
 
-    def observe(self, cpu: int, mem: int, count: int, milli: int) -> None:
-        """One more request of this shape; every older one counts a little less."""
+    def observe(self, cpu: int, mem: int, count: int, milli: int, models: int = ANY) -> None:
+        """One more request of this shape (`models`: a bit per chip model it may run on, or ANY); every older
+        one counts a little less."""
         self._scale /= self._decay
         if self._scale > 1e100:  # renormalise long before float range ends
             self._live /= self._scale
             self._scale = 1.0
-        key = (cpu // CPU_STEP * CPU_STEP, mem // MEM_STEP * MEM_STEP, count, milli if count else 0)
+        key = (cpu // CPU_STEP * CPU_STEP, mem // MEM_STEP * MEM_STEP, count, milli if count else 0, models)
         self._add(key, self._scale)
         self._seen += 1
         if self._seen % SNAPSHOT == 0 or self._seen & (self._seen - 1) == 0:  # often while it learns
@@ -60,7 +62,7 @@ class Shapes:
         self.weights[:] = self._live / self._live.sum()
         self.version += 1
 
-    def _add(self, key: tuple[int, int, int, int], weight: float) -> None:
+    def _add(self, key: tuple[int, int, int, int, int], weight: float) -> None:
         row = self._rows.get(key)
         if row is None:
             if len(self._rows) < MAX_SHAPES:

@@ -86,6 +86,19 @@ class Ask(Declared):
     PRECISION = "its precision (an index of topology.PRECISIONS)"
 
 
+class Shape(Declared):
+    """The columns of `shapes`, the workload that fragmentation is measured against (`dispatcher.shapes`)."""
+
+    CPU = "CPU, millicores (a whole number of CPU_STEP)"
+    MEM = "memory, MiB (a whole number of MEM_STEP)"
+    COUNT = "accelerators"
+    MILLI = "thousandths of each accelerator"
+    MODELS = "the chip models it may run on, one bit per id of NodeTable.models below ANY_MODEL_BIT (-1: any)"
+
+
+ANY_MODEL_BIT = 63  # models with this id or above are in every shape's MODELS
+
+
 class Verdict(Declared):
     """Filter's answer for a node: FEASIBLE, or the first check it fails, named as a rejection counts it."""
 
@@ -101,6 +114,7 @@ class Verdict(Declared):
 INT_FIELDS = len(Int)
 FLOAT_FIELDS = Float.CU + len(PRECISIONS)
 ASK_FIELDS = len(Ask)
+SHAPE_FIELDS = len(Shape)
 
 
 @njit(cache=True)
@@ -167,7 +181,7 @@ def cost(node_share, hours, rate, input_gb, transfer_price):
 @njit(cache=True)
 def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
     """FGD's measure of node i: the free accelerator capacity (in accelerators) the workload could not use,
-    each shape (cpu, mem, count, milli per accelerator) weighted by how often it comes."""
+    each shape weighted by how often it comes; a shape whose models exclude the node's can use none of it."""
     n = ints[i, Int.N_ACC]
     total = 0
     whole = 0
@@ -179,13 +193,19 @@ def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
         return 0.0
     lost = 0.0
     weight_sum = 0.0
+    model = ints[i, Int.MODEL]
     for k in range(shapes.shape[0]):
         w = weights[k]
         if w <= 0:
             continue
         weight_sum += w
-        count, milli = shapes[k, 2], shapes[k, 3]
-        if cpu_free < shapes[k, 0] or mem_free < shapes[k, 1] or (milli == WHOLE and whole < count):
+        count, milli, models = shapes[k, Shape.COUNT], shapes[k, Shape.MILLI], shapes[k, Shape.MODELS]
+        if (
+            cpu_free < shapes[k, Shape.CPU]
+            or mem_free < shapes[k, Shape.MEM]
+            or (milli == WHOLE and whole < count)
+            or (model < ANY_MODEL_BIT and (models >> model) & 1 == 0)
+        ):
             lost += w * total  # the shape cannot run here at all: every free accelerator is lost to it
         elif count > 0:
             below = 0
@@ -267,10 +287,12 @@ def multiset_key(i, ints, acc_free, scratch):
 def state_key(i, ints, cpu, mem, count, milli, version):
     """A hash of what `fragmentation` depends on: node i's free accelerators (their key, kept with the row),
     the buckets of its free CPU and memory before and after the task (the shapes' CPU and memory are whole
-    buckets, so within one the answer is the same), the task's accelerators and the workload's version."""
+    buckets, so within one the answer is the same), its model, the task's accelerators and the workload's
+    version."""
     cpu_free, mem_free = ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE]
     h = np.uint64(ints[i, Int.ACC_KEY])
     for v in (
+        ints[i, Int.MODEL],
         cpu_free // CPU_STEP,
         (cpu_free - cpu) // CPU_STEP,
         mem_free // MEM_STEP,

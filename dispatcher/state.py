@@ -21,6 +21,7 @@ class Vocabulary:
         self.ids: dict[str, int] = {}
         self.names: list[str] = []
         self._masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._bits: dict[tuple[str, ...], int] = {}
         for name in names:
             self.add(name)
 
@@ -29,7 +30,24 @@ class Vocabulary:
             self.ids[name] = len(self.names)
             self.names.append(name)
             self._masks.clear()
+            self._bits.clear()
         return self.ids[name]
+
+    def bits(self, names: list[str]) -> int:
+        """The known names given as one bit per id below `stages.ANY_MODEL_BIT` (the kernel counts the ids
+        above as in every set), or -1, every name, when none is given: a workload shape's chip models."""
+        if not names:
+            return -1
+        key = tuple(names)
+        out = self._bits.get(key)
+        if out is None:
+            out = 0
+            for name in names:
+                if self.ids.get(name, s.ANY_MODEL_BIT) < s.ANY_MODEL_BIT:
+                    out |= 1 << self.ids[name]
+            if len(self._bits) < 4096:
+                self._bits[key] = out
+        return out
 
     def __len__(self) -> int:
         return len(self.names)

@@ -90,7 +90,7 @@ class KernelDecisions:
 
     def demand(self, req: dict[str, Any]) -> tuple[Demand, Window]:
         d = demand_of(self.table, req, FRAGMENTATION_WEIGHT)
-        self.load.observe(d.cpu, d.mem, d.acc_count, d.acc_milli)
+        self.load.observe(*d.shape)
         return d, window_of(self.table, req, self.now, CARBON_PRICE)
 
     def __call__(self, req: dict[str, Any]) -> Decision:

@@ -285,16 +285,28 @@ def bench_packing(
     ),
     seeds: Annotated[int, typer.Option(min=1, help="Samples of the pod list, each placed by every policy.")] = 10,
     inflate: Annotated[float, typer.Option(min=1.0, max=5.0, help="Arrived GPU requests / GPUs at the end.")] = 1.3,
+    gpu_spec: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of GPU pods bound to one chip model, drawn as GPUs are.")
+    ] = 0.0,
+    multi_gpu: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Share of GPU pods asking several whole GPUs [default: as listed]."),
+    ] = None,
     json_out: JsonOut = False,
 ) -> None:
     """GPUs allocated by our policy and the field's baselines on an openb trace, every placement checked."""
+    from suanwang.packing import Variant
     from suanwang.packing import bench_packing as run
 
-    figures = run(trace_dir, seeds, inflate, err)
+    figures = run(trace_dir, seeds, inflate, err, Variant(gpu_spec, multi_gpu))
     if json_out:
         print(json.dumps(figures))
     else:
-        table = Table(title=f"packing: {figures['nodes']:,} nodes, {figures['gpus']:,} GPUs, {seeds} seeds")
+        table = Table(
+            title=f"packing: {figures['nodes']:,} nodes, {figures['gpus']:,} GPUs, {seeds} seeds; of the GPU pods "
+            f"drawn {figures['gpu_pods_bound_to_a_model']:.0%} bound to a model, "
+            f"{figures['gpu_pods_multi_gpu']:.0%} multi-GPU"
+        )
         columns = list(next(iter(figures["policies"].values())))
         table.add_column("policy")
         for column in columns:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +109,59 @@ def read_openb(trace_dir: Path) -> tuple[Cluster, Pods]:
     )  # fmt: skip
 
 
-def sample(pods: Pods, gpus: int, inflate: float, rng: np.random.Generator) -> np.ndarray:
-    """Pod indices drawn with replacement until their GPU requests reach `inflate` x `gpus`."""
+@dataclass(frozen=True)
+class Variant:
+    """How a run departs from the pod list as published, the way the FGD paper's variant traces do: a share
+    of the GPU pods bound to one chip model (`gpu_spec`), and the share of GPU pods that ask for several whole
+    GPUs (`multi_gpu`; None: as in the list)."""
+
+    gpu_spec: float = 0.0
+    multi_gpu: float | None = None
+
+    def pods(self, pods: Pods, cluster: Cluster, rng: np.random.Generator) -> Pods:
+        """The pod list with `gpu_spec` of its GPU pods bound to a model drawn as the cluster's GPUs are."""
+        if self.gpu_spec == 0:
+            return pods
+        names = sorted({m for m, g in zip(cluster.models, cluster.gpus, strict=True) if g and m})
+        supply = np.array([cluster.gpus[[m == name for m in cluster.models]].sum() for name in names], dtype=float)
+        bound = (pods.count > 0) & (rng.random(len(pods.names)) < self.gpu_spec)
+        drawn = rng.choice(len(names), size=len(pods.names), p=supply / supply.sum())
+        models = [(names[drawn[k]],) if bound[k] else pods.models[k] for k in range(len(pods.names))]
+        return replace(pods, models=models)
+
+    def weights(self, pods: Pods) -> np.ndarray | None:
+        """How likely each pod is drawn (None: uniformly): the GPU pods split `multi_gpu` to several whole GPUs
+        and the rest to one, the pods without a GPU as often as in the list."""
+        if self.multi_gpu is None:
+            return None
+        multi, single = pods.count > 1, pods.count == 1
+        if (self.multi_gpu > 0 and not multi.any()) or (self.multi_gpu < 1 and not single.any()):
+            raise SuanwangError(f"multi_gpu={self.multi_gpu}: the pod list has no pod of the kind to draw it from")
+        gpu_pods = (multi | single).sum()
+        w = np.where(pods.count == 0, 1.0, 0.0)
+        if multi.any():
+            w[multi] = self.multi_gpu * gpu_pods / multi.sum()
+        if single.any():
+            w[single] = (1 - self.multi_gpu) * gpu_pods / single.sum()
+        return w / w.sum()
+
+
+def sample(
+    pods: Pods, gpus: int, inflate: float, rng: np.random.Generator, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Pod indices drawn with replacement (uniformly, or by `weights`) until their GPU requests reach
+    `inflate` x `gpus`."""
     demand = pods.count * pods.milli / WHOLE
     if demand.sum() == 0:
         raise SuanwangError("the pod list asks for no GPU: nothing to pack")
     drawn: list[int] = []
     total = 0.0
     while total < inflate * gpus:
-        batch = rng.integers(0, len(pods.names), 4096)
+        batch = (
+            rng.choice(len(pods.names), 4096, p=weights)
+            if weights is not None
+            else rng.integers(0, len(pods.names), 4096)
+        )
         for i in batch:
             drawn.append(int(i))
             total += demand[i]
@@ -289,19 +333,27 @@ def run_policy(name: str, cluster: Cluster, pods: Pods, order: np.ndarray, check
 POLICIES = ("suanwang", "best_fit", "first_fit", "dot_product", "gpu_packing", "random")
 
 
-def bench_packing(trace_dir: Path, seeds: int, inflate: float, console: Console) -> dict[str, Any]:
+def bench_packing(
+    trace_dir: Path, seeds: int, inflate: float, console: Console, variant: Variant = Variant()
+) -> dict[str, Any]:
     """Every policy on the same `seeds` samples; per policy the median and range of GPUs allocated."""
-    cluster, pods = read_openb(trace_dir)
+    cluster, listed = read_openb(trace_dir)
     gpus = int(cluster.gpus.sum())
     warm_up(load_network())
-    demand = pods.count * pods.milli / WHOLE
+    weights = variant.weights(listed)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in POLICIES}
+    drawn_multi = drawn_bound = drawn_gpu = 0
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         job = progress.add_task("packing", total=seeds * len(POLICIES))
         for seed in range(seeds):
-            order = sample(pods, gpus, inflate, np.random.default_rng(seed))
-            arrived = np.cumsum(demand[order])
+            rng = np.random.default_rng(seed)
+            pods = variant.pods(listed, cluster, rng)
+            order = sample(pods, gpus, inflate, rng, weights)
+            arrived = np.cumsum((pods.count * pods.milli / WHOLE)[order])
             checkpoints = [int(np.searchsorted(arrived, gpus)) + 1, len(order)]
+            drawn_gpu += int((pods.count[order] > 0).sum())
+            drawn_multi += int((pods.count[order] > 1).sum())
+            drawn_bound += sum(1 for p in order if pods.models[p])
             for name in POLICIES:
                 runs[name].append(run_policy(name, cluster, pods, order, checkpoints, seed))
                 progress.advance(job)
@@ -322,5 +374,7 @@ def bench_packing(trace_dir: Path, seeds: int, inflate: float, console: Console)
         "pods": len(pods.names),
         "seeds": seeds,
         "inflate": inflate,
+        "gpu_pods_bound_to_a_model": round(drawn_bound / max(drawn_gpu, 1), 4),
+        "gpu_pods_multi_gpu": round(drawn_multi / max(drawn_gpu, 1), 4),
         "policies": policies,
     }

@@ -75,9 +75,9 @@ def _table(rows: list[list[int]], n_acc: int = 4) -> tuple[np.ndarray, np.ndarra
     return ints, acc
 
 
-def _load(*shapes: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A workload of equally common shapes (cpu, mem, count, milli)."""
-    return np.array(shapes, dtype=np.int64), np.ones(len(shapes))
+def _load(*shapes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A workload of equally common shapes (cpu, mem, count, milli[, models]: any when not given)."""
+    return np.array([(*shape, -1)[: stages.SHAPE_FIELDS] for shape in shapes], dtype=np.int64), np.ones(len(shapes))
 
 
 def test_unusable_is_the_free_capacity_the_workload_cannot_use() -> None:
@@ -89,6 +89,30 @@ def test_unusable_is_the_free_capacity_the_workload_cannot_use() -> None:
     assert stages.unusable(0, ints, acc, 100, 4000, *_load((1000, 0, 1, 100))) == 2.0  # too little CPU
     both = _load((0, 0, 1, 500), (0, 0, 2, W))
     assert stages.unusable(0, ints, acc, 4000, 4000, *both) == (0.4 + 2.0) / 2
+
+
+def test_a_shape_bound_to_other_chip_models_can_use_nothing_on_the_node() -> None:
+    ints, acc = _table([[W, 600, 400, 0]])
+    ints[0, Int.MODEL] = 3
+    assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, 1 << 3))) == 0.4  # its own model
+    assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, (1 << 2) | (1 << 5)))) == 2.0
+    assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, -1))) == 0.4  # any model
+    ints[0, Int.MODEL] = stages.ANY_MODEL_BIT  # ids past the bits are in every set
+    assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, 1 << 3))) == 0.4
+    key = stages.state_key(0, ints, 0, 0, 1, 500, 1)
+    ints[0, Int.MODEL] = 3
+    assert stages.state_key(0, ints, 0, 0, 1, 500, 1) != key  # the remembered answer is per model
+
+
+def test_a_request_naming_chip_models_is_learnt_as_a_shape_bound_to_them(network) -> None:
+    d = _dispatcher(network, 50)
+    models = d.nodes.models
+    named = models.names[:2]
+    assert models.bits([]) == -1 and models.bits(named) == (1 << models.ids[named[0]]) | (1 << models.ids[named[1]])
+    assert models.bits(["no-such-chip"]) == 0  # runs nowhere known
+    d.decide(_request(chip_models=named[:1]))
+    bound = d.load.shapes[:, stages.Shape.MODELS] == 1 << models.ids[named[0]]
+    assert bound.any() and d.load.weights[bound].sum() > 0  # the first request is in the first snapshot
 
 
 def test_fragmentation_puts_a_share_where_it_loses_least() -> None:

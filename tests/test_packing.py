@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from suanwang.errors import SuanwangError
-from suanwang.packing import POLICIES, WHOLE, Free, read_openb, run_policy, sample
+from suanwang.packing import POLICIES, WHOLE, Free, Variant, read_openb, run_policy, sample
 from tests.conftest import run_cli
 
 # the shared trace beside the checkout, or where this machine keeps it
@@ -58,6 +58,32 @@ def test_every_policy_places_within_the_rules(tmp_path: Path, policy: str) -> No
     result = run_policy(policy, cluster, pods, order, [len(order)], seed=1)
     assert result["violations"] == 0 and result["placed"] > 0
     assert 0 < result["allocated"][0] <= 1
+
+
+def test_a_variant_binds_gpu_pods_to_models_and_sets_the_share_of_multi_gpu_pods(tmp_path: Path) -> None:
+    cluster, pods = read_openb(_trace(tmp_path, pods=PODS.replace("t4only,4000,8192,1,300,T4", "t4,4000,8192,1,300,")))
+    rng = np.random.default_rng(5)
+    bound = Variant(gpu_spec=1.0).pods(pods, cluster, rng)
+    gpu = [k for k in range(len(pods.names)) if pods.count[k] > 0]
+    assert all(len(bound.models[k]) == 1 and bound.models[k][0] in ("T4", "G2") for k in gpu)
+    assert bound.models[pods.names.index("cpu")] == ()  # a pod without a GPU is bound to nothing
+    assert Variant(gpu_spec=0.0).pods(pods, cluster, rng) is pods
+    weights = Variant(multi_gpu=0.5).weights(pods)
+    order = sample(pods, 10_000, 1.0, rng, weights)
+    drawn = pods.count[order]
+    assert abs((drawn > 1).sum() / (drawn > 0).sum() - 0.5) < 0.05
+    assert Variant().weights(pods) is None
+    no_multi = PODS.replace("four,16000,32768,4,1000", "four,16000,32768,1,1000")
+    with pytest.raises(SuanwangError, match="multi_gpu=0.3"):
+        Variant(multi_gpu=0.3).weights(read_openb(_trace(tmp_path, pods=no_multi))[1])
+
+
+def test_bound_pods_land_only_on_their_model_under_every_policy(tmp_path: Path) -> None:
+    cluster, pods = read_openb(_trace(tmp_path))
+    pods = Variant(gpu_spec=1.0).pods(pods, cluster, np.random.default_rng(2))
+    order = sample(pods, int(cluster.gpus.sum()), 1.3, np.random.default_rng(2))
+    for policy in POLICIES:
+        assert run_policy(policy, cluster, pods, order, [len(order)], seed=2)["violations"] == 0, policy
 
 
 def test_on_openb_our_policy_allocates_more_than_every_baseline() -> None:
