@@ -18,11 +18,12 @@ from suanwang.streams.alerts import Alerts
 from suanwang.streams.checks import probe_problem, telemetry_problem
 from suanwang.streams.containment import Containment
 from suanwang.streams.facts import Facts
+from suanwang.streams.rules import Rules
 from suanwang.topology import load_network
 
 
 class Context:
-    """What the agents of one worker share: settings, codec, topics, store, facts and alert state."""
+    """What the agents of one worker share: settings, codec, topics, store, facts, alert rules and state."""
 
     def __init__(self, app: faust.App, settings: Settings, store: Store) -> None:
         self.app = app
@@ -31,6 +32,7 @@ class Context:
         self.codec: Codec = make_codec(settings)
         self.topics = Topics(settings.topic_prefix)
         self.facts = Facts(self.codec, self.topics)
+        self.rules = Rules(settings)
         self.alerts = Alerts(self)
         self.hubs = set(load_network().hubs)
         self.counts: Counter[str] = Counter()  # what the agents did, for benches and metrics

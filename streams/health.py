@@ -15,7 +15,6 @@ from suanwang.schemas.topics import TELEMETRY
 from suanwang.streams.app import Context
 from suanwang.streams.windows import EventClock
 
-TEMP_MARGIN_C = 3.0
 CHECK_EVERY_S = 1.0
 
 
@@ -60,18 +59,14 @@ class Silence:
 
 def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Awaitable[None]]:
     """Registers the silence check and returns the step that watches telemetry batches."""
-    settings = ctx.settings
-    silence = Silence(int(settings.offline_after_intervals * settings.telemetry_interval_s * 1000))
+    silence = Silence(ctx.rules.silence_ms)
 
     @ctx.app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: set[Any], **_: Any) -> None:
         silence.forget({tp.partition for tp in revoked if tp.topic == ctx.topics.name(TELEMETRY)})
 
     async def alert(node: str, is_offline: bool, silent_ms: int) -> None:
-        await ctx.alerts.set(
-            f"node_offline:node:{node}", "node_offline", "node", node, is_offline, silent_ms / 1000,
-            silence.silence_ms / 1000, f"{node} silent for {silent_ms / 1000:.0f} s",
-        )  # fmt: skip
+        await ctx.alerts.apply(ctx.rules.silence(node, is_offline, silent_ms))
 
     async def watch(valid: list[tuple[Any, dict[str, Any]]]) -> None:
         """Notes when each node of a batch of valid telemetry last reported, and judges its temperature."""
@@ -80,11 +75,7 @@ def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Await
             back_after = silence.saw(node, int(t["event_time"].timestamp() * 1000), ev.message.partition)
             if back_after is not None:
                 await alert(node, False, back_after)
-            temp = t["inlet_temp_c"]
-            await ctx.alerts.judge(
-                "overheating", "node", node, temp, settings.alert_inlet_temp_c, TEMP_MARGIN_C,
-                f"{node} inlet {temp:.1f} °C in {t['cluster']}",
-            )  # fmt: skip
+            await ctx.alerts.apply(ctx.rules.inlet(t))
 
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
     @ctx.contain.timer("find_silent_nodes")

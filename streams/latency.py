@@ -59,8 +59,7 @@ def register(ctx: Context) -> None:
 
     async def publish_probes() -> None:
         for _kind, key, start, values in probes.close():
-            a, b = key.split(">")
-            tier = tiers.get((a, b))
+            tier = tiers.get(tuple(key.split(">")))
             stats = percentiles(values[:, 0])
             await ctx.send(
                 LATENCY,
@@ -71,10 +70,7 @@ def register(ctx: Context) -> None:
                 ),
             )  # fmt: skip
             if tier is not None:
-                await ctx.alerts.judge(
-                    "latency_tier", "hub_pair", key, stats["p99_ms"], tier, 0.1 * tier,
-                    f"{a}→{b} p99 RTT {stats['p99_ms']:.1f} ms above its {tier} ms tier",
-                )  # fmt: skip
+                await ctx.alerts.apply(ctx.rules.latency(key, stats["p99_ms"], tier))
 
     async def publish_decisions() -> None:
         for _kind, scope, start, values in decisions.close():

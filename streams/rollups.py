@@ -49,7 +49,6 @@ CLOSE_EVERY_S = 1.0
 SHARED_SHARDS = {"hub", "province"}  # every hub on one worker, so it can compare them
 BUCKETS = 64  # scopes travel in this many buckets: at most this many workers share the windows
 READ_BACK_MARGIN_MS = 120_000  # beyond the panes kept: clock skew between a chunk's send and its panes
-UTIL_MARGIN = 0.1
 
 
 def samples_of(records: list[dict[str, Any]], ctx: Context) -> Samples:
@@ -190,40 +189,92 @@ class Aggregate:
             await self.stream.ack(ev)
 
 
-def register(ctx: Context) -> Aggregate:
-    """Registers `scope_rollups` and returns the step that sums telemetry batches into pane chunks."""
-    settings = ctx.settings
-    lateness_ms = int(settings.window_lateness_s * 1000)
-    windows = HoppingWindows(grace_ms=lateness_ms)
-    aggregate = Aggregate(ctx)
-    chunk_clock = EventClock()  # the newest sender's clock among the chunks merged here
-    chunk_topic = ctx.topics.name(PANE_CHUNK)
-    telemetry_topic = ctx.topics.name(TELEMETRY)
-    reading_back: dict[int, asyncio.Task[int]] = {}  # chunk partition taken up -> offset read back up to
-    reading = asyncio.Lock()
+class ScopeRollups:
+    """The `scope_rollups` agent: merges pane chunks into each scope's hopping windows, reads back what a chunk
+    partition it takes up held before, publishes the windows that close and judges the alert rules on them."""
 
-    def merge(record: dict[str, Any], partition: int) -> None:
+    def __init__(self, ctx: Context, aggregate: Aggregate) -> None:
+        self.ctx = ctx
+        self.aggregate = aggregate
+        self.lateness_ms = int(ctx.settings.window_lateness_s * 1000)
+        self.windows = HoppingWindows(grace_ms=self.lateness_ms)
+        self.clock = EventClock()  # the newest sender's clock among the chunks merged here
+        self.chunk_topic = ctx.topics.name(PANE_CHUNK)
+        self.telemetry_topic = ctx.topics.name(TELEMETRY)
+        self.reading_back: dict[int, asyncio.Task[int]] = {}  # chunk partition taken up -> offset read back up to
+        self.reading = asyncio.Lock()
+
+    # intake: the agent and its timer
+
+    async def run(self, stream: Any) -> None:
+        """Merges each batch of chunks, then publishes the windows it closed."""
+        async for events in stream.take_events(self.ctx.settings.sink_batch_size, within=CLOSE_EVERY_S):
+            await self.ctx.contain.batch("scope_rollups", events, self._merge_chunks)
+
+    async def close_quiet_windows(self) -> None:
+        """Sends the chunks and closes the windows of a stream that went quiet: the event clocks keep moving."""
+        await self.aggregate.send_idle(self.ctx.app.rebalancing)
+        await self.publish(self.due())
+
+    async def _merge_chunks(self, events: list[Any]) -> None:
+        for ev in events:
+            record = self.ctx.decode(ev)
+            if record is None:
+                continue
+            await self.caught_up(ev.message.partition, ev.message.offset)
+            self.merge(record, ev.message.partition)
+        await self.publish(self.due())
+
+    # merge
+
+    def merge(self, record: dict[str, Any], partition: int) -> None:
         """Keeps a chunk's partial panes, each by its chunk."""
-        chunk_clock.saw(record["watermark"])
+        self.clock.saw(record["watermark"])
         run = Run(record["run_offset"], record["run_started"])
         chunk = Chunk(record["source_partition"], run, record["chunk_offset"])
         for p in record["panes"]:
             kind = p["scope_kind"]
-            outcome = windows.add(
+            outcome = self.windows.add(
                 kind, p["scope_key"], p["pane_start"], chunk, Pane.from_record(p), p["node_ids"],
-                chunk_clock.now_ms(), partition,
+                self.clock.now_ms(), partition,
             )  # fmt: skip
             if outcome != "added":
-                ctx.counts[f"panes_{outcome}:{kind}"] += 1
+                self.ctx.counts[f"panes_{outcome}:{kind}"] += 1
 
-    async def read_back(partition: int, start: int | None, end: int | None) -> int:
+    # read-back: partitions taken up and let go
+
+    async def take_up(self, app: Any, assigned: set[Any], **_: Any) -> None:
+        for tp in assigned:
+            if tp.topic == self.chunk_topic and tp.partition not in self.reading_back:
+                self.reading_back[tp.partition] = asyncio.create_task(self.read_back(tp.partition, None, None))
+
+    async def let_go(self, app: Any, revoked: set[Any], **_: Any) -> None:
+        await self.aggregate.send_due({tp.partition for tp in revoked if tp.topic == self.telemetry_topic})
+        gone = {tp.partition for tp in revoked if tp.topic == self.chunk_topic}
+        for partition in gone:
+            task = self.reading_back.pop(partition, None)
+            if task is not None:
+                task.cancel()
+        self.windows.forget(gone)
+
+    async def caught_up(self, partition: int, offset: int) -> None:
+        """Before the first chunk of a partition taken up: what it held before is read back."""
+        task = self.reading_back.pop(partition, None)
+        if task is None:
+            return
+        upto = await task
+        if offset > upto:  # resumed past the committed offset: what lies between was merged, then let go
+            await self.read_back(partition, upto, offset)
+
+    async def read_back(self, partition: int, start: int | None, end: int | None) -> int:
         """Merges the chunks of a partition this worker takes from `start` (or as far back as panes are kept)
         up to `end` (or its group's committed offset), and lets go of the windows that went out meanwhile."""
-        async with reading:
-            return await _read_back(partition, start, end)
+        async with self.reading:
+            return await self._read_back(partition, start, end)
 
-    async def _read_back(partition: int, start: int | None, end: int | None) -> int:
-        tp = TopicPartition(chunk_topic, partition)
+    async def _read_back(self, partition: int, start: int | None, end: int | None) -> int:
+        ctx, settings = self.ctx, self.ctx.settings
+        tp = TopicPartition(self.chunk_topic, partition)
         reader = AIOKafkaConsumer(**client_kwargs(settings), group_id=worker_group(settings), enable_auto_commit=False)
         await reader.start()  # assigned by hand: it reads the group's offsets, never joins or commits
         try:
@@ -231,7 +282,7 @@ def register(ctx: Context) -> Aggregate:
             if end is None:
                 end = await reader.committed(tp) or 0
             if start is None:
-                oldest_ms = now_ms() - keep_ms(lateness_ms) - READ_BACK_MARGIN_MS
+                oldest_ms = now_ms() - keep_ms(self.lateness_ms) - READ_BACK_MARGIN_MS
                 since = (await reader.offsets_for_times({tp: oldest_ms}))[tp]
                 start = since.offset if since is not None and since.timestamp >= 0 else end
             published_by = 0
@@ -246,131 +297,45 @@ def register(ctx: Context) -> Aggregate:
                         except DecodeError:  # skipped as when first read
                             continue
                         published_by = max(published_by, record["watermark"])
-                        merge(record, partition)
+                        self.merge(record, partition)
                         ctx.counts["chunks_read_back"] += 1
-            windows.settle({partition}, published_by)
+            self.windows.settle({partition}, published_by)
             return end
         finally:
             await reader.stop()
 
-    @ctx.app.on_partitions_revoked.connect
-    async def let_go(app: Any, revoked: set[Any], **_: Any) -> None:
-        await aggregate.send_due({tp.partition for tp in revoked if tp.topic == telemetry_topic})
-        gone = {tp.partition for tp in revoked if tp.topic == chunk_topic}
-        for partition in gone:
-            task = reading_back.pop(partition, None)
-            if task is not None:
-                task.cancel()
-        windows.forget(gone)
+    # publish
 
-    @ctx.app.on_partitions_assigned.connect
-    async def take_up(app: Any, assigned: set[Any], **_: Any) -> None:
-        for tp in assigned:
-            if tp.topic == chunk_topic and tp.partition not in reading_back:
-                reading_back[tp.partition] = asyncio.create_task(read_back(tp.partition, None, None))
-
-    async def caught_up(partition: int, offset: int) -> None:
-        """Before the first chunk of a partition taken up: what it held before is read back."""
-        task = reading_back.pop(partition, None)
-        if task is None:
-            return
-        upto = await task
-        if offset > upto:  # resumed past the committed offset: what lies between was merged, then let go
-            await read_back(partition, upto, offset)
-
-    def due() -> list[Window]:
+    def due(self) -> list[Window]:
         """Windows to publish now; none while a partition is read back, as its windows are still partial."""
-        return [] if reading.locked() else windows.close(chunk_clock.now_ms())
+        return [] if self.reading.locked() else self.windows.close(self.clock.now_ms())
 
-    async def publish(closed: list[Window]) -> None:
+    async def publish(self, closed: list[Window]) -> None:
+        """Sends each closed window as a rollup and judges the alert rules on it, and on hubs side by side."""
+        ctx = self.ctx
         by_end: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
         for window in closed:
-            nodes_total = (
-                1 if window.scope_kind == "node" else ctx.facts.scope_totals[(window.scope_kind, window.scope_key)]
-            )
-            rollup = rollup_fields(window, nodes_total)
+            kind, key = window.scope_kind, window.scope_key
+            rollup = rollup_fields(window, 1 if kind == "node" else ctx.facts.scope_totals[(kind, key)])
             await ctx.send(ROLLUP, event(**rollup))
-            await judge_scope(rollup, window)
-            by_end[(window.scope_kind, window.length_ms, window.end_ms)].append(rollup)
-        for (kind, length_ms, _end), group in by_end.items():
-            if kind in SHARED_SHARDS and length_ms == 60_000:
-                await judge_imbalance(kind, group)
+            overloaded = f"overload:node:{key}" in ctx.alerts.raised
+            for check in ctx.rules.on_window(rollup, window.panes, overloaded):
+                await ctx.alerts.apply(check)
+            by_end[(kind, window.length_ms, window.end_ms)].append(rollup)
+        for (kind, _length_ms, _end), group in by_end.items():
+            if kind in SHARED_SHARDS:
+                for check in ctx.rules.imbalance(kind, group):
+                    await ctx.alerts.apply(check)
 
-    async def judge_scope(r: dict[str, Any], window: Window) -> None:
-        kind, key = r["scope_kind"], r["scope_key"]
-        if r["window_s"] != 300:
-            return
-        if kind == "node" and window.panes >= 0.8 * window.length_ms / PANE_MS:
-            load = max(r["cpu_util_mean"], r["accelerator_util_mean"])
-            # fires only when every sample of 5 min was over; clears once the mean is back under by the margin
-            value = r["load_min"] if f"overload:node:{key}" not in ctx.alerts.raised else load
-            await ctx.alerts.judge(
-                "overload",
-                kind,
-                key,
-                value,
-                settings.alert_overload_util,
-                UTIL_MARGIN,
-                f"{key} above {settings.alert_overload_util:.0%} for 5 min (mean {load:.0%})",
-            )
-        if kind == "cluster" and r["power_kw_mean"] > 0:
-            await ctx.alerts.judge(
-                "pue",
-                kind,
-                key,
-                r["pue"],
-                settings.alert_pue_max,
-                0.02,
-                f"{key} PUE {r['pue']:.2f} above the policy {settings.alert_pue_max:.2f}",
-            )
-            await ctx.alerts.judge(
-                "green_share",
-                kind,
-                key,
-                r["green_share"],
-                settings.alert_green_share_min,
-                0.02,
-                f"{key} green share {r['green_share']:.0%} under {settings.alert_green_share_min:.0%}",
-                above=False,
-            )
 
-    async def judge_imbalance(kind: str, group: list[dict[str, Any]]) -> None:
-        loads = {r["scope_key"]: max(r["cpu_util_mean"], r["accelerator_util_mean"]) for r in group}
-        busiest = max(loads, key=loads.__getitem__)
-        saturated = loads[busiest] > settings.alert_saturated_util
-        for key, load in loads.items():
-            idle = saturated and key != busiest and load < settings.alert_idle_util
-            await ctx.alerts.set(
-                f"imbalance:{kind}:{key}",
-                "imbalance",
-                kind,
-                key,
-                idle,
-                load,
-                settings.alert_idle_util,
-                f"{key} idle at {load:.0%} while {busiest} is at {loads[busiest]:.0%}: dispatch should move work",
-            )
-
-    @ctx.app.agent(ctx.topic(PANE_CHUNK), name="scope_rollups")
-    async def scope_rollups(stream: Any) -> None:
-
-        async def merge_chunks(events: list[Any]) -> None:
-            for ev in events:
-                record = ctx.decode(ev)
-                if record is None:
-                    continue
-                await caught_up(ev.message.partition, ev.message.offset)
-                merge(record, ev.message.partition)
-            await publish(due())
-
-        async for events in stream.take_events(settings.sink_batch_size, within=CLOSE_EVERY_S):
-            await ctx.contain.batch("scope_rollups", events, merge_chunks)
-
-    @ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_windows")
-    @ctx.contain.timer("close_quiet_windows")
-    async def close_quiet_windows() -> None:
-        """Sends the chunks and closes the windows of a stream that went quiet: the event clocks keep moving."""
-        await aggregate.send_idle(ctx.app.rebalancing)
-        await publish(due())
-
+def register(ctx: Context) -> Aggregate:
+    """Registers `scope_rollups` and its timer, and returns the step that sums telemetry batches into pane
+    chunks."""
+    aggregate = Aggregate(ctx)
+    rollups = ScopeRollups(ctx, aggregate)
+    ctx.app.on_partitions_revoked.connect(rollups.let_go)
+    ctx.app.on_partitions_assigned.connect(rollups.take_up)
+    ctx.app.agent(ctx.topic(PANE_CHUNK), name="scope_rollups")(rollups.run)
+    quiet = ctx.contain.timer("close_quiet_windows")(rollups.close_quiet_windows)
+    ctx.app.timer(CLOSE_EVERY_S, name="close_quiet_windows")(quiet)
     return aggregate

@@ -139,6 +139,19 @@ class Settings(BaseSettings):
     alert_green_share_min: float = Field(0.8, ge=0, le=1, description="Green share a hub data centre must keep.")
     alert_idle_util: float = Field(0.2, ge=0, le=1, description="A hub or province below this load is idle...")
     alert_saturated_util: float = Field(0.8, ge=0, le=1, description="...while another above this is saturated.")
+    alert_overload_margin: float = Field(
+        0.1, ge=0, le=1, description="An overload clears once the 5-min mean load is this far under its threshold."
+    )
+    alert_inlet_temp_margin_c: float = Field(
+        3.0, ge=0, description="Overheating clears once the inlet is this many °C under its threshold."
+    )
+    alert_pue_margin: float = Field(0.02, ge=0, description="A PUE alert clears once PUE is this far under the policy.")
+    alert_green_share_margin: float = Field(
+        0.02, ge=0, le=1, description="A green-share alert clears once the share is this far above the minimum."
+    )
+    alert_latency_margin: float = Field(
+        0.1, ge=0, description="A latency-tier alert clears once p99 is under its tier by this share of the tier."
+    )
     # Simulator
     sim_nodes: int = Field(1000, ge=10, description="Nodes in the simulated network.")
     sim_rate: float = Field(50.0, ge=0, description="Task requests per second.")
