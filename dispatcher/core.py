@@ -573,7 +573,7 @@ class Dispatcher:
 
     def prepare_batch(self, reqs: list[dict[str, Any]], now: int) -> BatchPlan:
         """Validates each request (rejecting the invalid) and offers the MILP each valid one's cheapest feasible
-        nodes, as the compiled pass scores them."""
+        nodes, as the compiled pass scores them, and the greedy path's answer for them to start from."""
         started = time.perf_counter()
         t = self.nodes
         scores = np.empty(t.size)
@@ -598,14 +598,25 @@ class Dispatcher:
             rows = rows[np.isfinite(scores[rows])]
             rows = rows[np.argsort(scores[rows], kind="stable")]
             kept.append((req, priority, d, w, rows, scores[rows]))
-        rows = np.unique(np.concatenate([k[4] for k in kept])) if kept else np.zeros(0, dtype=np.int64)
+        picks = self._greedy_picks(kept)
+        rows = np.unique(np.concatenate([k[4] for k in kept] + [picks[picks >= 0]]))
         index = {int(r): i for i, r in enumerate(rows)}
         candidates = np.full((len(kept), batch.CANDIDATES), -1, dtype=np.int64)
         costs = np.full((len(kept), batch.CANDIDATES), np.inf)
         needs = np.zeros((len(kept), 4))
-        for j, (_req, _priority, d, _w, cand, cand_costs) in enumerate(kept):
+        greedy = np.full(len(kept), -1, dtype=np.int64)
+        for j, (_req, _priority, d, w, cand, cand_costs) in enumerate(kept):
+            pick = int(picks[j])
+            if pick >= 0 and pick not in cand:  # fragmentation chose past the cheapest: it displaces the dearest
+                cost = float(choose(t, d, Choice(), w, self.load, only=pick).costs[0])
+                cand, cand_costs = (
+                    np.append(cand[: batch.CANDIDATES - 1], pick),
+                    np.append(cand_costs[: batch.CANDIDATES - 1], cost),
+                )
             candidates[j, : len(cand)] = [index[int(r)] for r in cand]
             costs[j, : len(cand)] = cand_costs
+            if pick >= 0:
+                greedy[j] = int(np.flatnonzero(cand == pick)[0])
             whole = d.acc_milli == stages.WHOLE
             needs[j] = (d.cpu, d.mem, d.acc_count if whole else 0, d.acc_count * d.acc_milli)
         free = np.stack(
@@ -617,12 +628,27 @@ class Dispatcher:
             ],
             axis=1,
         ).astype(float)
-        problem = batch.Problem(candidates, costs, needs, free)
-        problem.greedy = batch.warm_start(problem)
+        problem = batch.Problem(candidates, costs, needs, free, greedy)
         return BatchPlan(
             [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept], [k[3] for k in kept], rows, problem,
             refused, time.perf_counter() - started, now,
         )  # fmt: skip
+
+    def _greedy_picks(
+        self, kept: list[tuple[dict[str, Any], str, Demand, Window, np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """The node the greedy path would give each of the window's tasks in turn (-1: none): reserved on the
+        table, read, and given back. The MILP starts from this answer, so it places at least as many."""
+        t, held = self.nodes, []
+        picks = np.full(len(kept), -1, dtype=np.int64)
+        for j, (_req, _priority, d, w, _cand, _costs) in enumerate(kept):
+            best = int(choose(t, d, Choice(), w, self.load).picks[0])
+            if best >= 0:
+                held.append(Reservation(best, d.cpu, d.mem, d.acc_milli, reserve(t, best, d, self.load)))
+                picks[j] = best
+        for res in reversed(held):
+            self._give(res)
+        return picks
 
     def bind_batch(
         self, plan: BatchPlan, solution: batch.Solution

@@ -86,18 +86,18 @@ def unusable_numpy(
     exists = np.arange(acc.shape[1])[None, :] < ints[:, Int.N_ACC][:, None]
     free = np.where(exists, acc, 0)
     total, whole = free.sum(axis=1), ((free == s.WHOLE) & exists).sum(axis=1)
-    lost, weight_sum = np.zeros(len(ints)), 0.0
+    lost, weight_sum = np.zeros(len(ints)), np.zeros(len(ints))
     model = ints[:, Int.MODEL]
     for (cpu, mem, count, milli, models), w in zip(shapes.tolist(), weights.tolist(), strict=True):
         if w <= 0:
             continue
-        weight_sum += w
-        elsewhere = (model < s.ANY_MODEL_BIT) & ((models >> np.minimum(model, s.ANY_MODEL_BIT - 1)) & 1 == 0)
-        cannot = (cpu_free < cpu) | (mem_free < mem) | ((milli == s.WHOLE) & (whole < count)) | elsewhere
+        may = (model >= s.ANY_MODEL_BIT) | ((models >> np.minimum(model, s.ANY_MODEL_BIT - 1)) & 1 == 1)
+        weight_sum = weight_sum + np.where(may, w, 0.0)
+        cannot = (cpu_free < cpu) | (mem_free < mem) | ((milli == s.WHOLE) & (whole < count))
         below = np.where(free < milli, free, 0).sum(axis=1) if count > 0 else np.zeros(len(ints), dtype=np.int64)
-        lost = lost + np.where(cannot, w * total, w * below)
-    out = lost / weight_sum / s.WHOLE if weight_sum > 0 else np.zeros(len(ints))
-    return np.where(total == 0, 0.0, out)
+        lost = lost + np.where(may, np.where(cannot, w * total, w * below), 0.0)
+    out = lost / np.where(weight_sum > 0, weight_sum, 1.0) / s.WHOLE
+    return np.where((total == 0) | (weight_sum == 0), 0.0, out)
 
 
 def fragmentation_numpy(

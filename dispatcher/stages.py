@@ -181,7 +181,9 @@ def cost(node_share, hours, rate, input_gb, transfer_price):
 @njit(cache=True)
 def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
     """FGD's measure of node i: the free accelerator capacity (in accelerators) the workload could not use,
-    each shape weighted by how often it comes; a shape whose models exclude the node's can use none of it."""
+    each shape weighted by how often it comes. Shapes bound to other chip models are left out, not counted
+    as losing everything: that would draw unbound work onto the models fewest tasks ask for, and fill them
+    (bench packing --gpu-spec 0.25: 0.934 of GPUs allocated at 100 % arrived counting them, 0.944 not)."""
     n = ints[i, Int.N_ACC]
     total = 0
     whole = 0
@@ -196,16 +198,12 @@ def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
     model = ints[i, Int.MODEL]
     for k in range(shapes.shape[0]):
         w = weights[k]
-        if w <= 0:
+        models = shapes[k, Shape.MODELS]
+        if w <= 0 or (model < ANY_MODEL_BIT and (models >> model) & 1 == 0):
             continue
         weight_sum += w
-        count, milli, models = shapes[k, Shape.COUNT], shapes[k, Shape.MILLI], shapes[k, Shape.MODELS]
-        if (
-            cpu_free < shapes[k, Shape.CPU]
-            or mem_free < shapes[k, Shape.MEM]
-            or (milli == WHOLE and whole < count)
-            or (model < ANY_MODEL_BIT and (models >> model) & 1 == 0)
-        ):
+        count, milli = shapes[k, Shape.COUNT], shapes[k, Shape.MILLI]
+        if cpu_free < shapes[k, Shape.CPU] or mem_free < shapes[k, Shape.MEM] or (milli == WHOLE and whole < count):
             lost += w * total  # the shape cannot run here at all: every free accelerator is lost to it
         elif count > 0:
             below = 0

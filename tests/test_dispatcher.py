@@ -91,12 +91,14 @@ def test_unusable_is_the_free_capacity_the_workload_cannot_use() -> None:
     assert stages.unusable(0, ints, acc, 4000, 4000, *both) == (0.4 + 2.0) / 2
 
 
-def test_a_shape_bound_to_other_chip_models_can_use_nothing_on_the_node() -> None:
+def test_a_node_is_measured_against_the_shapes_that_may_run_on_its_model() -> None:
     ints, acc = _table([[W, 600, 400, 0]])
     ints[0, Int.MODEL] = 3
     assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, 1 << 3))) == 0.4  # its own model
-    assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, (1 << 2) | (1 << 5)))) == 2.0
+    assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, (1 << 2) | (1 << 5)))) == 0.0
     assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, -1))) == 0.4  # any model
+    elsewhere_too = _load((0, 0, 1, 500, -1), (0, 0, 2, W, 1 << 2))  # wants two whole G2s: left out here
+    assert stages.unusable(0, ints, acc, 4000, 4000, *elsewhere_too) == 0.4
     ints[0, Int.MODEL] = stages.ANY_MODEL_BIT  # ids past the bits are in every set
     assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, 1 << 3))) == 0.4
     key = stages.state_key(0, ints, 0, 0, 1, 500, 1)
