@@ -24,6 +24,7 @@ from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.stages import Ask, Float, Int, Verdict
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
+from suanwang.settings import Settings
 from suanwang.topology import PRECISIONS, Network
 
 MAX_TASK_HOURS = 24 * 365
@@ -156,11 +157,18 @@ class Window:
         )
 
 
-def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) -> Window:
+HOLD_PRICE: float = Settings.model_fields["dispatch_hold_yuan_per_kwh"].default  # measured by bench quality
+
+
+def window_of(
+    t: NodeTable, req: dict[str, Any], now: int, carbon_price: float, hold_price: float = HOLD_PRICE
+) -> Window:
     """The cheapest start per province: now, or for work with a deadline any later hour that still meets it.
 
     Energy and carbon are linear in the price of the hours run, so the best start in a province is the
-    same for every node there: one pass of the stages then scores every node at its province's best."""
+    same for every node there: one pass of the stages then scores every node at its province's best. A
+    later start holds the task's capacity idle until then, priced at `hold_price` per kWh it would draw and
+    hour held: without it, deferral saves on power but turns work away at the peaks."""
     hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
     horizon = t.grid.horizon(now, t.emission_kg_per_kwh * carbon_price)
     latest = 0
@@ -173,7 +181,8 @@ def window_of(t: NodeTable, req: dict[str, Any], now: int, carbon_price: float) 
         now_everywhere = np.zeros(provinces, dtype=np.int64)
         return Window(horizon, hours, now_everywhere, np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
     per_kwh = horizon.mean("per_kwh", np.arange(latest + 1), hours)
-    best = np.argmin(per_kwh, axis=0)
+    held = hold_price * np.arange(latest + 1)[:, None] / hours  # per kWh run, for the hours held before it
+    best = np.argmin(per_kwh + held, axis=0)
     start_ms = np.where(best == 0, now, horizon.hour + best * HOUR_MS)
     return Window(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
 
@@ -253,6 +262,7 @@ class Dispatcher:
         network: Network,
         scope: str = "national",
         carbon_price: float = 0.1,
+        hold_price: float = HOLD_PRICE,
         fragmentation_weight: float = FRAGMENTATION_WEIGHT,
         start_timeout_s: float = 300.0,
         remembered_decisions: int = 50_000,
@@ -268,6 +278,7 @@ class Dispatcher:
         self.unstarted: dict[str, int] = {}  # task id -> when its placement lapses unless the task starts
         self.nodes = NodeTable(network)
         self.carbon_price = carbon_price
+        self.hold_price = hold_price
         self.fragmentation_weight = fragmentation_weight
         self.load = Shapes()  # the shapes of recent requests, that fragmentation is measured against
         self.reservations: dict[str, Reservation] = {}
@@ -590,7 +601,7 @@ class Dispatcher:
                 continue
             d = demand_of(t, req, self.fragmentation_weight)
             self.load.observe(*d.shape)
-            w = window_of(t, req, now, self.carbon_price)
+            w = window_of(t, req, now, self.carbon_price, self.hold_price)
             scores.fill(np.inf)
             choose(t, d, Choice(), w, self.load, scores)
             top = np.argpartition(scores, batch.CANDIDATES)[: batch.CANDIDATES] if t.size > batch.CANDIDATES else None
@@ -705,7 +716,7 @@ class Dispatcher:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
         self.load.observe(*d.shape)
-        return self._place_demand(req, priority, d, window_of(t, req, now, self.carbon_price), started)
+        return self._place_demand(req, priority, d, window_of(t, req, now, self.carbon_price, self.hold_price), started)
 
     def _place_demand(
         self, req: dict[str, Any], priority: str, d: Demand, w: Window, started: float

@@ -69,6 +69,7 @@ class DispatcherService:
             network,
             scope=str(self.scope),
             carbon_price=settings.carbon_price_yuan_per_kg,
+            hold_price=settings.dispatch_hold_yuan_per_kwh,
             start_timeout_s=settings.dispatch_start_timeout_s,
             remembered_decisions=settings.dispatch_remembered_decisions,
             priorities=Priorities({name: TenantClass(t.priority, t.emergency) for name, t in book.tenants.items()}),

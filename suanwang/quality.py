@@ -268,7 +268,7 @@ def _lp_bound(network: Network, nodes: int, placed: list[dict[str, Any]], now: i
     demands = [demand_of(t, req, 0.0) for req in placed]
     var_task, var_node, costs = [], [], []
     for k, req in enumerate(placed):
-        d, w = demands[k], window_of(t, req, now, dispatcher.carbon_price)
+        d, w = demands[k], window_of(t, req, now, dispatcher.carbon_price, dispatcher.hold_price)
         cost = _costs(dispatcher, d, w)
         feasible = np.flatnonzero(np.isfinite(cost))
         var_task += [k] * len(feasible)

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         1.0, gt=0, le=3600, description="Wait before a task's second re-dispatch; doubles with each one after."
     )
     carbon_price_yuan_per_kg: float = Field(0.1, ge=0, description="Price put on each kg of CO2 emitted.")
+    dispatch_hold_yuan_per_kwh: float = Field(
+        0.5,
+        ge=0,
+        description="Price of capacity held idle before a deferred start, per kWh the task draws and hour held: "
+        "work with a deadline starts later only when that saves more in power and carbon.",
+    )
     market_interval_s: float = Field(
         10.0, gt=0, description="Seconds between two price updates of the market (network.yaml `market`)."
     )

@@ -377,13 +377,10 @@ def test_a_placement_never_started_lapses_and_frees_its_capacity(network) -> Non
     assert d.release("busy") and np.array_equal(d.nodes.ints, free)
 
 
-def test_work_with_a_deadline_is_deferred_to_the_cheapest_hours_that_meet_it(network) -> None:
-    d = _dispatcher(network)
-    hour = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000
-    now = hour + 600_000
+def _cheap_hour_at(d: Dispatcher, network, hour: int, cheap_k: int) -> None:
     for province in network.provinces:
         for k in range(30):
-            cheap = k == 6
+            cheap = k == cheap_k
             d.grid_signal(
                 dict(
                     province=province,
@@ -392,6 +389,13 @@ def test_work_with_a_deadline_is_deferred_to_the_cheapest_hours_that_meet_it(net
                     green_share=0.9 if cheap else 0.2,
                 )
             )
+
+
+def test_work_with_a_deadline_is_deferred_to_the_cheapest_hours_that_meet_it(network) -> None:
+    d = _dispatcher(network, hold_price=0.0)  # holding capacity idle costs nothing here
+    hour = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000
+    now = hour + 600_000
+    _cheap_hour_at(d, network, hour, 6)
     shiftable = _request(task_id="night", duration_s=3600.0, deadline=now + 10 * 3_600_000)
     _, late = d.decide(shiftable, now)
     assert late["start_at"] == hour + 6 * 3_600_000
@@ -401,6 +405,16 @@ def test_work_with_a_deadline_is_deferred_to_the_cheapest_hours_that_meet_it(net
     assert urgent["start_at"] == now and urgent["energy_cost"] == pytest.approx(urgent["energy_kwh"] * 1.0)
     _, plain = d.decide(_request(task_id="plain", duration_s=2 * 3600.0), now)
     assert plain["start_at"] == now
+
+
+def test_a_start_is_deferred_only_when_the_saving_pays_for_the_capacity_held_idle(network) -> None:
+    hour = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000
+    now = hour + 600_000
+    for cheap_k, deferred in ((6, False), (1, True)):  # 0.9 yuan/kWh saved against 0.5 per hour held
+        d = _dispatcher(network, hold_price=0.5)
+        _cheap_hour_at(d, network, hour, cheap_k)
+        _, out = d.decide(_request(task_id="night", duration_s=3600.0, deadline=now + 10 * 3_600_000), now)
+        assert out["start_at"] == (hour + cheap_k * 3_600_000 if deferred else now), cheap_k
 
 
 def test_a_restored_placement_holds_its_resources_and_lapses_unless_started(network) -> None:
