@@ -24,6 +24,7 @@ from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.stages import Ask, Float, Int, Verdict
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
+from suanwang.schemas.values import BATCH, GREEDY, PREEMPTION
 from suanwang.settings import Settings
 from suanwang.topology import PRECISIONS, Network
 
@@ -683,7 +684,7 @@ class Dispatcher:
                 c = choose(self.nodes, d, Choice(), w, self.load, only=row)
                 if int(c.picks[0]) == row:
                     started = time.perf_counter() - share_s  # its decision time: its share, then its own binding
-                    decision = PLACEMENT, self._bind(req, plan.priorities[j], d, w, c, started)
+                    decision = PLACEMENT, self._bind(req, plan.priorities[j], d, w, c, started, BATCH)
                     self._remember(req["task_id"], decision)
                     out.append((req, decision))
                     continue
@@ -726,8 +727,9 @@ class Dispatcher:
         c = choose(t, d, self._choice, w, self.load)
         # a tier passes on what it cannot place, and preempts only for emergency work, which cannot wait
         may_preempt_here = priority != BEST_EFFORT and (self.scope == "national" or priority == EMERGENCY)
+        path = GREEDY
         if c.picks[0] < 0 and may_preempt_here and self._preempt(req, priority, d, w):
-            c = choose(t, d, self._choice, w, self.load)
+            c, path = choose(t, d, self._choice, w, self.load), PREEMPTION
         best, second, local = (int(x) for x in c.picks)
         if best < 0:
             removed = {v.meaning: int(c.counts[v]) for v in Verdict if v != Verdict.FEASIBLE and c.counts[v]}
@@ -735,12 +737,13 @@ class Dispatcher:
             if self.scope != "national":  # a tier passes on what it cannot place
                 return REJECTION, self._rejection(req, ESCALATED, f"{self.scope}: 0/{t.size} nodes: {summary}", removed)
             return REJECTION, self._rejection(req, NO_FEASIBLE_NODE, f"0/{t.size} nodes: {summary}", removed)
-        return PLACEMENT, self._bind(req, priority, d, w, c, started)
+        return PLACEMENT, self._bind(req, priority, d, w, c, started, path)
 
     def _bind(
-        self, req: dict[str, Any], priority: str, d: Demand, w: Window, c: Choice, started: float
+        self, req: dict[str, Any], priority: str, d: Demand, w: Window, c: Choice, started: float, path: str
     ) -> dict[str, Any]:
-        """Reserve and bind: takes the demand on the chosen node and says so in the explained Placement record."""
+        """Reserve and bind: takes the demand on the chosen node and says so, and which `path` decided, in the
+        explained Placement record."""
         t = self.nodes
         best, second, local = (int(x) for x in c.picks)
         chosen = reserve(t, best, d, self.load)
@@ -784,6 +787,7 @@ class Dispatcher:
             input_gb=req["input_gb"] or 0.0,
             priority=priority,
             retry_of=req.get("retry_of"),
+            decided_by=path,
             **quoted,
         )
         record["start_at"] = start_at

@@ -16,3 +16,4 @@ def enum_symbols(schema: str, field: str) -> tuple[str, ...]:
 
 PRIORITY_CLASSES = enum_symbols("TaskRequest", "priority")  # highest first
 TASK_STATES = enum_symbols("TaskLifecycle", "state")
+GREEDY, PREEMPTION, BATCH = DECISION_PATHS = enum_symbols("Placement", "decided_by")

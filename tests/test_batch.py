@@ -92,6 +92,7 @@ def test_a_window_costs_less_than_deciding_its_requests_one_by_one_and_promises_
     placed = [r for s, r in decided if s is PLACEMENT]
     greedy_placed = [r for r in one_by_one if "node_id" in r]
     assert len(placed) >= len(greedy_placed)
+    assert {r["decided_by"] for r in greedy_placed} == {"greedy"} and "batch" in {r["decided_by"] for r in placed}
     assert sum(r["total_cost"] for r in placed) < sum(r["total_cost"] for r in greedy_placed)
     assert sum(r["decision_us"] for r in placed) <= elapsed_us  # each its share of the window, not all of it
     t = together.nodes

@@ -94,6 +94,7 @@ def test_production_work_preempts_its_tenants_best_effort_work_which_is_dispatch
     d.started("low", now_ms() - 60_000)
     spec, high = d.decide(request("high", "lab", priority=PRODUCTION))
     assert spec is PLACEMENT and high["node_id"] == low["node_id"] == "n1"
+    assert (low["decided_by"], high["decided_by"]) == ("greedy", "preemption")
     (lifecycle_spec, failed), (retry_spec, retry) = d.take_outbox()
     assert lifecycle_spec is TASK_LIFECYCLE and retry_spec is TASK_REQUEST
     assert failed["task_id"] == "low" and failed["state"] == "FAILED" and failed["cause"] == "preempted"
