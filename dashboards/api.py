@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from suanwang.analyst import Analysts, Busy, LimitExceeded, Refused
 from suanwang.billing.book import load_book
@@ -52,6 +53,7 @@ KEEP_ALIVE_S = 15.0
 MAX_BODY_BYTES = 64 * 1024  # a task request is well under 2 KB
 log = logging.getLogger("suanwang.api")
 REQUESTS = Counter("suanwang_api_requests_total", "API requests answered", ["method", "route", "status"])
+ANSWER_SECONDS = Histogram("suanwang_api_request_seconds", "Time to answer an API request", ["method", "route"])
 SUMMARY_TABLES = ("telemetry", "task_requests", "placements", "rejections", "alerts", "rollups", "dead_letters")
 
 
@@ -382,11 +384,14 @@ async def openapi(request: web.Request) -> web.Response:
 async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
     resource = request.match_info.route.resource
     route = resource.canonical if resource else "unmatched"
+    started = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         REQUESTS.labels(request.method, route, str(exc.status)).inc()
         raise
+    finally:
+        ANSWER_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
     REQUESTS.labels(request.method, route, str(response.status)).inc()
     return response
 

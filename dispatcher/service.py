@@ -8,6 +8,7 @@ import heapq
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
 
 from suanwang.billing.book import load_book
 from suanwang.bus import (
@@ -25,6 +26,7 @@ from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.priority import Priorities, TenantClass
 from suanwang.dispatcher.state import epoch_ms
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
+from suanwang.metrics import ServiceMetrics
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
@@ -46,12 +48,52 @@ RELEASING_STATES = set(TASK_STATES) - {"STARTED"}  # every end frees what the ta
 STATE_TOPICS = (REGISTRY, GRID_SIGNAL, MARKET_PRICE)  # read whole at start, then followed
 NODE_DEPENDENT = {ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH}  # rejections a registration not yet read could undo
 CATCH_UP_S = 5.0  # the longest a rejection waits for the state topics to be read to their end
+DECISION_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 0.1, 0.5, 2.5)
 TIMERS_EVERY_S = 1.0  # lapsed placements, fail-overs and retries whose back-off ended are looked at this often
 
 
 def dispatcher_group(scope: Scope) -> str:
     """The consumer group of a tier's dispatcher (one active member: it owns the tier's capacity)."""
     return f"suanwang-dispatcher{scope.topic_suffix.replace('.', '-') or '-national'}"
+
+
+class DispatchMetrics:
+    """What the dispatcher's operators watch: decision time by path, decisions by outcome, what it holds and
+    what waits, and its group's lag (`suanwang.metrics`)."""
+
+    def __init__(self, service: DispatcherService) -> None:
+        self.service = ServiceMetrics("dispatcher")
+        registry, scope = self.service.registry, str(service.scope)
+        self.decision_seconds = Histogram(
+            "suanwang_dispatch_decision_seconds",
+            "Time to decide a placement, by the path that decided it (a batched one: its share of the window).",
+            ["scope", "path"],
+            buckets=DECISION_BUCKETS_S,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "suanwang_dispatch_decisions_total",
+            "Decisions sent, by outcome: placed, or the rejection's reason code.",
+            ["scope", "outcome"],
+            registry=registry,
+        )
+        Gauge("suanwang_dispatch_reservations", "Placements holding capacity.", ["scope"], registry=registry).labels(
+            scope
+        ).set_function(lambda: len(service.core.reservations))
+        Gauge(
+            "suanwang_dispatch_waiting_requests",
+            "Requests read and not yet decided: gathered in a batch window, or backing off before a retry.",
+            ["scope"],
+            registry=registry,
+        ).labels(scope).set_function(lambda: len(service._window) + len(service._waiting))
+        self.scope = scope
+
+    def decided(self, out_spec: TopicSpec, out: dict[str, Any]) -> None:
+        if out_spec is PLACEMENT:
+            self.decisions.labels(self.scope, "placed").inc()
+            self.decision_seconds.labels(self.scope, out["decided_by"]).observe(out["decision_us"] / 1e6)
+        else:
+            self.decisions.labels(self.scope, out["reason_code"]).inc()
 
 
 class DispatcherService:
@@ -89,6 +131,7 @@ class DispatcherService:
         self._window_opened = asyncio.Event()
         self.batches = 0  # windows solved, and the tasks they held
         self.batched_tasks = 0
+        self.metrics = DispatchMetrics(self)
 
     async def _rebuild(self) -> None:
         """Restores earlier decisions and the capacity still held, from the dispatch and lifecycle topics.
@@ -243,6 +286,7 @@ class DispatcherService:
             self.core.forget(record["task_id"])
             out_spec, out = self.core.decide(record)
         await self.producer.send(out_spec, out)
+        self.metrics.decided(out_spec, out)
         await self._send_all(self.core.take_outbox())
         if self.prices is not None:
             self.prices.observe(record, out)
@@ -263,6 +307,8 @@ class DispatcherService:
         group = dispatcher_group(self.scope)
         names = [self._request_topic, *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
         events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group, auto_commit=False))
+        self.metrics.service.serve(self.settings.metrics_port)
+        lag = self.metrics.service.keep_lag(self.settings, group, names, stop)
         try:
             await state.start()
             await read_to_end(state, [self.topics.name(s) for s in STATE_TOPICS], self._apply_state)
@@ -278,6 +324,9 @@ class DispatcherService:
                 consume(events, self.topics, self.producer, "dispatcher", self._on_event, stop),
             )
         finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             await events.stop()
             await state.stop()
             await self.producer.stop()

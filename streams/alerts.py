@@ -38,6 +38,7 @@ class Alerts:
             self.raised.add(key)
         else:
             self.raised.discard(key)
+        self.ctx.counts[f"alerts:{check.kind}"] += 1
         await self.ctx.send(
             ALERT,
             event(

@@ -10,7 +10,7 @@ import faust
 
 from suanwang.bus import make_codec, now_ms
 from suanwang.schemas.codec import Codec, DecodeError
-from suanwang.schemas.topics import NETWORK_PROBE, TELEMETRY, Topics, TopicSpec
+from suanwang.schemas.topics import DEADLETTER, NETWORK_PROBE, TELEMETRY, Topics, TopicSpec
 from suanwang.security import faust_credentials
 from suanwang.settings import Settings
 from suanwang.store import Store
@@ -20,6 +20,24 @@ from suanwang.streams.containment import Containment
 from suanwang.streams.facts import Facts
 from suanwang.streams.rules import Rules
 from suanwang.topology import load_network
+
+# what `Context.counts` tallies: its keys are a name, or `name:label`; the worker's metrics export each
+TALLIES: dict[str, tuple[str | None, str]] = {
+    "events": ("topic", "Events read, by contract topic."),
+    "rows": ("table", "Rows stored in ClickHouse, by table."),
+    "dead_letters": ("component", "Records sent to the dead-letter topic, by the component that refused them."),
+    "samples_aggregated": (None, "Telemetry samples summed into pane chunks."),
+    "windows_published": ("scope_kind", "Rollup windows published, by scope kind."),
+    "alerts": ("kind", "Alert changes published (raised or resolved), by kind."),
+    "panes_too_late": ("scope_kind", "Partial panes that came after their windows had closed."),
+    "panes_superseded": ("scope_kind", "Partial panes replaced by a later delivery of their chunk."),
+    "chunks_read_back": (None, "Pane chunks read back on taking up a chunk partition."),
+    "store_retries": (None, "ClickHouse calls retried while it failed."),
+    "failures": ("concern", "Batches or timer ticks that failed and were contained, by concern."),
+    "billing_runs": (None, "Billing runs."),
+    "billing_entries": (None, "Ledger entries written by billing."),
+    "billing_failures": (None, "Billing runs that failed."),
+}
 
 
 class Context:
@@ -44,6 +62,8 @@ class Context:
 
     async def send(self, spec: TopicSpec, record: dict[str, Any]) -> None:
         await self.topic(spec).send(key=spec.key_of(record), value=self.codec.encode(spec.schema, record))
+        if spec is DEADLETTER:
+            self.counts[f"dead_letters:{record['component']}"] += 1
 
     def decode(self, ev: faust.EventT) -> dict[str, Any] | None:
         """The event's record, or None when it does not decode (the sink reports it: it reads every topic)."""
@@ -98,6 +118,7 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
         stream_buffer_maxsize=4 * settings.sink_batch_size,
         broker_max_poll_records=settings.sink_batch_size,
         consumer_max_fetch_size=8 * 1024 * 1024,
+        producer_linger=settings.bulk_linger_ms / 1000,  # rollups, chunks, alerts and bills: fewer batches
     )
 
 

@@ -318,6 +318,7 @@ class ScopeRollups:
             kind, key = window.scope_kind, window.scope_key
             rollup = rollup_fields(window, 1 if kind == "node" else ctx.facts.scope_totals[(kind, key)])
             await ctx.send(ROLLUP, event(**rollup))
+            ctx.counts[f"windows_published:{kind}"] += 1
             overloaded = f"overload:node:{key}" in ctx.alerts.raised
             for check in ctx.rules.on_window(rollup, window.panes, overloaded):
                 await ctx.alerts.apply(check)

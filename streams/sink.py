@@ -74,6 +74,7 @@ class Sink:
         checked = []
         for ev in events:
             spec = ctx.topics.spec(ev.message.topic)
+            ctx.counts[f"events:{spec.name}"] += 1
             try:
                 record = ctx.codec.decode_as(spec.schema, ev.value)
                 checked.append([ev, spec, record, ctx.problem(spec, record)])

@@ -7,11 +7,12 @@ import sys
 
 from suanwang.bus import Lag, ensure_topics
 from suanwang.dispatcher.tiers import tier_request_topics
+from suanwang.metrics import ServiceMetrics, Tallies
 from suanwang.schemas.topics import ALL_TOPICS, Topics
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import Store
-from suanwang.streams.app import create_app, worker_group
+from suanwang.streams.app import TALLIES, create_app, worker_group
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = False) -> None:
@@ -19,7 +20,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
     await store.run(store.migrate)
     await ensure_topics(settings)
     app, ctx = create_app(settings, store)
+    metrics = ServiceMetrics("worker")
+    metrics.registry.register(Tallies("worker", ctx.counts, TALLIES))
+    metrics.serve(settings.metrics_port)
     runner = api_store = None
+    lag_stop = asyncio.Event()
+    lag = metrics.keep_lag(settings, worker_group(settings), stored_topics(settings), lag_stop)
     try:
         await app.start()
         if with_api:
@@ -32,6 +38,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
         ctx.draining = True
         await drain(settings, settings.worker_drain_s)
     finally:
+        lag_stop.set()
+        await lag
         if runner is not None:
             await runner.cleanup()
         if api_store is not None:
@@ -44,10 +52,15 @@ async def drain(settings: Settings, timeout_s: float) -> bool:
     """After a stop request, keeps the worker consuming until its group has committed every topic with a
     table up to its end, so ClickHouse has every row (on the memory-only embedded broker this is the
     last chance); False when `timeout_s` ran out first."""
-    names = [Topics(settings.topic_prefix).name(s) for s in ALL_TOPICS if s.table] + tier_request_topics(settings)
+    names = stored_topics(settings)
     async with Lag(settings) as lag:
         if await lag.caught_up(worker_group(settings), names, timeout_s):
             return True
         behind = await lag.behind(worker_group(settings), names)
     print(f"worker: stopped with {behind} messages not yet stored", file=sys.stderr)
     return False
+
+
+def stored_topics(settings: Settings) -> list[str]:
+    """Every topic the worker stores: the contract's topics with a table, and the tiers' request topics."""
+    return [Topics(settings.topic_prefix).name(s) for s in ALL_TOPICS if s.table] + tier_request_topics(settings)

@@ -104,16 +104,18 @@ async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:
 
 
 class EventProducer:
-    """Publishes contract records: Avro-encoded, keyed by the topic's key field."""
+    """Publishes contract records: Avro-encoded, keyed by the topic's key field. A bulk stream's producer
+    lingers (`linger_ms`) to send fewer, larger batches: the broker's cost grows with the batches it holds."""
 
-    def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
+    def __init__(self, settings: Settings, codec: Codec | None = None, linger_ms: int = 0) -> None:
         self.topics = Topics(settings.topic_prefix)
         self.codec = codec or make_codec(settings)
         self._settings = settings
+        self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(**client_kwargs(self._settings), linger_ms=0, acks=1)
+        self._producer = AIOKafkaProducer(**client_kwargs(self._settings), linger_ms=self._linger_ms, acks=1)
         try:
             await self._producer.start()
         except KafkaConnectionError as exc:
@@ -185,13 +187,17 @@ class Lag:
         await self.admin.close()
 
     async def behind(self, group: str, topic_names: list[str]) -> int:
+        return sum((await self.by_partition(group, topic_names)).values())
+
+    async def by_partition(self, group: str, topic_names: list[str]) -> dict[TopicPartition, int]:
+        """What `group` has not committed yet, per partition of the topics."""
         await self.ends.topics()
         parts = [TopicPartition(n, p) for n in topic_names for p in self.ends.partitions_for_topic(n) or ()]
         committed = await self.admin.list_consumer_group_offsets(group, partitions=parts)
         latest = await self.ends.end_offsets(parts)
         done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}
         # an end offset read from another broker view can trail a commit made a moment before: never below 0
-        return sum(max(0, latest[tp] - done[tp]) for tp in parts)
+        return {tp: max(0, latest[tp] - done[tp]) for tp in parts}
 
     async def caught_up(self, group: str, topic_names: list[str], timeout_s: float) -> bool:
         """Waits until `group` has committed every partition to its end; False when `timeout_s` ran out first."""

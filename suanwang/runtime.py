@@ -56,6 +56,7 @@ class Child:
     def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
         self.name = name
         self.args = args
+        self.env: dict[str, str] = {}  # this child's own settings over the shared ones
         self.log_path = log_dir / f"{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
@@ -69,7 +70,7 @@ class Child:
             "-m",
             "suanwang",
             *self.args,
-            env=env,
+            env={**env, **self.env},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -267,6 +268,10 @@ class Platform:
         worker = Child("worker", ["worker", "--api"], self.log_dir)
         dispatcher = Child("dispatcher", ["dispatcher"], self.log_dir)
         simulator = Child("simulator", ["simulate"], self.log_dir)
+        if s.metrics_port:  # one machine: each service a port of its own, from the one given on
+            for offset, child in enumerate((worker, dispatcher, simulator)):
+                check_port_free(s.metrics_port + offset, f"{child.name} metrics", "SUANWANG_METRICS_PORT")
+                child.env = {"SUANWANG_METRICS_PORT": str(s.metrics_port + offset)}
         self.children = [worker, dispatcher, simulator]
         monitor = Monitor(s, watch_hubs=self.live)
         monitor_task = None

@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         100, ge=1, le=10_000, description="Longest a consumer's fetch waits at the broker for data to arrive."
     )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus metrics of a worker, dispatcher or simulator; 0: none."
+    )
+    bulk_linger_ms: int = Field(
+        50,
+        ge=0,
+        le=1000,
+        description="How long producers of bulk streams (telemetry, probes, the worker's rollups, alerts and "
+        "bills) wait to fill a batch; task requests and the dispatcher's decisions go at once.",
+    )
     # Kafka transport security (PLAINTEXT on the embedded broker; see the README's security section)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How clients talk to the brokers."

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client as prometheus
+
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
+from suanwang.metrics import ServiceMetrics
 from suanwang.schemas.topics import (
     GRID_SIGNAL,
     NETWORK_PROBE,
@@ -73,12 +76,21 @@ class Simulator:
             self.registrations = [node_registration(node, self.network) for node in replay.nodes]
             self._samplers = [_usage_sampler(reg) for reg in self.registrations]
             self._archs = sorted({reg["chip_arch"] for reg in self.registrations})
-        self.producer = EventProducer(settings)
+        self.producer = EventProducer(settings, linger_ms=settings.bulk_linger_ms)  # telemetry and the rest
+        self.requests = EventProducer(settings, self.producer.codec)  # task requests: sent at once
         self.topics = Topics(settings.topic_prefix)
         self.rtt = self.network.rtt_matrix()
         self.running: Counter[str] = Counter()
         self.used: dict[str, Usage] = {}  # node id -> what its running tasks hold
         self.sent: Counter[str] = Counter()
+        self.metrics = ServiceMetrics("simulator")
+        self._sent_metric = prometheus.Counter(
+            "suanwang_simulator_sent_total", "Records the simulator sent, by topic.", ["topic"],
+            registry=self.metrics.registry,
+        )  # fmt: skip
+        prometheus.Gauge(
+            "suanwang_simulator_running_tasks", "Tasks running on simulated nodes.", registry=self.metrics.registry
+        ).set_function(lambda: sum(self.running.values()))
         self._finishes: list[tuple[int, str]] = []  # (due ms, task id) of running tasks
         self._running_tasks: dict[str, tuple[str, Usage, float | None]] = {}  # task id -> (node, holds, duration_s)
         self.dead: set[str] = set()  # nodes killed: silent, their tasks gone, nothing starts on them
@@ -89,7 +101,8 @@ class Simulator:
 
     async def _send(self, spec: Any, record: dict[str, Any]) -> None:
         self.sent[spec.name] += 1
-        await self.producer.send(spec, record)
+        self._sent_metric.labels(spec.name).inc()
+        await (self.requests if spec is TASK_REQUEST else self.producer).send(spec, record)
 
     async def _grid_hour(self, hour_start: int) -> None:
         """Signals for this hour and the 23 after it, per province of every hub site."""
@@ -208,7 +221,9 @@ class Simulator:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await ensure_topics(s)
+        self.metrics.serve(s.metrics_port)
         await self.producer.start()
+        await self.requests.start()
         try:
             for reg in self.registrations:
                 await self._send(REGISTRY, reg)
@@ -220,8 +235,9 @@ class Simulator:
             for reg in self.registrations:  # a stop, not an outage: the worker does not call these nodes silent
                 await self._send(REGISTRY, {**reg, "event_time": now_ms(), "paused": True})
         finally:
-            await self.producer.flush()
-            await self.producer.stop()
+            for producer in (self.requests, self.producer):
+                await producer.flush()
+                await producer.stop()
             log.info(self.progress())
 
     async def _follow_placements(self, stop: asyncio.Event) -> None:

@@ -12,6 +12,8 @@ import yaml
 
 ROOT = Path(__file__).parents[1]
 DASHBOARDS = sorted((ROOT / "dashboards" / "grafana").glob("*.json"))
+PLATFORM_HEALTH = ROOT / "dashboards" / "grafana" / "platform-health.json"  # on Prometheus: tests/test_metrics.py
+SQL_BOARDS = [p for p in DASHBOARDS if p != PLATFORM_HEALTH]  # on ClickHouse: every panel's SQL runs
 
 
 def expand(sql: str, start: datetime, end: datetime, variables: dict[str, str]) -> str:
@@ -27,7 +29,7 @@ def expand(sql: str, start: datetime, end: datetime, variables: dict[str, str]) 
 def panel_queries(start: datetime, end: datetime, variables: dict[str, str]) -> list[tuple[str, str]]:
     """(dashboard and panel title, expanded SQL) of every panel."""
     out = []
-    for path in DASHBOARDS:
+    for path in SQL_BOARDS:
         board = json.loads(path.read_text(encoding="utf-8"))
         for panel in board["panels"]:
             for target in panel["targets"]:
@@ -38,13 +40,19 @@ def panel_queries(start: datetime, end: datetime, variables: dict[str, str]) -> 
 def variable_queries() -> dict[str, str]:
     """Each template variable's query, by name."""
     out = {}
-    for path in DASHBOARDS:
+    for path in SQL_BOARDS:
         for var in json.loads(path.read_text(encoding="utf-8"))["templating"]["list"]:
             out[var["name"]] = var["query"]
     return out
 
 
-def test_five_dashboards_on_the_provisioned_datasource() -> None:
+def _provisioned_uid(name: str) -> str:
+    return yaml.safe_load((ROOT / f"dashboards/provisioning/datasources/{name}.yaml").read_text())["datasources"][0][
+        "uid"
+    ]
+
+
+def test_six_dashboards_each_on_its_provisioned_datasource() -> None:
     titles = {json.loads(p.read_text(encoding="utf-8"))["title"] for p in DASHBOARDS}
     assert {
         "national overview",
@@ -52,13 +60,24 @@ def test_five_dashboards_on_the_provisioned_datasource() -> None:
         "dispatch analytics",
         "energy and carbon",
         "market and billing",
+        "platform health",
     } <= {t.split(" ", 1)[1] for t in titles}
-    provisioned = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/clickhouse.yaml").read_text())
-    uid = provisioned["datasources"][0]["uid"]
     for path in DASHBOARDS:
+        uid = _provisioned_uid("prometheus" if path == PLATFORM_HEALTH else "clickhouse")
         board = json.loads(path.read_text(encoding="utf-8"))
         for panel in board["panels"]:
             assert panel["datasource"]["uid"] == uid, (path.name, panel["title"])
+
+
+def test_prometheus_scrapes_every_service_where_compose_serves_its_metrics() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    port = compose["x-suanwang-env"]["SUANWANG_METRICS_PORT"]
+    scraped = yaml.safe_load((ROOT / "dashboards/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    targets = {t for job in scraped for config in job["static_configs"] for t in config["targets"]}
+    services = {name: svc for name, svc in compose["services"].items() if svc.get("build")}
+    api_port = services["api"]["environment"]["SUANWANG_WEB_PORT"]
+    assert targets == {f"{name}:{api_port if name == 'api' else port}" for name in services}
+    assert "./dashboards/prometheus/prometheus.yml" in compose["services"]["prometheus"]["volumes"][0]
 
 
 def test_every_macro_and_variable_expands() -> None:

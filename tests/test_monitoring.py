@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import json
 
 from suanwang.bus import EventProducer, ensure_topics, event, now_ms
@@ -78,7 +79,7 @@ def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None
 
     raised = asyncio.run(scenario())
     firing = [a for a in raised if not a[3]]
-    assert len(firing) == len(set(firing))  # raised once each
+    assert len(firing) == len(set(firing)), Counter(firing).most_common(2)  # raised once each
     hot = {r["node_id"] for r in regs if r["hub"] == hot_hub}
     assert {key for kind, _s, key, _r in firing if kind == "overload"} == hot
     idle_hubs = {key for kind, scope, key, _r in firing if kind == "imbalance" and scope == "hub"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 from suanwang.schemas.topics import ALERT
@@ -48,6 +49,7 @@ class _Sent:
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
 
     async def send(self, spec: Any, record: dict[str, Any]) -> None:
         assert spec is ALERT
@@ -74,3 +76,4 @@ def test_an_alert_is_said_once_and_clears_only_past_its_margin() -> None:
         ("node_offline", 20.0, False),
     ]
     assert ctx.sent[0]["severity"] == "WARNING" and ctx.sent[1]["message"].startswith("resolved: ")
+    assert ctx.counts == {"alerts:pue": 2, "alerts:node_offline": 1}  # the worker's metrics count each change

@@ -66,7 +66,7 @@ def test_compose_sets_only_real_settings() -> None:
 def test_compose_images_are_pinned() -> None:
     for name, svc in _compose()["services"].items():
         if "image" in svc:
-            assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", svc["image"]), f"{name}: {svc['image']} is not pinned"
+            assert re.fullmatch(r"[\w./-]+:v?\d[\w.-]*", svc["image"]), f"{name}: {svc['image']} is not pinned"
     assert re.search(r"^FROM python:\d+\.\d+\.\d+", (ROOT / "Dockerfile").read_text(), re.M)
 
 

@@ -115,3 +115,10 @@ def test_replay_files_go_together() -> None:
     result = run_cli("simulate", "--replay-nodes", "nodes.csv", env={"SUANWANG_KAFKA_BOOTSTRAP": "127.0.0.1:9"})
     assert result.returncode == 2
     assert "--replay-nodes and --replay-tasks go together" in result.stderr
+
+
+def test_bulk_streams_linger_to_fill_batches_and_task_requests_go_at_once() -> None:
+    settings = Settings(bulk_linger_ms=80, sim_nodes=10)
+    simulator = Simulator(settings)
+    assert simulator.producer._linger_ms == 80 and simulator.requests._linger_ms == 0
+    assert simulator.requests.codec is simulator.producer.codec  # one codec: schemas registered once
