@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 import json
+from collections import Counter
 
 from suanwang.bus import EventProducer, ensure_topics, event, now_ms
 from suanwang.schemas.topics import ALERT, LATENCY, NETWORK_PROBE, PANE_CHUNK, ROLLUP, TELEMETRY, Topics
