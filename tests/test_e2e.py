@@ -92,6 +92,8 @@ def test_up_then_history_is_queryable(platform_run: Run) -> None:
         "alerts",
         "dispatch_p50_ms",
         "dispatch_p99_ms",
+        "batched_p50_ms",
+        "batched_p99_ms",
         "decision_p50_us",
         "decision_p99_us",
     ):
@@ -100,6 +102,7 @@ def test_up_then_history_is_queryable(platform_run: Run) -> None:
     assert summary["placements"] > 0 and summary["alerts"] > 0
     assert summary["placements"] + summary["rejections"] == summary["task_requests"]
     assert 0 < summary["dispatch_p50_ms"] <= summary["dispatch_p99_ms"]
+    assert summary["batched_p50_ms"] is None or summary["batched_p50_ms"] <= summary["batched_p99_ms"]
     assert 0 < summary["decision_p50_us"] <= summary["decision_p99_us"]
     rows = summary["clickhouse_rows"]
     assert rows["telemetry"] == summary["telemetry_events"]  # the sink lost and doubled nothing
