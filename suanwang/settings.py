@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     schema_registry_ca_file: Path | None = Field(None, description="CA bundle of an https schema registry.")
     # ClickHouse
     clickhouse_url: str | None = Field(None, description="http(s)://user:pass@host:port; unset: chdb in data_dir.")
+    clickhouse_cluster: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="ClickHouse cluster of the history (remote_servers); set: each table Replicated on every shard "
+        "behind a Distributed table of the same name.",
+    )
     data_dir: Path = Field(Path("data"), description="Embedded ClickHouse data and service logs.")
     clickhouse_ca_file: Path | None = Field(None, description="CA bundle of an https ClickHouse; unset: system CAs.")
     clickhouse_verify_tls: bool = Field(True, description="Verify an https ClickHouse's certificate.")

@@ -6,37 +6,19 @@ import asyncio
 import fcntl
 import re
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from suanwang.ddl import DATABASE, ddl_files, render, statements
 from suanwang.errors import SuanwangError
 from suanwang.security import clickhouse_tls
 from suanwang.settings import Settings
 
-DATABASE = "suanwang"
 _opened_here: set[Path] = set()  # chdb data paths this process holds
 SOURCE_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")
-
-
-def ddl_files() -> list[tuple[str, str]]:
-    """(version, text) of each schemas/clickhouse/*.sql, in version order."""
-    folder = resources.files("suanwang.schemas").joinpath("clickhouse")
-    files = sorted((e.name, e.read_text(encoding="utf-8")) for e in folder.iterdir() if e.name.endswith(".sql"))
-    return [(name.removesuffix(".sql"), text) for name, text in files]
-
-
-def _strip_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*", "", sql)
-
-
-def statements(sql: str) -> list[str]:
-    """The statements of a DDL file: comments dropped, split on semicolons that end a line."""
-    text = _strip_comments(sql)
-    return [s.strip() for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
 
 
 def describe_url(settings: Settings) -> str:
@@ -114,8 +96,9 @@ class Store:
     def migrate(self) -> list[str]:
         """Applies every DDL file (each statement is idempotent) and records its version."""
         applied = []
+        cluster = self.settings.clickhouse_cluster
         for version, sql in ddl_files():
-            for stmt in statements(sql):
+            for stmt in (rendered for one in statements(sql) for rendered in render(one, cluster)):
                 try:
                     self.client.command(stmt)
                 except ClickHouseError as exc:
