@@ -72,12 +72,12 @@ def test_six_dashboards_each_on_its_provisioned_datasource() -> None:
 def test_prometheus_scrapes_every_service_where_compose_serves_its_metrics() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     port = compose["x-suanwang-env"]["SUANWANG_METRICS_PORT"]
-    scraped = yaml.safe_load((ROOT / "dashboards/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    scraped = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())["scrape_configs"]
     targets = {t for job in scraped for config in job["static_configs"] for t in config["targets"]}
     services = {name: svc for name, svc in compose["services"].items() if svc.get("build")}
     api_port = services["api"]["environment"]["SUANWANG_WEB_PORT"]
     assert targets == {f"{name}:{api_port if name == 'api' else port}" for name in services}
-    assert "./dashboards/prometheus/prometheus.yml" in compose["services"]["prometheus"]["volumes"][0]
+    assert "./deploy/prometheus.yml" in compose["services"]["prometheus"]["volumes"][0]
 
 
 def test_every_macro_and_variable_expands() -> None:

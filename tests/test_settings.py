@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -82,3 +83,34 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [ENV_PREFIX + n.upper() for n in Settings.model_fields if ENV_PREFIX + n.upper() not in readme]
     assert not missing
+
+
+def test_the_scale_out_layout_is_three_brokers_two_shards_of_two_and_a_dispatcher_per_tier() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    services = compose["services"]
+    env = compose["x-suanwang-env"]
+    Settings(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()})  # every value parses
+    assert not unknown_variables(env)
+    for name, svc in services.items():
+        if "image" in svc:
+            assert re.fullmatch(r"[\w./-]+:v?\d[\w.-]*", svc["image"]), name
+        extra = {k: v for k, v in (svc.get("environment") or {}).items() if k.startswith(ENV_PREFIX)}
+        Settings(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in {**env, **extra}.items()})
+    brokers = [s for n, s in services.items() if n.startswith("kafka-")]
+    assert len(brokers) == 3 and env["SUANWANG_KAFKA_BOOTSTRAP"].count("kafka-") == 3
+    kafka = compose["x-kafka-env"]
+    assert (kafka["KAFKA_DEFAULT_REPLICATION_FACTOR"], kafka["KAFKA_MIN_INSYNC_REPLICAS"]) == (3, 2)
+    assert env["SUANWANG_TOPIC_REPLICATION"] == "3"
+    # the cluster the DDL is rendered for is the one ClickHouse's config defines, two shards of two replicas
+    config = ElementTree.parse(ROOT / "deploy/clickhouse/cluster.xml").getroot()
+    cluster = config.find(f"remote_servers/{env['SUANWANG_CLICKHOUSE_CLUSTER']}")
+    assert cluster is not None
+    hosts = [[r.findtext("host") for r in shard.findall("replica")] for shard in cluster.findall("shard")]
+    assert [len(h) for h in hosts] == [2, 2]
+    for shard, replicas in enumerate(hosts, start=1):
+        for host in replicas:
+            assert services[host]["environment"]["CLICKHOUSE_SHARD"] == str(shard)
+            assert services[host]["environment"]["CLICKHOUSE_REPLICA"] == host
+    assert services["worker"]["deploy"]["replicas"] >= 2
+    scopes = {s["command"][-1] for n, s in services.items() if n.startswith("dispatcher-")}
+    assert scopes == {"national", *env["SUANWANG_DISPATCH_TIERS"].split(",")}
