@@ -23,6 +23,8 @@ class TopicSpec:
 
 REGISTRY = TopicSpec("registry.node", "NodeRegistration", "node_id", "nodes", compacted=True)
 TELEMETRY = TopicSpec("telemetry.node", "NodeTelemetry", "node_id", "telemetry")
+TELEMETRY_FRAME = TopicSpec("telemetry.frame", "TelemetryFrame", "cluster", "telemetry")  # samples: telemetry rows
+TELEMETRY_TOPICS = (TELEMETRY, TELEMETRY_FRAME)  # node samples, one a record or a cluster's a frame
 TASK_REQUEST = TopicSpec("tasks.request", "TaskRequest", "task_id", "task_requests")
 TASK_LIFECYCLE = TopicSpec("tasks.lifecycle", "TaskLifecycle", "task_id", "task_events")
 PLACEMENT = TopicSpec("dispatch.placement", "Placement", "task_id", "placements")
@@ -39,6 +41,7 @@ DEADLETTER = TopicSpec("deadletter", "DeadLetter", None, "dead_letters")
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     REGISTRY,
     TELEMETRY,
+    TELEMETRY_FRAME,
     TASK_REQUEST,
     TASK_LIFECYCLE,
     PLACEMENT,

@@ -10,7 +10,15 @@ import faust
 
 from suanwang.bus import make_codec, now_ms
 from suanwang.schemas.codec import Codec, DecodeError
-from suanwang.schemas.topics import DEADLETTER, NETWORK_PROBE, TELEMETRY, Topics, TopicSpec
+from suanwang.schemas.topics import (
+    DEADLETTER,
+    NETWORK_PROBE,
+    TELEMETRY,
+    TELEMETRY_FRAME,
+    TELEMETRY_TOPICS,
+    Topics,
+    TopicSpec,
+)
 from suanwang.security import faust_credentials
 from suanwang.settings import Settings
 from suanwang.store import Store
@@ -21,6 +29,7 @@ from suanwang.streams.facts import Facts
 from suanwang.streams.rules import Rules
 from suanwang.topology import load_network
 
+FRAME_SOURCES = 1 << 16  # frame partition p is telemetry source FRAME_SOURCES + p
 # what `Context.counts` tallies: its keys are a name, or `name:label`; the worker's metrics export each
 TALLIES: dict[str, tuple[str | None, str]] = {
     "events": ("topic", "Events read, by contract topic."),
@@ -56,6 +65,14 @@ class Context:
         self.counts: Counter[str] = Counter()  # what the agents did, for benches and metrics
         self.contain = Containment(self)
         self.draining = False  # asked to stop: storing what is left; alerts of silence are held back
+
+    def source(self, topic: str, partition: int) -> int | None:
+        """A telemetry partition as one id over both telemetry topics (a frame partition's follows the
+        samples' partitions), which the pane chunks and the silence clocks go by; None for another topic."""
+        spec = self.topics.spec(topic)
+        if spec not in TELEMETRY_TOPICS:
+            return None
+        return partition + (FRAME_SOURCES if spec is TELEMETRY_FRAME else 0)
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")

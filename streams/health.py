@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from suanwang.schemas.topics import TELEMETRY
 from suanwang.streams.app import Context
 from suanwang.streams.windows import EventClock
 
@@ -63,7 +62,7 @@ def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Await
 
     @ctx.app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: set[Any], **_: Any) -> None:
-        silence.forget({tp.partition for tp in revoked if tp.topic == ctx.topics.name(TELEMETRY)})
+        silence.forget({ctx.source(tp.topic, tp.partition) for tp in revoked} - {None})
 
     async def alert(node: str, is_offline: bool, silent_ms: int) -> None:
         await ctx.alerts.apply(ctx.rules.silence(node, is_offline, silent_ms))
@@ -72,7 +71,8 @@ def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Await
         """Notes when each node of a batch of valid telemetry last reported, and judges its temperature."""
         for ev, t in valid:
             node = t["node_id"]
-            back_after = silence.saw(node, int(t["event_time"].timestamp() * 1000), ev.message.partition)
+            source = ctx.source(ev.message.topic, ev.message.partition)
+            back_after = silence.saw(node, int(t["event_time"].timestamp() * 1000), source)
             if back_after is not None:
                 await alert(node, False, back_after)
             await ctx.alerts.apply(ctx.rules.inlet(t))

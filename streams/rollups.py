@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.bus import client_kwargs, event, now_ms
 from suanwang.schemas.codec import DecodeError
-from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY
+from suanwang.schemas.topics import PANE_CHUNK, ROLLUP
 from suanwang.streams.app import Context, worker_group
 from suanwang.streams.windows import (
     PANE_MS,
@@ -139,12 +139,13 @@ class Aggregate:
     async def __call__(self, stream: Any, events: list[Any], valid: list[tuple[Any, dict[str, Any]]]) -> None:
         """Holds a telemetry batch in its partitions' open chunks, and sends the chunks now due."""
         self.stream, self.last_batch = stream, time.monotonic()
+        source = self.ctx.source
         events_of: dict[int, list[Any]] = defaultdict(list)
         for ev in events:
-            events_of[ev.message.partition].append(ev)
+            events_of[source(ev.message.topic, ev.message.partition)].append(ev)
         records_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for ev, record in valid:
-            records_of[ev.message.partition].append(record)
+            records_of[source(ev.message.topic, ev.message.partition)].append(record)
         if valid:
             self.clock.saw(int(max(record["event_time"] for _ev, record in valid).timestamp() * 1000))
         for partition, held in events_of.items():
@@ -200,7 +201,6 @@ class ScopeRollups:
         self.windows = HoppingWindows(grace_ms=self.lateness_ms)
         self.clock = EventClock()  # the newest sender's clock among the chunks merged here
         self.chunk_topic = ctx.topics.name(PANE_CHUNK)
-        self.telemetry_topic = ctx.topics.name(TELEMETRY)
         self.reading_back: dict[int, asyncio.Task[int]] = {}  # chunk partition taken up -> offset read back up to
         self.reading = asyncio.Lock()
 
@@ -249,7 +249,8 @@ class ScopeRollups:
                 self.reading_back[tp.partition] = asyncio.create_task(self.read_back(tp.partition, None, None))
 
     async def let_go(self, app: Any, revoked: set[Any], **_: Any) -> None:
-        await self.aggregate.send_due({tp.partition for tp in revoked if tp.topic == self.telemetry_topic})
+        sources = {self.ctx.source(tp.topic, tp.partition) for tp in revoked}
+        await self.aggregate.send_due(sources - {None})
         gone = {tp.partition for tp in revoked if tp.topic == self.chunk_topic}
         for partition in gone:
             task = self.reading_back.pop(partition, None)

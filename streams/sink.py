@@ -17,7 +17,8 @@ from suanwang.bus import dead_letter
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import DecodeError
-from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TELEMETRY
+from suanwang.schemas.frames import frame_problem, samples_of
+from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TELEMETRY, TELEMETRY_FRAME, TELEMETRY_TOPICS
 from suanwang.streams.app import Context
 
 log = logging.getLogger("suanwang.sink")
@@ -77,9 +78,18 @@ class Sink:
             ctx.counts[f"events:{spec.name}"] += 1
             try:
                 record = ctx.codec.decode_as(spec.schema, ev.value)
-                checked.append([ev, spec, record, ctx.problem(spec, record)])
             except DecodeError as exc:
-                checked.append([ev, spec, None, str(exc)])
+                checked.append([ev, spec, None, str(exc), ""])
+                continue
+            if spec is not TELEMETRY_FRAME:
+                checked.append([ev, spec, record, ctx.problem(spec, record), ""])
+            elif (bad := frame_problem(record)) is not None:  # the whole frame: it cannot be taken apart
+                checked.append([ev, spec, None, bad, ""])
+            else:  # each sample on its own: a bad one is dead-lettered alone, naming its index; the rest stored
+                samples = samples_of(record)
+                checked += [
+                    [ev, TELEMETRY, s, ctx.problem(TELEMETRY, s), f"sample {i}: "] for i, s in enumerate(samples)
+                ]
         unregistered = [
             c for c in checked if c[1] is TELEMETRY and c[2] is not None and c[2]["node_id"] not in ctx.facts.nodes
         ]
@@ -87,12 +97,12 @@ class Sink:
             await ctx.facts.caught_up()
             for c in unregistered:
                 c[3] = ctx.problem(c[1], c[2])
-        for ev, spec, record, problem in checked:
+        for ev, spec, record, problem, where in checked:
             msg = ev.message
             stored_before = msg.offset <= await self.stored.get(spec.table, msg.topic, msg.partition)
             if problem is not None:
                 if not stored_before:  # else it was reported when first read
-                    await ctx.send(DEADLETTER, dead_letter("sink", msg, problem))
+                    await ctx.send(DEADLETTER, dead_letter("sink", msg, where + problem))
                 continue
             valid.append((ev, record))
             if not stored_before:
@@ -110,7 +120,7 @@ class Sink:
 def register(ctx: Context) -> Sink:
     """The sink agent for every tabled topic (and the tiers' request topics) but telemetry, which the
     telemetry intake stores with it."""
-    specs = [s for s in ALL_TOPICS if s.table and s is not TELEMETRY]
+    specs = [s for s in ALL_TOPICS if s.table and s not in TELEMETRY_TOPICS]
     sink = Sink(ctx)
 
     @ctx.app.on_partitions_assigned.connect

@@ -2,8 +2,9 @@
 
 Each Faust agent on a topic costs a full per-event dispatch (about 60 µs here), the largest cost of the
 worker; so the three concerns of telemetry — store it, aggregate it, watch node health — share one
-agent, one decode and one check per record. Its events are acked only once stored, watched, and summed
-into a pane chunk that went out.
+agent, one decode and one check per record. Collectors' frames (`telemetry.frame`) come in beside single
+samples, each taken apart into its samples once; Faust's cost is then paid per frame. Its events are
+acked only once stored, watched, and summed into a pane chunk that went out.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from suanwang.schemas.topics import TELEMETRY
+from suanwang.schemas.topics import TELEMETRY_TOPICS
 from suanwang.streams.app import Context
 from suanwang.streams.rollups import Aggregate
 from suanwang.streams.sink import Sink
@@ -25,7 +26,7 @@ def register(
     aggregate: Aggregate,
     watch: Callable[[Valid], Awaitable[None]],
 ) -> None:
-    @ctx.app.agent(ctx.topic(TELEMETRY), name="telemetry_intake")
+    @ctx.app.agent(ctx.topic(*TELEMETRY_TOPICS), name="telemetry_intake")
     async def telemetry_intake(stream: Any) -> None:
         await ctx.facts.ready.wait()
 
