@@ -33,12 +33,13 @@ browser:
 	fi
 
 # The tests mostly wait on the broker and subprocesses, so three workers (each with its own broker and
-# store) finish in less than half the time of one on two cores.
+# store) finish in about half the time of one on two cores; those that run the whole platform go one after
+# another in one worker (their xdist group, tests/conftest.py).
 TEST_WORKERS ?= 3
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -58,6 +58,7 @@ class Context:
         self.store = store
         self.codec: Codec = make_codec(settings)
         self.topics = Topics(settings.topic_prefix)
+        self._telemetry = {self.topics.name(spec): spec for spec in TELEMETRY_TOPICS}
         self.facts = Facts(self.codec, self.topics)
         self.rules = Rules(settings)
         self.alerts = Alerts(self)
@@ -69,8 +70,8 @@ class Context:
     def source(self, topic: str, partition: int) -> int | None:
         """A telemetry partition as one id over both telemetry topics (a frame partition's follows the
         samples' partitions), which the pane chunks and the silence clocks go by; None for another topic."""
-        spec = self.topics.spec(topic)
-        if spec not in TELEMETRY_TOPICS:
+        spec = self._telemetry.get(topic)  # Faust's own topics come through the rebalance signals too
+        if spec is None:
             return None
         return partition + (FRAME_SOURCES if spec is TELEMETRY_FRAME else 0)
 

@@ -23,7 +23,18 @@ from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import RunFile, die_with_parent
-from suanwang.schemas.topics import ALERT, GRID_SIGNAL, PLACEMENT, REJECTION, TASK_REQUEST, TELEMETRY, Topics, TopicSpec
+from suanwang.schemas.frames import samples_of as frame_samples
+from suanwang.schemas.topics import (
+    ALERT,
+    GRID_SIGNAL,
+    PLACEMENT,
+    REJECTION,
+    TASK_REQUEST,
+    TELEMETRY,
+    TELEMETRY_FRAME,
+    Topics,
+    TopicSpec,
+)
 from suanwang.schemas.values import BATCH
 from suanwang.service import READY_MARK, stop_on_signals
 from suanwang.settings import Settings
@@ -186,7 +197,7 @@ class Monitor:
         self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         await self.consumer.start()
         await self.consumer.topics()
-        names = [self.topics.name(spec) for spec in (*COUNTED, GRID_SIGNAL)]
+        names = [self.topics.name(spec) for spec in (*COUNTED, TELEMETRY_FRAME, GRID_SIGNAL)]
         parts = [TopicPartition(t, p) for t in names for p in self.consumer.partitions_for_topic(t) or ()]
         self.consumer.assign(parts)
         await self.consumer.seek_to_end(*parts)  # only this run's events
@@ -200,6 +211,13 @@ class Monitor:
                 spec = self.topics.spec(tp.topic)
                 if spec in COUNTED:
                     self.counts[COUNTED[spec]] += len(messages)
+                if spec is TELEMETRY_FRAME:  # a frame's samples count as telemetry events, and show like them
+                    for msg in messages:
+                        with contextlib.suppress(ValueError):
+                            for sample in frame_samples(self.codec.decode_as(spec.schema, msg.value)):
+                                self.counts[COUNTED[TELEMETRY]] += 1
+                                if self.watch_hubs:
+                                    self.hubs.telemetry(sample)
                 if spec is PLACEMENT or (self.watch_hubs and spec in (TELEMETRY, TASK_REQUEST, GRID_SIGNAL)):
                     for msg in messages:
                         with contextlib.suppress(ValueError):

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     sim_rate: float = Field(50.0, ge=0, description="Task requests per second.")
     sim_seed: int = Field(7, description="Seed of the simulator's random streams.")
     sim_time_scale: float = Field(360.0, gt=0, description="Simulated seconds of task runtime per real second.")
+    sim_frames: bool = Field(
+        True, description="Send each cluster's samples as one collector frame per interval; false: one a record."
+    )
     sim_kill_nodes: int = Field(0, ge=0, description="Nodes the simulator kills (silent, tasks lost) during a run.")
     sim_kill_after_s: float = Field(60.0, ge=0, description="Seconds into a run at which those nodes are killed.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of services.")

@@ -7,7 +7,7 @@ import heapq
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ import prometheus_client as prometheus
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
 from suanwang.metrics import ServiceMetrics
+from suanwang.schemas.frames import frame_of
 from suanwang.schemas.topics import (
     GRID_SIGNAL,
     NETWORK_PROBE,
@@ -24,6 +25,7 @@ from suanwang.schemas.topics import (
     TASK_LIFECYCLE,
     TASK_REQUEST,
     TELEMETRY,
+    TELEMETRY_FRAME,
     Topics,
 )
 from suanwang.service import announce_ready, consume
@@ -97,7 +99,24 @@ class Simulator:
         self._durations: dict[str, float | None] = {}  # task id -> duration_s, until placed
         self._starts: list[tuple[int, str, dict[str, Any]]] = []  # (due ms, task id, placement) of deferred ones
         self._next_node = 0
+        self._framing: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)  # cluster -> samples to frame
+        last_of = {reg["cluster"]: i for i, reg in enumerate(self.registrations)}
+        self._frame_ends = set(last_of.values()) if settings.sim_frames else set()  # a cluster's last node
         self._next_task = 0
+
+    async def _sample(self, sample: dict[str, Any]) -> None:
+        """A node's sample: gathered into its cluster's next frame, or (without frames) sent alone."""
+        if not self.settings.sim_frames:
+            await self._send(TELEMETRY, sample)
+            return
+        self.sent[TELEMETRY.name] += 1
+        self._framing[sample["cluster"]].append(sample)
+
+    async def _send_frame(self, cluster: str, now: int) -> None:
+        """Sends a cluster's frame once each of its nodes had its turn, as a data centre's collector does."""
+        samples = self._framing.pop(cluster, [])
+        if samples:
+            await self._send(TELEMETRY_FRAME, frame_of(samples, f"{cluster}@{now}", now))
 
     async def _send(self, spec: Any, record: dict[str, Any]) -> None:
         self.sent[spec.name] += 1
@@ -281,12 +300,13 @@ class Simulator:
                 node_cursor -= 1
                 i = self._next_node
                 self._next_node = (i + 1) % len(self.registrations)
-                node = self.registrations[i]["node_id"]
-                if node in self.dead:
-                    continue
-                sample = self._samplers[i](now, self.running[node], self.used.get(node, IDLE))
-                if sample is not None:
-                    await self._send(TELEMETRY, sample)
+                reg = self.registrations[i]
+                if reg["node_id"] not in self.dead:
+                    sample = self._samplers[i](now, self.running[reg["node_id"]], self.used.get(reg["node_id"], IDLE))
+                    if sample is not None:
+                        await self._sample(sample)
+                if i in self._frame_ends:
+                    await self._send_frame(reg["cluster"], now)
             for req in self._due_requests(now_mono - start, now):
                 self._durations[req["task_id"]] = req["duration_s"]
                 await self._send(TASK_REQUEST, req)

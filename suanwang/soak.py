@@ -19,7 +19,7 @@ from suanwang.bus import Lag
 from suanwang.dispatcher.service import dispatcher_group
 from suanwang.dispatcher.tiers import Scope
 from suanwang.runtime import Monitor, Platform
-from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, TASK_REQUEST, TELEMETRY, TELEMETRY_FRAME, Topics
 from suanwang.settings import Settings
 from suanwang.streams.app import worker_group
 
@@ -65,7 +65,7 @@ async def consumer_lag(settings: Settings) -> dict[str, int]:
     """Messages not yet committed by the workers' group and by the national dispatcher's group."""
     topics = Topics(settings.topic_prefix)
     groups = {
-        "worker": (worker_group(settings), [TELEMETRY, PLACEMENT, TASK_REQUEST]),
+        "worker": (worker_group(settings), [TELEMETRY, TELEMETRY_FRAME, PLACEMENT, TASK_REQUEST]),
         "dispatcher": (dispatcher_group(Scope("national")), [TASK_REQUEST, TASK_LIFECYCLE]),
     }
     async with Lag(settings) as lag:

@@ -18,10 +18,28 @@ _prefixes = itertools.count()
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; the browser tests never download one
 
 
+# tests that run the platform's services as processes, or time them against each other: one xdist worker runs
+# them one after another, so they never starve each other of the machine's two cores
+WHOLE_PLATFORM = {
+    "test_e2e.py",
+    "test_faults.py",
+    "test_scale_out.py",
+    "test_soak.py",
+    "test_isolation.py",
+    "test_lifecycle.py",
+    "test_monitoring.py",
+    "test_bench_e2e.py",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Browser tests without the browser stop the run before it starts, with the one line to run."""
+    """Browser tests without the browser stop the run before it starts, with the one line to run; the tests that
+    run the whole platform share one xdist group (`make test` distributes by group)."""
     if not CHROMIUM.exists() and any(item.path.name == "test_dashboard_browser.py" for item in items):
         pytest.exit(f"{CHROMIUM} is missing: `make test` installs it; or: apt-get install chromium fonts-wqy-zenhei")
+    for item in items:
+        if item.path.name in WHOLE_PLATFORM:
+            item.add_marker(pytest.mark.xdist_group("whole-platform"))
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ def test_round_trip_in_confluent_wire_format(name: str) -> None:
     assert (magic, schema_id) == (0, codec.schema_id(name))
     decoded_name, decoded = codec.decode(payload)
     assert decoded_name == name
+
     def as_sent(got: object) -> object:
         if isinstance(got, datetime):
             return int(got.timestamp() * 1000)
