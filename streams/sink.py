@@ -79,17 +79,15 @@ class Sink:
             try:
                 record = ctx.codec.decode_as(spec.schema, ev.value)
             except DecodeError as exc:
-                checked.append([ev, spec, None, str(exc), ""])
+                checked.append([ev, spec, None, str(exc), -1])
                 continue
             if spec is not TELEMETRY_FRAME:
-                checked.append([ev, spec, record, ctx.problem(spec, record), ""])
+                checked.append([ev, spec, record, ctx.problem(spec, record), -1])
             elif (bad := frame_problem(record)) is not None:  # the whole frame: it cannot be taken apart
-                checked.append([ev, spec, None, bad, ""])
-            else:  # each sample on its own: a bad one is dead-lettered alone, naming its index; the rest stored
-                samples = samples_of(record)
-                checked += [
-                    [ev, TELEMETRY, s, ctx.problem(TELEMETRY, s), f"sample {i}: "] for i, s in enumerate(samples)
-                ]
+                checked.append([ev, spec, None, bad, -1])
+            else:  # each sample on its own: a bad one is dead-lettered alone, with its index; the rest stored
+                for i, sample in enumerate(samples_of(record)):
+                    checked.append([ev, TELEMETRY, sample, ctx.problem(TELEMETRY, sample), i])
         unregistered = [
             c for c in checked if c[1] is TELEMETRY and c[2] is not None and c[2]["node_id"] not in ctx.facts.nodes
         ]
@@ -97,12 +95,14 @@ class Sink:
             await ctx.facts.caught_up()
             for c in unregistered:
                 c[3] = ctx.problem(c[1], c[2])
-        for ev, spec, record, problem, where in checked:
+        for ev, spec, record, problem, sample in checked:
             msg = ev.message
             stored_before = msg.offset <= await self.stored.get(spec.table, msg.topic, msg.partition)
             if problem is not None:
                 if not stored_before:  # else it was reported when first read
-                    await ctx.send(DEADLETTER, dead_letter("sink", msg, where + problem))
+                    alone = ctx.codec.encode(TELEMETRY.schema, record) if sample >= 0 else None
+                    where = f"sample {sample}: " if sample >= 0 else ""
+                    await ctx.send(DEADLETTER, dead_letter("sink", msg, where + problem, sample, alone))
                 continue
             valid.append((ev, record))
             if not stored_before:

@@ -32,16 +32,18 @@ def event(**fields: Any) -> dict[str, Any]:
     return {"event_id": os.urandom(16).hex(), "event_time": now_ms(), **fields}
 
 
-def dead_letter(component: str, msg: Any, error: str) -> dict[str, Any]:
-    """A DeadLetter record keeping an unprocessable message whole, with where it came from and why."""
+def dead_letter(component: str, msg: Any, error: str, sample: int = -1, payload: bytes | None = None) -> dict[str, Any]:
+    """A DeadLetter record keeping an unprocessable message whole (or, for one `sample` of a frame, that
+    sample's `payload`), with where it came from and why."""
     return event(
         component=component,
         source_topic=msg.topic,
         partition=msg.partition,
         offset=msg.offset,
         key=msg.key,
-        payload=msg.value or b"",
+        payload=payload if payload is not None else msg.value or b"",
         error=error,
+        sample=sample,
     )
 
 

@@ -214,7 +214,11 @@ def test_the_tasks_of_failed_nodes_are_placed_elsewhere_exactly_once(platform_ru
         "WHERE cause = 'node_offline' ORDER BY task_id",
     )
     failed_at = {r["node_id"]: r["at"] for r in moved}
-    assert len(failed_at) >= 1 and len({r["at"] for r in moved}) <= len(failed_at) + 1  # one sweep per node
+    sweeps: dict[str, list[int]] = {}
+    for r in moved:
+        sweeps.setdefault(r["node_id"], []).append(r["at"])
+    # one sweep per node: its tasks are ended within one tick of the dispatcher's timers (once a second)
+    assert failed_at and all(max(at) - min(at) < 1000 for at in sweeps.values()), sweeps
     held = _rows(
         data_dir,
         "SELECT p.task_id AS task_id, p.node_id AS node_id, toUnixTimestamp64Milli(p.event_time) AS at "
