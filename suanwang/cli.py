@@ -339,14 +339,18 @@ def bench_ingest(
     events: Annotated[int, typer.Option(min=1, help="Telemetry events to send.")] = 200_000,
     nodes: Annotated[int, typer.Option(min=10, help="Nodes the events come from.")] = 2_000,
     rate: Annotated[float, typer.Option(min=0, help="Events/s the producer keeps to; 0: flat out (throughput).")] = 0,
+    frame_size: Annotated[
+        int, typer.Option(min=0, help="Samples per collector frame (one cluster's nodes); 0: one record a sample.")
+    ] = 0,
     json_out: JsonOut = False,
 ) -> None:
     """Telemetry events per second through one worker, produced to stored and aggregated, and the lag."""
     from suanwang.ingest import bench_ingest as run
 
     _quiet_client_libraries()
-    figures = run(load_settings(), events, nodes, rate, err)
-    _report(figures, json_out, f"ingest: {events:,} telemetry events from {nodes:,} nodes, one worker")
+    figures = run(load_settings(), events, nodes, rate, err, frame_size)
+    framed = f", {frame_size} a frame" if frame_size else ""
+    _report(figures, json_out, f"ingest: {events:,} telemetry events from {nodes:,} nodes{framed}, one worker")
     if figures["rows_in_clickhouse"] != events:
         raise SuanwangError(f"{figures['rows_in_clickhouse']:,} rows stored for {events:,} events sent")
 

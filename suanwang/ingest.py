@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, now
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import end_with
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics
+from suanwang.schemas.frames import frame_of
+from suanwang.schemas.topics import REGISTRY, TELEMETRY, TELEMETRY_FRAME, Topics
 from suanwang.security import registry_conf
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
@@ -37,31 +40,60 @@ CHUNK = 500
 TIMEOUT_S = 600.0
 
 
-def _produce(settings: Settings, regs: list[dict[str, Any]], events: int, rate: float, done: Any) -> None:
-    """Child process: `events` telemetry records round-robin over the nodes, at `rate` per second (0: flat out)."""
+def _sample(reg: dict[str, Any], i: int) -> dict[str, Any]:
+    load = 0.3 + 0.4 * ((i * 7919) % 100) / 100
+    return event(
+        node_id=reg["node_id"], hub=reg["hub"], cluster=reg["cluster"], province=reg["province"],
+        cpu_util=load, memory_util=load / 2, accelerator_util=load if reg["accelerators"] else 0.0,
+        power_kw=reg["idle_power_kw"] + (reg["power_kw"] - reg["idle_power_kw"]) * load,
+        inlet_temp_c=24.0, running_tasks=1,
+    )  # fmt: skip
+
+
+def _messages(regs: list[dict[str, Any]], events: int, frame_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(index of the first sample, the samples) of each message: one sample, or up to `frame_size` samples of
+    distinct nodes of one cluster, the clusters in turn."""
+    if not frame_size:
+        for i in range(events):
+            yield i, [_sample(regs[i % len(regs)], i)]
+        return
+    by_cluster: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for reg in regs:
+        by_cluster[reg["cluster"]].append(reg)
+    members, cursor, i = list(by_cluster.values()), defaultdict(int), 0
+    while i < events:
+        for k, nodes in enumerate(members):
+            size = min(frame_size, len(nodes), events - i)
+            if size <= 0:
+                break
+            start = cursor[k]
+            yield i, [_sample(nodes[(start + j) % len(nodes)], i + j) for j in range(size)]
+            cursor[k], i = start + size, i + size
+
+
+def _produce(
+    settings: Settings, regs: list[dict[str, Any]], events: int, rate: float, frame_size: int, done: Any
+) -> None:
+    """Child process: `events` samples round-robin over the nodes (one a record, or `frame_size` a collector
+    frame), at `rate` samples per second (0: flat out)."""
     end_with(os.getppid())  # a bench killed takes its producer with it
 
     async def run() -> float:
         codec = Codec(registry_conf(settings))
-        topic = Topics(settings.topic_prefix).name(TELEMETRY)
+        spec = TELEMETRY_FRAME if frame_size else TELEMETRY
+        topic = Topics(settings.topic_prefix).name(spec)
         producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5, acks=1)
         await producer.start()
         start = time.perf_counter()
+        sent = 0
         try:
-            for first in range(0, events, CHUNK):
-                if rate:  # paced: this chunk is due at first / rate seconds
+            for first, samples in _messages(regs, events, frame_size):
+                if rate and first >= sent + CHUNK:  # paced: the samples from `first` are due at first / rate s
                     await asyncio.sleep(max(0.0, start + first / rate - time.perf_counter()))
-                for i in range(first, min(first + CHUNK, events)):
-                    reg = regs[i % len(regs)]
-                    load = 0.3 + 0.4 * ((i * 7919) % 100) / 100
-                    record = event(
-                        node_id=reg["node_id"], hub=reg["hub"], cluster=reg["cluster"], province=reg["province"],
-                        cpu_util=load, memory_util=load / 2, accelerator_util=load if reg["accelerators"] else 0.0,
-                        power_kw=reg["idle_power_kw"] + (reg["power_kw"] - reg["idle_power_kw"]) * load,
-                        inlet_temp_c=24.0, running_tasks=1,
-                    )  # fmt: skip
-                    await producer.send(topic, codec.encode("NodeTelemetry", record), key=reg["node_id"].encode())
-                await producer.flush()
+                    sent = first
+                record = frame_of(samples, f"f{first}", now_ms()) if frame_size else samples[0]
+                await producer.send(topic, codec.encode(spec.schema, record), key=spec.key_of(record))
+            await producer.flush()
         finally:
             await producer.stop()
         return time.perf_counter() - start
@@ -69,7 +101,9 @@ def _produce(settings: Settings, regs: list[dict[str, Any]], events: int, rate: 
     done.put(asyncio.run(run()))
 
 
-def bench_ingest(settings: Settings, events: int, nodes: int, rate: float, console: Console) -> dict[str, Any]:
+def bench_ingest(
+    settings: Settings, events: int, nodes: int, rate: float, console: Console, frame_size: int = 0
+) -> dict[str, Any]:
     """Runs the bench on the configured Kafka and ClickHouse, or on an embedded broker and a temporary chdb."""
     with contextlib.ExitStack() as stack:
         update: dict[str, Any] = {"topic_prefix": f"bench{os.getpid()}-{now_ms()}."}
@@ -78,10 +112,12 @@ def bench_ingest(settings: Settings, events: int, nodes: int, rate: float, conso
             update["kafka_bootstrap"] = broker.bootstrap
         if not settings.clickhouse_url:
             update["data_dir"] = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="suanwang-bench-")))
-        return asyncio.run(_run(settings.model_copy(update=update), events, nodes, rate, console))
+        return asyncio.run(_run(settings.model_copy(update=update), events, nodes, rate, console, frame_size))
 
 
-async def _run(settings: Settings, events: int, nodes: int, rate: float, console: Console) -> dict[str, Any]:
+async def _run(
+    settings: Settings, events: int, nodes: int, rate: float, console: Console, frame_size: int
+) -> dict[str, Any]:
     from suanwang.streams.app import create_app
 
     network = load_network()
@@ -101,7 +137,7 @@ async def _run(settings: Settings, events: int, nodes: int, rate: float, console
         await _joined(app)
         spawn = multiprocessing.get_context("spawn")
         done = spawn.Queue()
-        child = spawn.Process(target=_produce, args=(settings, regs, events, rate, done), daemon=True)
+        child = spawn.Process(target=_produce, args=(settings, regs, events, rate, frame_size, done), daemon=True)
         child.start()
         await _until_stored(ctx, store, settings, events, console)
         produce_s = done.get(timeout=60)
@@ -109,29 +145,35 @@ async def _run(settings: Settings, events: int, nodes: int, rate: float, console
         if child is not None:
             child.join(timeout=10)
         await app.stop()
-    figures = await store.run(_figures, store, Topics(settings.topic_prefix).name(TELEMETRY))
+    topic = Topics(settings.topic_prefix).name(TELEMETRY_FRAME if frame_size else TELEMETRY)
+    figures = await store.run(_figures, store, topic)
     store.close()
-    ceiling = await _faust_ceiling(settings, events)
+    messages = sum(1 for _ in _messages(regs, events, frame_size)) if frame_size else events
+    per_message = await _faust_ceiling(settings, topic, messages)
+    ceiling = per_message * events / messages if per_message else None  # in samples/s
     return {
         "events_sent": events,
         "nodes": nodes,
+        "frame_size": frame_size or None,
+        "messages_sent": messages,
         "rate_asked": rate or None,
         **figures,
         "events_aggregated": ctx.counts["samples_aggregated"],
         "producer_events_per_s": events / produce_s,
         "faust_ceiling_events_per_s": ceiling,
-        "worker_share_of_faust_ceiling": figures["events_per_s"] / ceiling,
+        "worker_share_of_faust_ceiling": figures["events_per_s"] / ceiling if ceiling else None,
     }
 
 
-async def _faust_ceiling(settings: Settings, events: int) -> float:
-    """Events/s of one Faust agent that only counts the same telemetry: what Faust itself allows here."""
+async def _faust_ceiling(settings: Settings, topic: str, events: int) -> float | None:
+    """Messages/s of one Faust agent that only counts the same telemetry: what Faust itself allows here; None
+    when every message came in the first batch, which is not timed."""
     from suanwang.streams.app import faust_app
 
     app = faust_app(settings, f"{settings.topic_prefix}ceiling")
     seen = {"n": 0, "first": 0.0, "last": 0.0}
 
-    @app.agent(app.topic(Topics(settings.topic_prefix).name(TELEMETRY), value_serializer="raw"), name="count")
+    @app.agent(app.topic(topic, value_serializer="raw"), name="count")
     async def count(stream: Any) -> None:
         async for batch in stream.take_events(settings.sink_batch_size, within=0.5):
             if not seen["first"]:  # the clock starts after the first batch, which is not counted
@@ -147,7 +189,7 @@ async def _faust_ceiling(settings: Settings, events: int) -> float:
             await asyncio.sleep(0.1)
     finally:
         await app.stop()
-    return seen["n"] / max(seen["last"] - seen["first"], 1e-9)
+    return seen["n"] / max(seen["last"] - seen["first"], 1e-9) if seen["n"] else None
 
 
 async def _joined(app: Any) -> None:
