@@ -71,17 +71,24 @@ def test_a_port_in_use_is_one_line_naming_the_setting() -> None:
             ServiceMetrics("worker").serve(busy.getsockname()[1])
 
 
+async def _registered(settings: Settings, nodes: int) -> EventProducer:
+    """A started producer that has registered `nodes` nodes of the network model."""
+    await ensure_topics(settings)
+    producer = EventProducer(settings)
+    await producer.start()
+    network = load_network()
+    for spec in scaled_nodes(network, nodes):
+        await producer.send(REGISTRY, registration(spec, network))
+    await producer.flush()
+    return producer
+
+
 def test_the_dispatcher_serves_its_decisions_decision_time_and_lag(settings: Settings) -> None:
     port = free_port()
     settings = settings.model_copy(update={"metrics_port": port})
 
     async def scenario() -> dict[str, float]:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        network = load_network()
-        for spec in scaled_nodes(network, 100):
-            await producer.send(REGISTRY, registration(spec, network))
+        producer = await _registered(settings, 100)
         stop = asyncio.Event()
         service = asyncio.create_task(DispatcherService(settings).run(stop))
         await producer.send(TASK_REQUEST, _request("good"))
@@ -108,13 +115,7 @@ def test_the_worker_serves_what_it_read_and_stored_and_its_lag(settings: Setting
     settings = settings.model_copy(update={"metrics_port": port})
 
     async def scenario() -> dict[str, float]:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        network = load_network()
-        for spec in scaled_nodes(network, 20):
-            await producer.send(REGISTRY, registration(spec, network))
-        await producer.flush()
+        producer = await _registered(settings, 20)
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, stop))
         assert await caught_up(settings, REGISTRY)
