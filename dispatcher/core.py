@@ -70,7 +70,7 @@ class Demand:
     model_ok: np.ndarray
     province_ok: np.ndarray
     ask: np.ndarray
-    models: int = -1  # the chip models it may run on, as `Vocabulary.bits`
+    models: int = stages.ANY_MODELS  # the chip models it may run on, as `Vocabulary.bits`
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from suanwang.dispatcher.stages import CPU_STEP, MEM_STEP, SHAPE_FIELDS, WHOLE
+from suanwang.dispatcher.stages import ANY_MODELS, CPU_STEP, MEM_STEP, SHAPE_FIELDS, WHOLE
 
 MAX_SHAPES = 64
 HALF_LIFE = 2000  # requests
@@ -20,7 +20,6 @@ SNAPSHOT = 256  # requests between two versions of the weights the compiled pass
 CACHE_SLOTS = 1 << 16  # remembered fragmentation answers, one per distinct node state and task shape
 PRIOR = ((1, WHOLE), (1, 500), (2, WHOLE), (4, WHOLE), (8, WHOLE))  # (accelerators, thousandths of each)
 PRIOR_WEIGHT = 1.0
-ANY = -1  # a shape that may run on every chip model
 
 
 class Shapes:
@@ -40,11 +39,11 @@ class Shapes:
         self._scale = 1.0  # weights are stored divided by the decay so far, so a request costs O(1)
         self._decay = 0.5 ** (1 / HALF_LIFE)
         for count, milli in PRIOR:
-            self._add((0, 0, count, milli, ANY), PRIOR_WEIGHT)
+            self._add((0, 0, count, milli, ANY_MODELS), PRIOR_WEIGHT)
         self._snapshot()
 
-    def observe(self, cpu: int, mem: int, count: int, milli: int, models: int = ANY) -> None:
-        """One more request of this shape (`models`: a bit per chip model it may run on, or ANY); every older
+    def observe(self, cpu: int, mem: int, count: int, milli: int, models: int = ANY_MODELS) -> None:
+        """One more request of this shape (`models`: a bit per chip model it may run on, or ANY_MODELS); every older
         one counts a little less."""
         self._scale /= self._decay
         if self._scale > 1e100:  # renormalise long before float range ends

@@ -7,8 +7,8 @@ the stages are inlined into it, and each is also callable, and tested, alone.
 
 Node figures are the columns of two node-major matrices (`ints`, `floats`: one row per node, so a
 node's figures share a cache line and a decision hands numba a dozen arguments, not forty); the request
-is one float array `ask`. Their columns, and the filters' verdicts, are declared once, below: `Int`,
-`Float`, `Ask` and `Verdict`.
+is one float array `ask`. Their columns, the workload's shape columns and the filters' verdicts are
+declared once, below: `Int`, `Float`, `Ask`, `Shape` and `Verdict`.
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ class Shape(Declared):
     MEM = "memory, MiB (a whole number of MEM_STEP)"
     COUNT = "accelerators"
     MILLI = "thousandths of each accelerator"
-    MODELS = "the chip models it may run on, one bit per id of NodeTable.models below ANY_MODEL_BIT (-1: any)"
+    MODELS = "the chip models it may run on, one bit per id of NodeTable.models below ANY_MODEL_BIT, or ANY_MODELS"
 
 
 ANY_MODEL_BIT = 63  # models with this id or above are in every shape's MODELS
+ANY_MODELS = -1  # every bit set: a shape, or a request, that names no chip model
 
 
 class Verdict(Declared):

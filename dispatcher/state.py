@@ -35,9 +35,9 @@ class Vocabulary:
 
     def bits(self, names: list[str]) -> int:
         """The known names given as one bit per id below `stages.ANY_MODEL_BIT` (the kernel counts the ids
-        above as in every set), or -1, every name, when none is given: a workload shape's chip models."""
+        above as in every set), or `stages.ANY_MODELS` when none is given: a workload shape's chip models."""
         if not names:
-            return -1
+            return s.ANY_MODELS
         key = tuple(names)
         out = self._bits.get(key)
         if out is None:

@@ -23,7 +23,7 @@ from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import RunFile, die_with_parent
-from suanwang.schemas.frames import samples_of as frame_samples
+from suanwang.schemas.frames import frame_problem, samples_of
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
@@ -211,14 +211,9 @@ class Monitor:
                 spec = self.topics.spec(tp.topic)
                 if spec in COUNTED:
                     self.counts[COUNTED[spec]] += len(messages)
-                if spec is TELEMETRY_FRAME:  # a frame's samples count as telemetry events, and show like them
-                    for msg in messages:
-                        with contextlib.suppress(ValueError):
-                            for sample in frame_samples(self.codec.decode_as(spec.schema, msg.value)):
-                                self.counts[COUNTED[TELEMETRY]] += 1
-                                if self.watch_hubs:
-                                    self.hubs.telemetry(sample)
-                if spec is PLACEMENT or (self.watch_hubs and spec in (TELEMETRY, TASK_REQUEST, GRID_SIGNAL)):
+                if spec in (PLACEMENT, TELEMETRY_FRAME) or (
+                    self.watch_hubs and spec in (TELEMETRY, TASK_REQUEST, GRID_SIGNAL)
+                ):
                     for msg in messages:
                         with contextlib.suppress(ValueError):
                             self._observe(spec, self.codec.decode_as(spec.schema, msg.value), now)
@@ -229,6 +224,11 @@ class Monitor:
             waited = now - record["request_time"].timestamp() * 1000
             (self.batched_ms if record["decided_by"] == BATCH else self.latency_ms).append(waited)
             self.decision_us.append(record["decision_us"])
+        elif spec is TELEMETRY_FRAME:  # its samples count as telemetry events, and show like them
+            samples = samples_of(record) if frame_problem(record) is None else []  # the worker reports a bad one
+            self.counts[COUNTED[TELEMETRY]] += len(samples)
+            for sample in samples if self.watch_hubs else ():
+                self.hubs.telemetry(sample)
         elif spec is TELEMETRY:
             self.hubs.telemetry(record)
         elif spec is TASK_REQUEST:

@@ -110,7 +110,8 @@ def test_a_request_naming_chip_models_is_learnt_as_a_shape_bound_to_them(network
     d = _dispatcher(network, 50)
     models = d.nodes.models
     named = models.names[:2]
-    assert models.bits([]) == -1 and models.bits(named) == (1 << models.ids[named[0]]) | (1 << models.ids[named[1]])
+    assert models.bits([]) == stages.ANY_MODELS
+    assert models.bits(named) == (1 << models.ids[named[0]]) | (1 << models.ids[named[1]])
     assert models.bits(["no-such-chip"]) == 0  # runs nowhere known
     d.decide(_request(chip_models=named[:1]))
     bound = d.load.shapes[:, stages.Shape.MODELS] == 1 << models.ids[named[0]]

@@ -8,6 +8,7 @@ import asyncio
 from collections import defaultdict
 
 from suanwang.bus import EventProducer, ensure_topics, now_ms
+from suanwang.runtime import Monitor
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.frames import frame_of, frame_problem, samples_of
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY_FRAME, Topics
@@ -29,6 +30,14 @@ def test_a_frame_is_taken_apart_into_its_samples_and_a_bad_one_is_named() -> Non
     assert frame_problem({**frame, "power_kw": frame["power_kw"][:5]}) == "power_kw: 5 entries for 6 node_ids"
     twice = {**frame, "node_ids": [*frame["node_ids"][:5], frame["node_ids"][0]]}
     assert frame_problem(twice) == f"node_ids: {frame['node_ids'][0]!r} twice in one frame"
+
+
+def test_up_counts_a_frames_samples_and_passes_over_a_frame_it_cannot_take_apart() -> None:
+    monitor = Monitor(Settings(), watch_hubs=True)
+    frame = frame_of([telemetry(reg, 1_000) for reg in fleet(6)], "f", 2_000)
+    monitor._observe(TELEMETRY_FRAME, frame, 3_000.0)
+    monitor._observe(TELEMETRY_FRAME, {**frame, "cpu_util": frame["cpu_util"][:2]}, 3_000.0)
+    assert monitor.counts["telemetry_events"] == 6 and monitor.hubs.load
 
 
 def test_frames_are_stored_windowed_and_their_bad_samples_dead_lettered_alone(settings: Settings, store: Store) -> None:
