@@ -14,7 +14,9 @@ from fastavro.validation import validate
 from suanwang.bus import event
 from suanwang.schemas.codec import parsed_schemas, schema_sources
 
-SET_BY_SERVER = {"event_id", "event_time", "escalated_from", "escalation_reason", "attempt", "retry_of", "not_before"}
+SET_BY_SERVER = {
+    "event_id", "event_time", "escalated_from", "escalation_reason", "attempt", "retry_of", "not_before", "avoid_nodes",
+}  # fmt: skip
 
 
 class BadRequest(ValueError):

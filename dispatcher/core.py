@@ -71,6 +71,7 @@ class Demand:
     province_ok: np.ndarray
     ask: np.ndarray
     models: int = stages.ANY_MODELS  # the chip models it may run on, as `Vocabulary.bits`
+    avoid: np.ndarray = field(default_factory=lambda: NO_ROWS)  # rows it is not placed on (`avoid_nodes`)
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
@@ -94,6 +95,7 @@ class Demand:
         return int(self.ask[Ask.ACC_MILLI])
 
 
+NO_ROWS = np.zeros(0, dtype=np.int64)
 FRAGMENTATION_WEIGHT = 1.0  # yuan per accelerator the workload could no longer use: measured by bench packing
 
 
@@ -125,6 +127,7 @@ def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) ->
         t.provinces.mask(req["allowed_provinces"]),
         ask,
         t.models.bits(req["chip_models"]),
+        np.array([t.row[n] for n in req.get("avoid_nodes") or () if n in t.row], dtype=np.int64),
     )
 
 
@@ -197,6 +200,8 @@ def choose(
     """Filter, score and select over the whole table (the compiled pass), packing for the `load` seen; over
     node `only` alone when given. `scores`, when not empty, gets every node's cost (infinite: infeasible)."""
     rows, starts = t.by_arch() if only < 0 else _one_row(t, only)
+    if len(d.avoid):
+        rows, starts = _without(rows, starts, d.avoid)
     out.feasible = stages.choose(
         t.ints,
         t.floats,
@@ -228,6 +233,12 @@ def _one_row(t: NodeTable, row: int) -> tuple[np.ndarray, np.ndarray]:
     starts = np.zeros(len(t.archs) + 1, dtype=np.int64)
     starts[int(t.column(Int.ARCH)[row]) + 1 :] = 1
     return np.array([row], dtype=np.int64), starts
+
+
+def _without(rows: np.ndarray, starts: np.ndarray, avoid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-filter: `rows` grouped as `starts` says, less the `avoid` rows (a re-dispatch's failed nodes)."""
+    kept = ~np.isin(rows, avoid)
+    return rows[kept], np.concatenate(([0], np.cumsum(kept)))[starts]
 
 
 def reserve(t: NodeTable, row: int, d: Demand, load: Shapes) -> np.ndarray:
@@ -399,7 +410,7 @@ class Dispatcher:
         node_id = self.nodes.node_ids[res.row]
         self.release(task_id)
         out: list[tuple[TopicSpec, dict[str, Any]]] = []
-        retry = self._retry(task_id, res, f"{cause}: {detail}", now)
+        retry = self._retry(task_id, res, cause, detail, now)
         if report:
             out.append(
                 (
@@ -419,9 +430,11 @@ class Dispatcher:
             out.append(retry)
         return out
 
-    def _retry(self, task_id: str, res: Reservation, why: str, now: int) -> tuple[TopicSpec, dict[str, Any]] | None:
-        """The next attempt's request (from the second on, after a back-off doubling each time), or past
-        `max_attempts` its rejection; None when the request is not known here."""
+    def _retry(
+        self, task_id: str, res: Reservation, cause: str, detail: str, now: int
+    ) -> tuple[TopicSpec, dict[str, Any]] | None:
+        """The next attempt's request (from the second on, after a back-off doubling each time), kept off the
+        nodes that failed it, or past `max_attempts` its rejection; None when the request is not known here."""
         req = res.request
         if req is None:
             return None
@@ -429,10 +442,13 @@ class Dispatcher:
         attempt = req.get("attempt", 0) + 1
         retry_id = f"{first}~{attempt}"
         if attempt >= self.max_attempts:
-            reason = f"{first} ended {attempt} times, the last {why}; not dispatched again"
+            reason = f"{first} ended {attempt} times, the last {cause}: {detail}; not dispatched again"
             return REJECTION, self._rejection({**req, "task_id": retry_id}, RETRIES_EXHAUSTED, reason, {})
         backoff = self.retry_backoff_ms * 2 ** (attempt - 2) if attempt > 1 else 0
         fields = {k: v for k, v in req.items() if k not in ("event_id", "event_time")}
+        avoid = list(req.get("avoid_nodes") or ())
+        if cause != PREEMPTED:  # a node that failed the task may come back; the task is not sent there again
+            avoid.append(self.nodes.node_ids[res.row])
         return TASK_REQUEST, event(
             **fields
             | dict(
@@ -442,6 +458,7 @@ class Dispatcher:
                 not_before=now + backoff if backoff else None,
                 escalated_from=None,
                 escalation_reason=None,
+                avoid_nodes=avoid,
             )
         )
 

@@ -181,6 +181,44 @@ def test_the_tasks_of_a_node_offline_past_the_grace_are_dispatched_again_once(ne
     assert int(d.nodes.acc_free[d.nodes.row["n1"]].sum()) == 4 * W  # nothing held on the failed node
 
 
+def test_a_retry_is_kept_off_every_node_that_failed_it_even_once_that_node_is_back(network) -> None:
+    d = dispatcher(network, node("n1"), node("n2"), node("n3"))
+    spec, first = d.decide(request("job", "shop"))
+    retry = d.evict("job", "node_fault", "GPU 0 lost", now_ms())[-1][1]
+    assert retry["avoid_nodes"] == [first["node_id"]]
+    spec, second = d.decide(retry)
+    assert spec is PLACEMENT and second["node_id"] != first["node_id"]
+    d.set_health(second["node_id"], False, now_ms())
+    assert d.fail_over(now_ms() + 10_000, grace_ms=10_000) == 1
+    retry = [e for s, e in d.take_outbox() if s is TASK_REQUEST][0]
+    d.set_health(second["node_id"], True, now_ms())  # back, and as free as the third node
+    assert retry["avoid_nodes"] == [first["node_id"], second["node_id"]]
+    spec, third = d.decide(retry)
+    assert spec is PLACEMENT and third["node_id"] not in retry["avoid_nodes"]
+    retry = d.evict(retry["task_id"], "node_fault", "GPU 0 lost", now_ms())[-1][1]
+    spec, none_left = d.decide(retry)
+    assert spec is REJECTION and none_left["reason_code"] == "NO_FEASIBLE_NODE"
+
+
+def test_a_preempted_task_may_go_back_to_its_node(network) -> None:
+    d = dispatcher(network, node("n1"))
+    d.decide(request("low", "lab"))
+    d.decide(request("high", "lab", priority=PRODUCTION))
+    retry = [e for s, e in d.take_outbox() if s is TASK_REQUEST][0]
+    assert retry["avoid_nodes"] == []
+    d.release("high")
+    assert d.decide(retry)[1]["node_id"] == "n1"
+
+
+def test_a_batch_keeps_a_retry_off_the_nodes_that_failed_it(network) -> None:
+    d = dispatcher(network, node("n1"), node("n2"))
+    spec, first = d.decide(request("job", "shop"))
+    retry = d.evict("job", "node_fault", "GPU 0 lost", now_ms())[-1][1]
+    decisions = d.decide_batch([retry, request("other", "shop")])
+    by_task = {out["task_id"]: out for _spec, out in decisions}
+    assert by_task["job~1"]["node_id"] != first["node_id"]
+
+
 def test_a_node_back_before_the_grace_keeps_its_tasks(network) -> None:
     d = dispatcher(network, node("n1"))
     d.decide(request("t", "shop"))
@@ -191,15 +229,15 @@ def test_a_node_back_before_the_grace_keeps_its_tasks(network) -> None:
 
 
 def test_repeated_failures_back_off_then_end_in_a_rejection_naming_why(network) -> None:
-    d = dispatcher(network, node("n1"), max_attempts=3, retry_backoff_s=2.0)
+    d = dispatcher(network, node("n1"), node("n2"), node("n3"), max_attempts=3, retry_backoff_s=2.0)
     d.decide(request("job", "shop"))
     now = now_ms()
     first = d.evict("job", "node_fault", "GPU 0 lost", now)
     assert [r["not_before"] for s, r in first if s is TASK_REQUEST] == [None]  # the first at once
-    d.decide(first[-1][1])
+    assert d.decide(first[-1][1])[0] is PLACEMENT
     second = d.evict("job~1", "node_fault", "GPU 0 lost", now)
     assert second[-1][1]["task_id"] == "job~2" and second[-1][1]["not_before"] == now + 2_000
-    d.decide(second[-1][1])
+    assert d.decide(second[-1][1])[0] is PLACEMENT
     third = d.evict("job~2", "node_fault", "GPU 0 lost", now)
     spec, rejection = third[-1]
     assert spec is REJECTION and rejection["task_id"] == "job~3" and rejection["reason_code"] == RETRIES_EXHAUSTED
