@@ -25,6 +25,11 @@ class Alerts:
         self.ctx = ctx
         self.raised: set[str] = set()
 
+    def raised_keys(self, kind: str, scope_kind: str) -> set[str]:
+        """The scope keys of the alerts of `kind` over `scope_kind` now raised here."""
+        prefix = Check.prefix(kind, scope_kind)
+        return {key.removeprefix(prefix) for key in self.raised if key.startswith(prefix)}
+
     async def apply(self, check: Check) -> None:
         """Publishes the change when the check's verdict differs from what was last said for its scope."""
         key = check.key

@@ -13,7 +13,6 @@ from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import (
     DEADLETTER,
     NETWORK_PROBE,
-    TELEMETRY,
     TELEMETRY_FRAME,
     TELEMETRY_TOPICS,
     Topics,
@@ -23,7 +22,7 @@ from suanwang.security import faust_credentials
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.alerts import Alerts
-from suanwang.streams.checks import probe_problem, telemetry_problem
+from suanwang.streams.checks import probe_problem
 from suanwang.streams.containment import Containment
 from suanwang.streams.facts import Facts
 from suanwang.streams.rules import Rules
@@ -91,12 +90,10 @@ class Context:
             return None
 
     def problem(self, spec: TopicSpec, record: dict[str, Any]) -> str | None:
-        """Why a decoded record cannot be counted (a value out of range, an unknown node), or None."""
-        s = self.settings
-        if spec is TELEMETRY:
-            return telemetry_problem(record, self.facts, now_ms(), s.max_clock_skew_s)
+        """Why a decoded record cannot be counted (a value out of range), or None; telemetry is checked as
+        columns by the intake (`checks.telemetry_problems`)."""
         if spec is NETWORK_PROBE:
-            return probe_problem(record, self.hubs, now_ms(), s.max_clock_skew_s)
+            return probe_problem(record, self.hubs, now_ms(), self.settings.max_clock_skew_s)
         return None
 
     def valid(self, ev: faust.EventT) -> dict[str, Any] | None:

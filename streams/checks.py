@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
+from suanwang.schemas.frames import PLACE
 from suanwang.streams.facts import Facts
+from suanwang.streams.readings import Readings
 
 UTILISATIONS = ("cpu_util", "memory_util", "accelerator_util")
 
 
-def telemetry_problem(t: dict[str, Any], facts: Facts, now_ms: int, max_skew_s: float) -> str | None:
-    """Why a telemetry sample cannot be counted, or None when it can."""
-    node = facts.nodes.get(t["node_id"])
-    if node is None:
-        return f"node_id: {t['node_id']!r} is not a registered node"
+def telemetry_problems(r: Readings, facts: Facts, now_ms: int, max_skew_s: float) -> dict[int, str]:
+    """Why each sample that cannot be counted cannot (the first rule it breaks), by its index in `r`."""
+    regs = [facts.nodes.get(node) for node in r.node_ids]
+    problems: dict[int, str] = {}
+
+    def note(bad: np.ndarray | list[bool], why: Callable[[int], str]) -> None:
+        for i in np.flatnonzero(bad).tolist():
+            if i not in problems:
+                problems[i] = why(i)
+
+    note([g is None for g in regs], lambda i: f"node_id: {r.node_ids[i]!r} is not a registered node")
     for name in UTILISATIONS:
-        if not 0.0 <= t[name] <= 1.0:
-            return f"{name}: {t[name]!r} is outside 0-1"
-    if not (t["power_kw"] >= 0 and math.isfinite(t["power_kw"])):
-        return f"power_kw: {t['power_kw']!r} is not a power (negative or not finite)"
-    if not math.isfinite(t["inlet_temp_c"]):
-        return f"inlet_temp_c: {t['inlet_temp_c']!r} is not finite"
-    for scope in ("hub", "cluster", "province"):
-        if t[scope] != node[scope]:
-            return f"{scope}: {t[scope]!r} but {t['node_id']} is registered in {node[scope]!r}"
-    return _future(t["event_time"], now_ms, max_skew_s)
+        v = r.figures[name]
+        note(~((v >= 0.0) & (v <= 1.0)), lambda i, name=name, v=v: f"{name}: {v[i].item()!r} is outside 0-1")
+    power, temp = r.figures["power_kw"], r.figures["inlet_temp_c"]
+    note(
+        ~((power >= 0) & np.isfinite(power)),
+        lambda i: f"power_kw: {power[i].item()!r} is not a power (negative or not finite)",
+    )
+    note(~np.isfinite(temp), lambda i: f"inlet_temp_c: {temp[i].item()!r} is not finite")
+    for scope in PLACE:
+        at = r.places[scope]
+        note(
+            [g is not None and g[scope] != x for g, x in zip(regs, at, strict=True)],
+            lambda i, scope=scope, at=at: f"{scope}: {at[i]!r} but {r.node_ids[i]} is registered in {regs[i][scope]!r}",
+        )
+    ahead_s = r.event_ms / 1000 - now_ms / 1000
+    note(ahead_s > max_skew_s, lambda i: _future(r.event_time(i), now_ms, max_skew_s) or "")
+    return problems
 
 
 def probe_problem(p: dict[str, Any], hubs: set[str], now_ms: int, max_skew_s: float) -> str | None:

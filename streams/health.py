@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+
 from suanwang.streams.app import Context
+from suanwang.streams.readings import Readings
+from suanwang.streams.rules import OVERHEATING
 from suanwang.streams.windows import EventClock
 
 CHECK_EVERY_S = 1.0
@@ -56,7 +60,7 @@ class Silence:
             self.clocks.pop(partition, None)
 
 
-def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Awaitable[None]]:
+def register(ctx: Context) -> Callable[[Readings, np.ndarray], Awaitable[None]]:
     """Registers the silence check and returns the step that watches telemetry batches."""
     silence = Silence(ctx.rules.silence_ms)
 
@@ -67,15 +71,20 @@ def register(ctx: Context) -> Callable[[list[tuple[Any, dict[str, Any]]]], Await
     async def alert(node: str, is_offline: bool, silent_ms: int) -> None:
         await ctx.alerts.apply(ctx.rules.silence(node, is_offline, silent_ms))
 
-    async def watch(valid: list[tuple[Any, dict[str, Any]]]) -> None:
-        """Notes when each node of a batch of valid telemetry last reported, and judges its temperature."""
-        for ev, t in valid:
-            node = t["node_id"]
-            source = ctx.source(ev.message.topic, ev.message.partition)
-            back_after = silence.saw(node, int(t["event_time"].timestamp() * 1000), source)
+    async def watch(valid: Readings, sources: np.ndarray) -> None:
+        """Notes when each node of a batch of valid telemetry last reported, and judges its temperature (only
+        where it is hot, or its node was or becomes overheated: elsewhere the rule says nothing new)."""
+        nodes = valid.node_ids
+        for node, at, source in zip(nodes, valid.event_ms.tolist(), sources.tolist(), strict=True):
+            back_after = silence.saw(node, at, source)
             if back_after is not None:
                 await alert(node, False, back_after)
-            await ctx.alerts.apply(ctx.rules.inlet(t))
+        temps = valid.figures["inlet_temp_c"]
+        hot = temps > ctx.settings.alert_inlet_temp_c
+        watched = ctx.alerts.raised_keys(OVERHEATING, "node") | {nodes[i] for i in np.flatnonzero(hot).tolist()}
+        clusters = valid.places["cluster"]
+        for i in [i for i, node in enumerate(nodes) if node in watched] if watched else ():
+            await ctx.alerts.apply(ctx.rules.inlet(nodes[i], clusters[i], temps[i].item()))
 
     @ctx.app.timer(CHECK_EVERY_S, name="find_silent_nodes")
     @ctx.contain.timer("find_silent_nodes")

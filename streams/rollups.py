@@ -30,6 +30,7 @@ from suanwang.bus import client_kwargs, event, now_ms
 from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP
 from suanwang.streams.app import Context, worker_group
+from suanwang.streams.readings import Readings
 from suanwang.streams.windows import (
     PANE_MS,
     SCOPE_KINDS,
@@ -51,31 +52,30 @@ BUCKETS = 64  # scopes travel in this many buckets: at most this many workers sh
 READ_BACK_MARGIN_MS = 120_000  # beyond the panes kept: clock skew between a chunk's send and its panes
 
 
-def samples_of(records: list[dict[str, Any]], ctx: Context) -> Samples:
-    """Columns of a batch of valid telemetry, joined with registrations and grid hours."""
+def samples_of(readings: Readings, ctx: Context) -> Samples:
+    """A batch of valid telemetry joined with its nodes' registrations and its provinces' grid hours."""
     facts = ctx.facts
-    regs = [facts.nodes[r["node_id"]] for r in records]
-    event_ms = np.fromiter((int(r["event_time"].timestamp() * 1000) for r in records), np.int64, len(records))
+    regs = [facts.nodes[node] for node in readings.node_ids]
+    figures, event_ms = readings.figures, readings.event_ms
 
-    def column(name: str, rows: list[dict[str, Any]] = records) -> np.ndarray:
-        return np.fromiter((r[name] for r in rows), np.float64, len(rows))
+    def column(name: str) -> np.ndarray:
+        return np.fromiter((g[name] for g in regs), np.float64, len(regs))
 
     return Samples(
         event_ms=event_ms,
-        scope_keys={kind: [r["node_id" if kind == "node" else kind] for r in records] for kind in SCOPE_KINDS},
-        cpu=column("cpu_util"),
-        mem=column("memory_util"),
-        acc=column("accelerator_util"),
-        power_kw=column("power_kw"),
-        pue=column("pue", regs),
-        green=np.fromiter(
-            (facts.green_share(r["province"], int(ms)) for r, ms in zip(records, event_ms, strict=True)),
-            np.float64,
-            len(records),
-        ),
+        scope_keys={
+            "node": readings.node_ids,
+            **{kind: readings.places[kind] for kind in SCOPE_KINDS if kind != "node"},
+        },
+        cpu=figures["cpu_util"],
+        mem=figures["memory_util"],
+        acc=figures["accelerator_util"],
+        power_kw=figures["power_kw"],
+        pue=column("pue"),
+        green=facts.green_shares(readings.places["province"], event_ms),
         compute_class=[g["compute_class"] for g in regs],
-        cpu_milli=column("cpu_milli", regs),
-        accelerators=column("accelerators", regs),
+        cpu_milli=column("cpu_milli"),
+        accelerators=column("accelerators"),
     )
 
 
@@ -93,7 +93,7 @@ class OpenChunk:
     end: int
     due_ms: int  # the end of the pane the event clock was in when it opened
     events: list[Any] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
+    readings: list[Readings] = field(default_factory=list)
 
 
 class Intake:
@@ -106,7 +106,7 @@ class Intake:
         self.next_offset: dict[int, int] = {}
         self.open: dict[int, OpenChunk] = {}
 
-    def hold(self, partition: int, events: list[Any], records: list[dict[str, Any]], clock_ms: int) -> None:
+    def hold(self, partition: int, events: list[Any], readings: Readings, clock_ms: int) -> None:
         first = min(ev.message.offset for ev in events)
         if self.next_offset.get(partition) != first:  # taken up, or read again from the committed offset
             self.runs[partition] = Run(first, now_ms())
@@ -118,7 +118,8 @@ class Intake:
         held = self.open[partition]
         held.end = self.next_offset[partition]
         held.events += events
-        held.records += records
+        if len(readings):
+            held.readings.append(readings)
 
     def due(self, clock_ms: int, partitions: set[int] | None = None) -> list[OpenChunk]:
         """Removes and returns the chunks to send: due by the clock, or of the given partitions."""
@@ -136,20 +137,17 @@ class Aggregate:
         self.stream: Any = None
         self.last_batch = 0.0  # monotonic time of the newest batch
 
-    async def __call__(self, stream: Any, events: list[Any], valid: list[tuple[Any, dict[str, Any]]]) -> None:
-        """Holds a telemetry batch in its partitions' open chunks, and sends the chunks now due."""
+    async def __call__(
+        self, stream: Any, events: list[Any], by_event: np.ndarray, valid: Readings, sources: np.ndarray
+    ) -> None:
+        """Holds a telemetry batch in its partitions' open chunks (`by_event`: each event's telemetry source,
+        `sources`: each valid sample's), and sends the chunks now due."""
         self.stream, self.last_batch = stream, time.monotonic()
-        source = self.ctx.source
-        events_of: dict[int, list[Any]] = defaultdict(list)
-        for ev in events:
-            events_of[source(ev.message.topic, ev.message.partition)].append(ev)
-        records_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for ev, record in valid:
-            records_of[source(ev.message.topic, ev.message.partition)].append(record)
-        if valid:
-            self.clock.saw(int(max(record["event_time"] for _ev, record in valid).timestamp() * 1000))
-        for partition, held in events_of.items():
-            self.intake.hold(partition, held, records_of[partition], self.clock.now_ms())
+        if len(valid):
+            self.clock.saw(int(valid.event_ms.max()))
+        for partition in np.unique(by_event).tolist():
+            held = [ev for ev, source in zip(events, by_event.tolist(), strict=True) if source == partition]
+            self.intake.hold(partition, held, valid.take(sources == partition), self.clock.now_ms())
         await self.send_due()
 
     async def send_due(self, partitions: set[int] | None = None) -> None:
@@ -165,9 +163,10 @@ class Aggregate:
 
     async def _send(self, held: OpenChunk) -> None:
         ctx, chunk = self.ctx, held.chunk
-        if held.records:
+        if held.readings:
+            readings = Readings.concat(held.readings)
             buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for kind, key, start, pane, node_ids in pane_sums(samples_of(held.records, ctx)):
+            for kind, key, start, pane, node_ids in pane_sums(samples_of(readings, ctx)):
                 scope = {"scope_kind": kind, "scope_key": key, "pane_start": start, "node_ids": node_ids}
                 buckets[bucket_of(kind, key)].append({**scope, **pane.to_record()})
             watermark = self.clock.now_ms()
@@ -185,7 +184,7 @@ class Aggregate:
                         panes=panes,
                     ),
                 )
-            ctx.counts["samples_aggregated"] += len(held.records)
+            ctx.counts["samples_aggregated"] += len(readings)
         for ev in held.events:  # no await suspends in Stream.ack: a commit never splits a chunk
             await self.stream.ack(ev)
 

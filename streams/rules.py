@@ -11,9 +11,10 @@ from typing import Any
 from suanwang.settings import Settings
 from suanwang.streams.windows import PANE_MS
 
+OVERHEATING = "overheating"
 SEVERITY = {
     "node_offline": "CRITICAL",
-    "overheating": "CRITICAL",
+    OVERHEATING: "CRITICAL",
     "overload": "WARNING",
     "imbalance": "WARNING",
     "latency_tier": "WARNING",
@@ -42,7 +43,12 @@ class Check:
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.scope_kind}:{self.scope_key}"
+        return self.prefix(self.kind, self.scope_kind) + self.scope_key
+
+    @staticmethod
+    def prefix(kind: str, scope_kind: str) -> str:
+        """What the keys of the alerts of one kind over one kind of scope begin with."""
+        return f"{kind}:{scope_kind}:"
 
 
 class Rules:
@@ -98,11 +104,10 @@ class Rules:
             for key, load in loads.items()
         ]  # fmt: skip
 
-    def inlet(self, sample: dict[str, Any]) -> Check:
+    def inlet(self, node: str, cluster: str, temp: float) -> Check:
         """A node's inlet temperature, sample by sample."""
-        s, node, temp = self.settings, sample["node_id"], sample["inlet_temp_c"]
-        message = f"{node} inlet {temp:.1f} °C in {sample['cluster']}"
-        return Check("overheating", "node", node, temp, s.alert_inlet_temp_c, message, s.alert_inlet_temp_margin_c)
+        s, message = self.settings, f"{node} inlet {temp:.1f} °C in {cluster}"
+        return Check(OVERHEATING, "node", node, temp, s.alert_inlet_temp_c, message, s.alert_inlet_temp_margin_c)
 
     def silence(self, node: str, offline: bool, silent_ms: int) -> Check:
         """A node silent past `silence_ms` is offline until it reports again."""

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from suanwang.bus import dead_letter
+import numpy as np
+
+from suanwang.bus import dead_letter, now_ms
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import DecodeError
-from suanwang.schemas.frames import frame_problem, samples_of
+from suanwang.schemas.frames import frame_problem
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TELEMETRY, TELEMETRY_FRAME, TELEMETRY_TOPICS
 from suanwang.streams.app import Context
+from suanwang.streams.checks import telemetry_problems
+from suanwang.streams.readings import Readings
 
 log = logging.getLogger("suanwang.sink")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0  # between retries of a failed store call
@@ -72,49 +76,98 @@ class Sink:
         valid = []
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         sources: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
-        checked = []
         for ev in events:
             spec = ctx.topics.spec(ev.message.topic)
             ctx.counts[f"events:{spec.name}"] += 1
             try:
                 record = ctx.codec.decode_as(spec.schema, ev.value)
             except DecodeError as exc:
-                checked.append([ev, spec, None, str(exc), -1])
-                continue
-            if spec is not TELEMETRY_FRAME:
-                checked.append([ev, spec, record, ctx.problem(spec, record), -1])
-            elif (bad := frame_problem(record)) is not None:  # the whole frame: it cannot be taken apart
-                checked.append([ev, spec, None, bad, -1])
-            else:  # each sample on its own: a bad one is dead-lettered alone, with its index; the rest stored
-                for i, sample in enumerate(samples_of(record)):
-                    checked.append([ev, TELEMETRY, sample, ctx.problem(TELEMETRY, sample), i])
-        unregistered = [
-            c for c in checked if c[1] is TELEMETRY and c[2] is not None and c[2]["node_id"] not in ctx.facts.nodes
-        ]
-        if unregistered:  # a node's first telemetry may overtake its registration: catch up once, look again
-            await ctx.facts.caught_up()
-            for c in unregistered:
-                c[3] = ctx.problem(c[1], c[2])
-        for ev, spec, record, problem, sample in checked:
-            msg = ev.message
-            stored_before = msg.offset <= await self.stored.get(spec.table, msg.topic, msg.partition)
+                record, problem = None, str(exc)
+            else:
+                problem = ctx.problem(spec, record)
+            stored_before = await self._stored_before(spec.table, ev)
             if problem is not None:
                 if not stored_before:  # else it was reported when first read
-                    alone = ctx.codec.encode(TELEMETRY.schema, record) if sample >= 0 else None
-                    where = f"sample {sample}: " if sample >= 0 else ""
-                    await ctx.send(DEADLETTER, dead_letter("sink", msg, where + problem, sample, alone))
+                    await ctx.send(DEADLETTER, dead_letter("sink", ev.message, problem))
                 continue
             valid.append((ev, record))
             if not stored_before:
                 rows[spec.table].append(record)
-                sources[spec.table].append((msg.topic, msg.partition, msg.offset))
+                sources[spec.table].append((ev.message.topic, ev.message.partition, ev.message.offset))
         for table, records in rows.items():
             await retrying(ctx, ctx.store.insert_records, table, records, sources[table])
-            ctx.counts[f"rows:{table}"] += len(records)
-            for topic, partition, offset in sources[table]:
-                key = (table, topic, partition)
-                self.stored.upto[key] = max(self.stored.upto[key], offset)
+            self._stored(table, sources[table])
         return valid
+
+    async def store_telemetry(self, events: list[Any]) -> Readings:
+        """Stores a batch of telemetry (single samples and frames) as columns; returns its sound samples.
+
+        A record that does not decode, or a frame that cannot be taken apart, is dead-lettered whole; a bad
+        sample of a sound frame alone, with its index, as a `NodeTelemetry` record."""
+        ctx = self.ctx
+        parts, stored_before = [], np.zeros(len(events), dtype=bool)
+        for k, ev in enumerate(events):
+            spec = ctx.topics.spec(ev.message.topic)
+            ctx.counts[f"events:{spec.name}"] += 1
+            stored_before[k] = await self._stored_before(spec.table, ev)
+            try:
+                record = ctx.codec.decode_as(spec.schema, ev.value)
+            except DecodeError as exc:
+                problem = str(exc)
+            else:
+                problem = frame_problem(record) if spec is TELEMETRY_FRAME else None
+                if problem is None:
+                    parts.append(
+                        Readings.of_frame(record, k) if spec is TELEMETRY_FRAME else Readings.of_sample(record, k)
+                    )
+                    continue
+            if not stored_before[k]:  # else it was reported when first read
+                await ctx.send(DEADLETTER, dead_letter("sink", ev.message, problem))
+        readings = Readings.concat(parts)
+        problems = await self._problems(readings)
+        for i, problem in problems.items():
+            ev, sample = events[readings.origin[i]], int(readings.sample[i])
+            if not stored_before[readings.origin[i]]:
+                alone = ctx.codec.encode(TELEMETRY.schema, readings.record(i)) if sample >= 0 else None
+                where = f"sample {sample}: " if sample >= 0 else ""
+                await ctx.send(DEADLETTER, dead_letter("sink", ev.message, where + problem, sample, alone))
+        sound = np.ones(len(readings), dtype=bool)
+        sound[list(problems)] = False
+        valid = readings.take(sound)
+        new = valid.take(~stored_before[valid.origin])
+        if len(new):
+            messages = [events[k].message for k in new.origin.tolist()]
+            source = {
+                "kafka_topic": [m.topic for m in messages],
+                "kafka_partition": [m.partition for m in messages],
+                "kafka_offset": [m.offset for m in messages],
+            }
+            await retrying(ctx, ctx.store.insert_columns, TELEMETRY.table, new.columns(), source)
+            self._stored(TELEMETRY.table, zip(*source.values(), strict=True))
+        return valid
+
+    async def _problems(self, readings: Readings) -> dict[int, str]:
+        """Each unsound sample's problem; a node's first telemetry may overtake its registration: catch up
+        once and look again."""
+        ctx, s = self.ctx, self.ctx.settings
+        problems = telemetry_problems(readings, ctx.facts, now_ms(), s.max_clock_skew_s)
+        if any(readings.node_ids[i] not in ctx.facts.nodes for i in problems):
+            await ctx.facts.caught_up()
+            problems = telemetry_problems(readings, ctx.facts, now_ms(), s.max_clock_skew_s)
+        return problems
+
+    async def _stored_before(self, table: str, ev: Any) -> bool:
+        """Whether ClickHouse holds this event's rows already (it is read again after a crash)."""
+        msg = ev.message
+        return msg.offset <= await self.stored.get(table, msg.topic, msg.partition)
+
+    def _stored(self, table: str, sources: Iterable[tuple[str, int, int]]) -> None:
+        count = 0
+        for topic, partition, offset in sources:
+            key = (table, topic, partition)
+            self.stored.upto[key] = max(self.stored.upto[key], offset)
+            count += 1
+        self.ctx.counts[f"rows:{table}"] += count
 
 
 def register(ctx: Context) -> Sink:

@@ -87,6 +87,7 @@ class Pane:
 
 
 _PART_FIELDS = tuple(f.name for f in fields(Pane) if f.name != "nodes")
+_FIGURES = tuple(f.name for f in fields(Pane) if f.type == "float")  # after samples and nodes, before free_*
 
 
 @dataclass
@@ -117,11 +118,10 @@ def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, str]]:
     facility = batch.power_kw * batch.pue
     free_cpu = batch.cpu_milli * (1.0 - batch.cpu)
     free_acc = batch.accelerators * (1.0 - batch.acc)
-    classes = np.asarray(batch.compute_class)
-    node_ids = np.asarray(batch.scope_keys["node"])
+    class_names, class_of = _codes(batch.compute_class)
+    codes = {kind: _codes(batch.scope_keys[kind]) for kind in SCOPE_KINDS}
     for kind in SCOPE_KINDS:
-        keys = np.asarray(batch.scope_keys[kind])
-        key_values, key_index = np.unique(keys, return_inverse=True)
+        key_values, key_index = codes[kind]
         group_id = key_index.astype(np.int64) * (1 << 40) + pane_start // PANE_MS
         groups, inverse = np.unique(group_id, return_inverse=True)
         n = len(groups)
@@ -142,27 +142,24 @@ def pane_sums(batch: Samples) -> Iterator[tuple[str, str, int, Pane, str]]:
         load_min = _extreme(inverse, n, load, np.minimum, 1.0)
         free_by_class = {
             str(cls): (
-                _total(inverse, n, np.where(classes == cls, free_cpu, 0.0)),
-                _total(inverse, n, np.where(classes == cls, free_acc, 0.0)),
+                _total(inverse, n, np.where(class_of == c, free_cpu, 0.0)),
+                _total(inverse, n, np.where(class_of == c, free_acc, 0.0)),
             )
-            for cls in np.unique(classes)
+            for c, cls in enumerate(class_names)
         }
-        present = {cls: _total(inverse, n, (classes == cls).astype(np.float64)) > 0 for cls in free_by_class}
-        nodes = [""] * n if kind == "node" else _nodes_of(inverse, node_ids, n)
+        present = {str(cls): np.bincount(inverse[class_of == c], minlength=n) > 0 for c, cls in enumerate(class_names)}
+        nodes = [""] * n if kind == "node" else _nodes_of(inverse, *codes["node"], n)
         sample_of = np.empty(n, dtype=np.int64)
         sample_of[inverse] = np.arange(len(inverse))  # any sample of each group: it names the key and pane
-        for g in range(n):
-            i = sample_of[g]
-            pane = Pane(
-                samples=int(counts[g]),
-                nodes=nodes[g].count(NODE_ID_SEPARATOR) + 1,
-                load_min=float(load_min[g]),
-                **{k: float(v[g]) for k, v in sums.items()},
-                **{k: float(v[g]) for k, v in maxes.items()},
-                free_cpu={c: float(cpu[g]) for c, (cpu, _) in free_by_class.items() if present[c][g]},
-                free_acc={c: float(acc[g]) for c, (_, acc) in free_by_class.items() if present[c][g]},
-            )
-            yield kind, str(key_values[key_index[i]]), int(pane_start[i]), pane, nodes[g]
+        keys, starts = [key_values[k] for k in key_index[sample_of].tolist()], pane_start[sample_of].tolist()
+        figures = {**sums, **maxes, "load_min": load_min}
+        rows = zip(*(figures[name].tolist() for name in _FIGURES), strict=True)  # plain floats, in Pane's order
+        free = [(cls, cpu.tolist(), acc.tolist(), present[cls].tolist()) for cls, (cpu, acc) in free_by_class.items()]
+        for g, (samples, row) in enumerate(zip(counts.tolist(), rows, strict=True)):
+            cpu_by_class = {cls: cpu[g] for cls, cpu, _, here in free if here[g]}
+            acc_by_class = {cls: acc[g] for cls, _, acc, here in free if here[g]}
+            pane = Pane(samples, nodes[g].count(NODE_ID_SEPARATOR) + 1, *row, cpu_by_class, acc_by_class)
+            yield kind, keys[g], starts[g], pane, nodes[g]
 
 
 def _total(inverse: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
@@ -175,12 +172,24 @@ def _extreme(inverse: np.ndarray, n: int, values: np.ndarray, ufunc: np.ufunc, s
     return out
 
 
-def _nodes_of(inverse: np.ndarray, node_ids: np.ndarray, n: int) -> list[str]:
+def _codes(values: list[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct values, sorted, and each value's index among them (`np.unique`'s answer, by hashing:
+    sorting thousands of strings costs milliseconds)."""
+    first_seen: dict[str, int] = {}
+    seen = np.fromiter((first_seen.setdefault(v, len(first_seen)) for v in values), np.int64, len(values))
+    names = sorted(first_seen)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[[first_seen[name] for name in names]] = np.arange(len(names))
+    return names, rank[seen]
+
+
+def _nodes_of(inverse: np.ndarray, names: list[str], node_index: np.ndarray, n: int) -> list[str]:
     """The distinct node ids of each group, joined."""
-    names, node_index = np.unique(node_ids, return_inverse=True)
     pairs = np.unique(inverse.astype(np.int64) * len(names) + node_index)
     cuts = np.searchsorted(pairs // len(names), np.arange(1, n))
-    return [NODE_ID_SEPARATOR.join(names[members].tolist()) for members in np.split(pairs % len(names), cuts)]
+    return [
+        NODE_ID_SEPARATOR.join(names[m] for m in members.tolist()) for members in np.split(pairs % len(names), cuts)
+    ]
 
 
 def windows_of(pane_start: int) -> Iterator[tuple[int, int]]:

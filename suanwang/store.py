@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -130,11 +131,30 @@ class Store:
             columns = [*columns, *SOURCE_COLUMNS]
             rows = [row + list(source) for row, source in zip(rows, sources, strict=True)]
         if rows:
-            try:
-                self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns, settings=SPREAD_INSERT)
-            except ClickHouseError as exc:
-                raise SuanwangError(f"insert into {table} failed: {str(exc).strip().splitlines()[0]}") from None
+            self._insert(table, rows, columns)
         return len(rows)
+
+    def insert_columns(self, table: str, columns: dict[str, Sequence[Any]], sources: dict[str, Sequence[Any]]) -> int:
+        """Inserts rows given column by column (a batch of telemetry as arrays), with each row's Kafka source
+        (`SOURCE_COLUMNS`); a column the table lacks is refused, naming it."""
+        known = set(self.columns(table))
+        unknown = [name for name in columns if name not in known]
+        if unknown:
+            raise SuanwangError(f"table {DATABASE}.{table} has no column {unknown[0]!r}")
+        data = {**columns, **{name: sources[name] for name in SOURCE_COLUMNS}}
+        rows = len(data["kafka_offset"])
+        if rows:
+            self._insert(table, list(data.values()), list(data), column_oriented=True)
+        return rows
+
+    def _insert(self, table: str, data: list[Any], columns: list[str], column_oriented: bool = False) -> None:
+        try:
+            self.client.insert(
+                f"{DATABASE}.{table}", data, column_names=columns, column_oriented=column_oriented,
+                settings=SPREAD_INSERT,
+            )  # fmt: skip
+        except ClickHouseError as exc:
+            raise SuanwangError(f"insert into {table} failed: {str(exc).strip().splitlines()[0]}") from None
 
     def stored_upto(self, table: str, topic: str, partition: int) -> int:
         """The highest offset of a topic partition stored in the table; -1 for none."""

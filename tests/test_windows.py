@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import numpy as np
 
+from suanwang.streams.readings import Readings
 from suanwang.streams.rollups import Intake
 from suanwang.streams.windows import (
     NODE_ID_SEPARATOR,
@@ -171,18 +173,30 @@ def events_at(*offsets: int) -> list[SimpleNamespace]:
     return [SimpleNamespace(message=SimpleNamespace(offset=o)) for o in offsets]
 
 
+def one_sample(node_id: str) -> Readings:
+    sample = dict(
+        event_id="e", event_time=datetime.now(UTC), node_id=node_id, hub="h", cluster="c", province="p",
+        cpu_util=0.5, memory_util=0.5, accelerator_util=0.5, power_kw=1.0, inlet_temp_c=24.0, running_tasks=1,
+    )  # fmt: skip
+    return Readings.of_sample(sample, 0)
+
+
+NONE = Readings.concat([])
+
+
 def test_an_open_chunk_spans_batches_until_its_pane_ends_and_a_read_again_starts_a_new_run() -> None:
     intake = Intake()
-    intake.hold(0, events_at(0, 1), [{"n": 1}], clock_ms=12_000)
-    intake.hold(0, events_at(2), [], clock_ms=15_000)
+    intake.hold(0, events_at(0, 1), one_sample("n1"), clock_ms=12_000)
+    intake.hold(0, events_at(2), NONE, clock_ms=15_000)
     assert intake.due(clock_ms=19_999) == []
     (held,) = intake.due(clock_ms=20_000)  # the pane the clock was in when it opened has ended
-    assert (held.chunk.start, held.end, len(held.events), held.records) == (0, 3, 3, [{"n": 1}])
+    assert (held.chunk.start, held.end, len(held.events)) == (0, 3, 3)
+    assert [r.node_ids for r in held.readings] == [["n1"]]
     first_run = held.chunk.run
-    intake.hold(0, events_at(3), [], clock_ms=21_000)
+    intake.hold(0, events_at(3), NONE, clock_ms=21_000)
     assert intake.open[0].chunk.run == first_run  # offsets follow on: the same run
-    intake.hold(0, events_at(1, 2), [], clock_ms=22_000)  # read again from offset 1 (a rebalance)
+    intake.hold(0, events_at(1, 2), NONE, clock_ms=22_000)  # read again from offset 1 (a rebalance)
     reread = intake.open[0].chunk
     assert reread.start == 1 and reread.run.offset == 1 and reread.run > first_run
-    intake.hold(1, events_at(9), [], clock_ms=22_000)
+    intake.hold(1, events_at(9), NONE, clock_ms=22_000)
     assert [c.chunk.partition for c in intake.due(clock_ms=22_000, partitions={1})] == [1]  # revoked: sent now
