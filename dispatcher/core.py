@@ -606,7 +606,7 @@ class Dispatcher:
         started = time.perf_counter()
         t = self.nodes
         scores = np.empty(t.size)
-        kept: list[tuple[dict[str, Any], str, Demand, Window, np.ndarray, np.ndarray]] = []
+        valid: list[tuple[dict[str, Any], str, Demand, Window]] = []
         refused = []
         for req in reqs:
             if self.has_decided(req["task_id"]):
@@ -617,9 +617,11 @@ class Dispatcher:
                 refused.append((req, (REJECTION, self._rejection(req, bad.code, str(bad), {}))))
                 self._remember(req["task_id"], refused[-1][1])
                 continue
-            d = demand_of(t, req, self.fragmentation_weight)
-            self.load.observe(*d.shape)
             w = window_of(t, req, now, self.carbon_price, self.hold_price)
+            valid.append((req, priority, demand_of(t, req, self.fragmentation_weight), w))
+        picks = self._greedy_picks(valid)
+        kept: list[tuple[dict[str, Any], str, Demand, Window, np.ndarray, np.ndarray]] = []
+        for req, priority, d, w in valid:
             scores.fill(np.inf)
             choose(t, d, Choice(), w, self.load, scores)
             top = np.argpartition(scores, batch.CANDIDATES)[: batch.CANDIDATES] if t.size > batch.CANDIDATES else None
@@ -627,7 +629,6 @@ class Dispatcher:
             rows = rows[np.isfinite(scores[rows])]
             rows = rows[np.argsort(scores[rows], kind="stable")]
             kept.append((req, priority, d, w, rows, scores[rows]))
-        picks = self._greedy_picks(kept)
         rows = np.unique(np.concatenate([k[4] for k in kept] + [picks[picks >= 0]]))
         index = {int(r): i for i, r in enumerate(rows)}
         candidates = np.full((len(kept), batch.CANDIDATES), -1, dtype=np.int64)
@@ -663,14 +664,14 @@ class Dispatcher:
             refused, time.perf_counter() - started, now,
         )  # fmt: skip
 
-    def _greedy_picks(
-        self, kept: list[tuple[dict[str, Any], str, Demand, Window, np.ndarray, np.ndarray]]
-    ) -> np.ndarray:
-        """The node the greedy path would give each of the window's tasks in turn (-1: none): reserved on the
-        table, read, and given back. The MILP starts from this answer, so it places at least as many."""
+    def _greedy_picks(self, valid: list[tuple[dict[str, Any], str, Demand, Window]]) -> np.ndarray:
+        """The node the greedy path would give each of the window's tasks in turn (-1: none), each seen by the
+        workload's shapes just before its pick as it would be deciding one by one: reserved on the table,
+        read, and given back. The MILP starts from this answer, so it places at least as many."""
         t, held = self.nodes, []
-        picks = np.full(len(kept), -1, dtype=np.int64)
-        for j, (_req, _priority, d, w, _cand, _costs) in enumerate(kept):
+        picks = np.full(len(valid), -1, dtype=np.int64)
+        for j, (_req, _priority, d, w) in enumerate(valid):
+            self.load.observe(*d.shape)
             best = int(choose(t, d, Choice(), w, self.load).picks[0])
             if best >= 0:
                 held.append(Reservation(best, d.cpu, d.mem, d.acc_milli, reserve(t, best, d, self.load)))

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from suanwang.bus import now_ms
+from suanwang.bus import HOUR_MS, now_ms
 from suanwang.dispatcher import batch
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.stages import Int
@@ -69,7 +69,7 @@ def network():
     return load_network()
 
 
-def saturating(network, nodes: int, tasks: int, seed: int) -> tuple[Dispatcher, Dispatcher, list[dict]]:
+def saturating(network, nodes: int, tasks: int, seed: int, now: int) -> tuple[Dispatcher, Dispatcher, list[dict]]:
     def table() -> Dispatcher:
         d = Dispatcher(network)
         for spec in scaled_nodes(network, nodes):
@@ -77,13 +77,18 @@ def saturating(network, nodes: int, tasks: int, seed: int) -> tuple[Dispatcher, 
         return d
 
     gen = TaskGenerator(network, random.Random(seed))
-    reqs = [r | {"latency_tier_ms": None} for r in (gen.next(now_ms()) for _ in range(tasks))]
+    reqs = [r | {"latency_tier_ms": None} for r in (gen.next(now) for _ in range(tasks))]
     return table(), table(), reqs
 
 
-def test_a_window_costs_less_than_deciding_its_requests_one_by_one_and_promises_nothing_twice(network) -> None:
-    greedy, together, reqs = saturating(network, 60, 150, seed=2)
-    now = now_ms()
+DAY = 1_796_256_000_000  # 2026-12-03 00:00 UTC
+
+
+@pytest.mark.parametrize(
+    "now", [DAY + 31 * 60_000, DAY + 15 * HOUR_MS, DAY + 21 * HOUR_MS]
+)  # hours whose prices once made the window's own greedy answer differ from deciding one by one
+def test_a_window_costs_less_than_deciding_its_requests_one_by_one_and_promises_nothing_twice(network, now) -> None:
+    greedy, together, reqs = saturating(network, 60, 150, seed=2, now=now)
     one_by_one = [greedy.decide(r, now)[1] for r in reqs]
     started = time.perf_counter()
     decided = together.decide_batch(reqs, now, time_limit_s=2)
