@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WEB := dashboards/web
 
-.PHONY: up test lint bench clean browser
+.PHONY: up test lint check docs clean browser
 
 # The browser tests drive Debian's Chromium (never a downloaded one); a CJK font lets it draw Chinese labels.
 BROWSER_PACKAGES := chromium fonts-wqy-zenhei
@@ -44,6 +44,13 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Everything a reviewer checks by machine: lint, format, imports declared, and the generated docs current.
+check: lint
+	$(PY) -m suanwang.settings_doc | diff -u docs/settings.md - || { echo "docs/settings.md is stale: make docs" >&2; exit 1; }
+
+docs: $(STAMP)
+	$(PY) -m suanwang.settings_doc > docs/settings.md
 
 clean:
 	rm -rf $(VENV) data .pytest_cache $(WEB)/node_modules build

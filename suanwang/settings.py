@@ -29,10 +29,19 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; unset: local ids.")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer-group session timeout.")
     fetch_max_wait_ms: int = Field(
-        100, ge=1, le=10_000, description="Longest a consumer's fetch waits at the broker for data to arrive."
+        100,
+        ge=1,
+        le=10_000,
+        description="Longest a consumer's fetch waits at the broker for data to arrive. Kafka answers as soon as "
+        "data arrives, so it costs nothing there; the embedded tansu waits it out, and a shorter wait polls it "
+        "harder (docs/benchmarks.md).",
     )
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of the Prometheus metrics of a worker, dispatcher or simulator; 0: none."
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics of a worker, dispatcher or simulator; 0: none. `up` gives "
+        "the three this port and the next two; the API serves its own at /metrics.",
     )
     bulk_linger_ms: int = Field(
         50,

@@ -162,8 +162,8 @@ def _rows_of_each(data_dir: Path, queries: list[str]) -> list[list[dict]]:
 
 
 def analyst_queries() -> list[str]:
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- analyst-queries -->")[1].split("<!-- /analyst-queries -->")[0]
+    guide = (Path(__file__).parents[1] / "docs" / "analysts.md").read_text(encoding="utf-8")
+    section = guide.split("<!-- analyst-queries -->")[1].split("<!-- /analyst-queries -->")[0]
     return re.findall(r"```sql\n(.*?)\n```", section, flags=re.S)
 
 
