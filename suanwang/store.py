@@ -14,7 +14,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from suanwang.ddl import DATABASE, ddl_files, render, statements
-from suanwang.errors import SuanwangError
+from suanwang.errors import SuanwangError, need_extra
 from suanwang.security import clickhouse_tls
 from suanwang.settings import Settings
 
@@ -41,6 +41,7 @@ def connect(settings: Settings, analyst: bool = False) -> Any:
                 f"cannot reach ClickHouse at {describe_url(settings)} ({str(exc).splitlines()[0]}); "
                 "check SUANWANG_CLICKHOUSE_URL, or unset it to use the embedded store"
             ) from None
+    need_extra("chdb", "embedded", "the embedded ClickHouse", "set SUANWANG_CLICKHOUSE_URL to use a ClickHouse server")
     path = settings.chdb_path
     if path.exists() and not path.is_dir():
         raise SuanwangError(f"{path} is a file, not a ClickHouse data directory; move it aside or choose --data-dir")
