@@ -13,9 +13,9 @@ from typing import Any
 
 from suanwang.billing.book import period_bounds, period_of
 from suanwang.dispatcher.state import epoch_ms
+from suanwang.schemas.values import STARTED, TASK_ENDS
 
 HOUR_MS = 3_600_000
-ENDS = ("FINISHED", "FAILED", "CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ def meter(
                 Anomaly("node_mismatch", f"{e['state']} names node {e['node_id']}, placed on {placement['node_id']}")
             )
             break
-    starts = [epoch_ms(e["event_time"]) for e in ordered if e["state"] == "STARTED"]
-    ends = [(epoch_ms(e["event_time"]), e["state"]) for e in ordered if e["state"] in ENDS]
+    starts = [epoch_ms(e["event_time"]) for e in ordered if e["state"] == STARTED]
+    ends = [(epoch_ms(e["event_time"]), e["state"]) for e in ordered if e["state"] in TASK_ENDS]
     if len(starts) > 1:
         anomalies.append(Anomaly("duplicate_start", f"{len(starts)} STARTED events: the earliest counts"))
     if starts:

@@ -16,13 +16,15 @@ from typing import Any
 
 from suanwang.billing.book import Book, period_bounds, period_of
 from suanwang.billing.ledger import Entry, Key, accounts, fen, target, transaction
-from suanwang.billing.metering import ENDS, Anomaly, Metered, Usage, meter
+from suanwang.billing.metering import Anomaly, Metered, Usage, meter
 from suanwang.bus import now_ms
+from suanwang.schemas.values import TASK_ENDS
 from suanwang.store import DATABASE, Store
 from suanwang.topology import Network
 
 log = logging.getLogger("suanwang.billing")
 BATCH = 2000  # tasks metered per query
+USAGE, LEDGER = BILLING_TABLES = ("usage", "ledger")  # the tables billing writes (schemas/clickhouse/003)
 OVERLAP_MS = 2000  # rows of an insert under way when a run reads may carry an ingested_at just before its newest
 
 
@@ -72,7 +74,7 @@ class BillingRun:
         _, rows = self.store.query(
             f"SELECT task_id FROM {DATABASE}.task_events GROUP BY task_id "
             f"HAVING min(event_time) < fromUnixTimestamp64Milli({end}) AND "
-            f"(countIf(state IN {ENDS}) = 0 OR max(event_time) >= fromUnixTimestamp64Milli({start}))"
+            f"(countIf(state IN {TASK_ENDS}) = 0 OR max(event_time) >= fromUnixTimestamp64Milli({start}))"
         )
         return self.bill([r[0] for r in rows], now_ms() if now is None else now)
 
@@ -110,8 +112,8 @@ class BillingRun:
                 report.anomalies[a.rule] += 1
                 anomalies.append({"task_id": task_id, "rule": a.rule, "detail": a.detail, "seen_at": now})
         # the ledger first: a crash before the usage rows leaves postings the next run finds and keeps
-        self.store.insert_records("ledger", [{**vars(e), "posted_at": now} for e in entries])
-        self.store.insert_records("usage", usages)
+        self.store.insert_records(LEDGER, [{**vars(e), "posted_at": now} for e in entries])
+        self.store.insert_records(USAGE, usages)
         self.store.insert_records("billing_exceptions", anomalies)
         report.usages += len(usages)
         report.entries += len(entries)

@@ -28,7 +28,16 @@ from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import schema_sources
-from suanwang.schemas.topics import TASK_REQUEST
+from suanwang.schemas.topics import (
+    ALERT,
+    DEADLETTER,
+    PLACEMENT,
+    REJECTION,
+    ROLLUP,
+    TASK_LIFECYCLE,
+    TASK_REQUEST,
+    TELEMETRY,
+)
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
@@ -54,7 +63,9 @@ MAX_BODY_BYTES = 64 * 1024  # a task request is well under 2 KB
 log = logging.getLogger("suanwang.api")
 REQUESTS = Counter("suanwang_api_requests_total", "API requests answered", ["method", "route", "status"])
 ANSWER_SECONDS = Histogram("suanwang_api_request_seconds", "Time to answer an API request", ["method", "route"])
-SUMMARY_TABLES = ("telemetry", "task_requests", "placements", "rejections", "alerts", "rollups", "dead_letters")
+SUMMARY_TABLES = tuple(
+    spec.table for spec in (TELEMETRY, TASK_REQUEST, PLACEMENT, REJECTION, ALERT, ROLLUP, DEADLETTER)
+)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -228,10 +239,10 @@ def _may_see_task(caller: Principal, found: dict[str, list[dict[str, Any]]]) -> 
 async def task_status(request: web.Request) -> web.Response:
     """A task's request, its decision (placement or rejection) and its lifecycle, from the history."""
     task_id = request.match_info["task_id"]
-    tables = {"request": "task_requests", "placement": "placements", "rejection": "rejections", "events": "task_events"}
+    tables = {"request": TASK_REQUEST, "placement": PLACEMENT, "rejection": REJECTION, "events": TASK_LIFECYCLE}
     found = {}
-    for name, table in tables.items():
-        sql = f"SELECT * FROM {DATABASE}.{table} WHERE task_id = {{t:String}} ORDER BY event_time"
+    for name, spec in tables.items():
+        sql = f"SELECT * FROM {DATABASE}.{spec.table} WHERE task_id = {{t:String}} ORDER BY event_time"
         found[name] = await rows_of(request, sql, {"t": task_id})
     if not any(found.values()):
         return reply({"error": f"no task {task_id!r} in the history (yet: the sink stores within seconds)"}, status=404)

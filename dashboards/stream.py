@@ -17,10 +17,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from suanwang.bus import consumer_kwargs
-from suanwang.schemas.codec import Codec, DecodeError
+from suanwang.bus import consumer_kwargs, make_codec
+from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP, Topics
-from suanwang.security import registry_conf
 from suanwang.settings import Settings
 
 BACKLOG = 1000  # events a client may fall behind before its oldest are dropped
@@ -65,7 +64,7 @@ class Fanout:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.codec = Codec(registry_conf(settings))
+        self.codec = make_codec(settings)
         self.clients: set[Client] = set()
         self.ready = asyncio.Event()  # reading from the end of every partition
         self.read_to: dict[TopicPartition, int] = {}  # the next offset of each partition, once handed out

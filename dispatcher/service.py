@@ -39,12 +39,11 @@ from suanwang.schemas.topics import (
     Topics,
     TopicSpec,
 )
-from suanwang.schemas.values import TASK_STATES
+from suanwang.schemas.values import STARTED, TASK_ENDS
 from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network
 
-RELEASING_STATES = set(TASK_STATES) - {"STARTED"}  # every end frees what the task held
 STATE_TOPICS = (REGISTRY, GRID_SIGNAL, MARKET_PRICE)  # read whole at start, then followed
 NODE_DEPENDENT = {ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH}  # rejections a registration not yet read could undo
 CATCH_UP_S = 5.0  # the longest a rejection waits for the state topics to be read to their end
@@ -150,9 +149,9 @@ class DispatcherService:
             except ValueError:
                 return  # reported when it was first consumed
             if spec is TASK_LIFECYCLE:
-                if record["state"] in RELEASING_STATES:
+                if record["state"] in TASK_ENDS:
                     ended.add(record["task_id"])
-                elif record["state"] == "STARTED":
+                elif record["state"] == STARTED:
                     started.setdefault(record["task_id"], epoch_ms(record["event_time"]))
             elif spec is TASK_REQUEST:
                 requests[record["task_id"]] = record
@@ -227,9 +226,9 @@ class DispatcherService:
         elif spec is TASK_LIFECYCLE and record["state"] == "FAILED" and record.get("cause") == NODE_FAULT:
             detail = record["detail"] or f"node {record['node_id']} failed"
             await self._send_all(self.core.evict(record["task_id"], NODE_FAULT, detail, now_ms(), report=False))
-        elif spec is TASK_LIFECYCLE and record["state"] in RELEASING_STATES:
+        elif spec is TASK_LIFECYCLE and record["state"] in TASK_ENDS:
             self.core.release(record["task_id"])
-        elif spec is TASK_LIFECYCLE and record["state"] == "STARTED":
+        elif spec is TASK_LIFECYCLE and record["state"] == STARTED:
             self.core.started(record["task_id"], epoch_ms(record["event_time"]))
         elif spec is ALERT and record["kind"] == "node_offline":
             self.core.set_health(record["scope_key"], healthy=record["resolved"], now=now_ms())

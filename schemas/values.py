@@ -16,4 +16,6 @@ def enum_symbols(schema: str, field: str) -> tuple[str, ...]:
 
 PRIORITY_CLASSES = enum_symbols("TaskRequest", "priority")  # highest first
 TASK_STATES = enum_symbols("TaskLifecycle", "state")
+STARTED = TASK_STATES[0]
+TASK_ENDS = TASK_STATES[1:]  # every state after STARTED ends the task and frees what it held
 GREEDY, PREEMPTION, BATCH = DECISION_PATHS = enum_symbols("Placement", "decided_by")

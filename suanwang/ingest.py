@@ -24,13 +24,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from suanwang.broker import EmbeddedBroker
-from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, now_ms
+from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, make_codec, now_ms
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import end_with
-from suanwang.schemas.codec import Codec
 from suanwang.schemas.frames import frame_of
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, TELEMETRY_FRAME, Topics
-from suanwang.security import registry_conf
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network, scaled_nodes
@@ -79,7 +77,7 @@ def _produce(
     end_with(os.getppid())  # a bench killed takes its producer with it
 
     async def run() -> float:
-        codec = Codec(registry_conf(settings))
+        codec = make_codec(settings)
         spec = TELEMETRY_FRAME if frame_size else TELEMETRY
         topic = Topics(settings.topic_prefix).name(spec)
         producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5, acks=1)

@@ -24,12 +24,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 
 from suanwang.broker import EmbeddedBroker
-from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, now_ms
+from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, make_codec, now_ms
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import die_with_parent, end_with
-from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
-from suanwang.security import registry_conf
 from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
@@ -196,7 +194,7 @@ async def _dispatch_run(settings: Settings, rate: float, seconds: float, nodes: 
             await producer.flush()
 
         await _until_answering(probe, consumer)
-        codec = Codec(registry_conf(settings))
+        codec = make_codec(settings)
         return await _timed_run(
             rate, seconds, send, consumer, lambda m: codec.decode(m.value)[1]["request_time"].timestamp() * 1000
         )

@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from suanwang.billing.run import BILLING_TABLES
 from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
 from suanwang.errors import SuanwangError
@@ -27,8 +28,11 @@ from suanwang.schemas.frames import frame_problem, samples_of
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
+    MARKET_PRICE,
+    NETWORK_PROBE,
     PLACEMENT,
     REJECTION,
+    ROLLUP,
     TASK_REQUEST,
     TELEMETRY,
     TELEMETRY_FRAME,
@@ -38,7 +42,7 @@ from suanwang.schemas.topics import (
 from suanwang.schemas.values import BATCH
 from suanwang.service import READY_MARK, stop_on_signals
 from suanwang.settings import Settings
-from suanwang.store import Store, describe_url
+from suanwang.store import DATABASE, Store, describe_url
 
 READY_TIMEOUT_S = 180.0
 COUNTED = {
@@ -49,16 +53,11 @@ COUNTED = {
     ALERT: "alerts",
 }
 HISTORY_TABLES = (
-    "telemetry",
-    "placements",
-    "rejections",
-    "alerts",
-    "rollups",
-    "grid_signals",
-    "hub_latency",
-    "market_prices",
-    "usage",
-    "ledger",
+    *(
+        spec.table
+        for spec in (TELEMETRY, PLACEMENT, REJECTION, ALERT, ROLLUP, GRID_SIGNAL, NETWORK_PROBE, MARKET_PRICE)
+    ),
+    *BILLING_TABLES,
 )
 
 
@@ -386,7 +385,7 @@ class Platform:
         store = Store(self.settings)
         try:
             summary["clickhouse_rows"] = {
-                t: store.query(f"SELECT count() FROM suanwang.{t}")[1][0][0] for t in HISTORY_TABLES
+                t: store.query(f"SELECT count() FROM {DATABASE}.{t}")[1][0][0] for t in HISTORY_TABLES
             }
         finally:
             store.close()
