@@ -534,11 +534,6 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
     return app
 
 
-def api_url_file(settings: Settings) -> Any:
-    """Where a running API leaves its address, for `suanwang sql` to find it."""
-    return settings.data_dir / "run" / "api.url"
-
-
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -559,7 +554,7 @@ async def start_api(settings: Settings, store: Store) -> web.AppRunner:
     await site.start()
     port = runner.addresses[0][1]
     url = f"http://{settings.web_host}:{port}"
-    path = api_url_file(settings)
+    path = settings.api_url_path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(url)
     announce_ready(f"api {url}")

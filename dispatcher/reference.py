@@ -3,7 +3,7 @@
 Tests and `suanwang bench dispatch` check that the compiled pass in `stages` decides exactly as this does:
 same filters in the same order, same cost arithmetic in the same order (so the same floating-point
 results), ties to the lowest row. The pure-Python yardstick is the compiled pass's own source run with
-numba's JIT disabled (`suanwang.bench.interpreted`), not a port.
+numba's JIT disabled (`suanwang.benches.dispatch.interpreted`), not a port.
 """
 
 from __future__ import annotations

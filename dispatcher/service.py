@@ -25,7 +25,7 @@ from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, NODE_FAULT, UN
 from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.priority import Priorities, TenantClass
 from suanwang.dispatcher.state import epoch_ms
-from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope
+from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope, tier_request_topics
 from suanwang.metrics import ServiceMetrics
 from suanwang.schemas.topics import (
     ALERT,
@@ -300,7 +300,7 @@ class DispatcherService:
 
     async def run(self, stop: asyncio.Event) -> None:
         warm_up(load_network())
-        await ensure_topics(self.settings)
+        await ensure_topics(self.settings, tier_request_topics(self.settings))
         await self.producer.start()
         self.state = state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         group = dispatcher_group(self.scope)

@@ -18,7 +18,7 @@ from suanwang.streams.app import TALLIES, create_app, worker_group
 async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = False) -> None:
     store = Store(settings)
     await store.run(store.migrate)
-    await ensure_topics(settings)
+    await ensure_topics(settings, tier_request_topics(settings))
     app, ctx = create_app(settings, store)
     metrics = ServiceMetrics("worker")
     metrics.registry.register(Tallies("worker", ctx.counts, TALLIES))

@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
@@ -73,8 +72,9 @@ def make_codec(settings: Settings) -> Codec:
     return Codec(registry_conf(settings), {spec.schema: topics.name(spec) for spec in ALL_TOPICS})
 
 
-async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:
-    """Creates every contract topic that is missing; a clear error when Kafka cannot be reached."""
+async def ensure_topics(settings: Settings, also: Sequence[str] = (), timeout_s: float = 15.0) -> None:
+    """Creates every contract topic that is missing, and the topics named in `also` (the dispatch tiers'
+    request topics); a clear error when Kafka cannot be reached."""
     topics = Topics(settings.topic_prefix)
     admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
     try:
@@ -87,7 +87,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> None:
     try:
         existing = set(await admin.list_topics())
         contract = [(topics.name(spec), spec.compacted) for spec in ALL_TOPICS]
-        tiers = [(name, False) for name in tier_request_topics(settings)]
+        tiers = [(name, False) for name in also]
         wanted = [
             NewTopic(
                 name,

@@ -234,7 +234,7 @@ def bench_dispatch(
 ) -> None:
     """Decision time of the numba core against NumPy and pure Python, after checking they agree; and the batch
     path's time per task for windows of work that can wait."""
-    from suanwang.bench import bench_dispatch as run
+    from suanwang.benches.dispatch import bench_dispatch as run
 
     figures = run(nodes, tasks, min(python_tasks, tasks), seed, err, window)
     _report(figures, json_out, f"dispatch: {nodes:,} nodes, {tasks:,} tasks")
@@ -256,7 +256,7 @@ def bench_quality(
 ) -> None:
     """The default policy against baselines over a simulated day, and its gap to an LP lower bound."""
     need_extra("scipy", "bench", "bench quality's LP bound", "")
-    from suanwang.quality import bench_quality as run
+    from suanwang.benches.quality import bench_quality as run
 
     figures = run(nodes, tasks, batch, batch_nodes, seed, err, time_limit)
     if json_out:
@@ -296,8 +296,8 @@ def bench_packing(
     json_out: JsonOut = False,
 ) -> None:
     """GPUs allocated by our policy and the field's baselines on an openb trace, every placement checked."""
-    from suanwang.packing import Variant
-    from suanwang.packing import bench_packing as run
+    from suanwang.benches.packing import Variant
+    from suanwang.benches.packing import bench_packing as run
 
     figures = run(trace_dir, seeds, inflate, err, Variant(gpu_spec, multi_gpu))
     if json_out:
@@ -328,7 +328,7 @@ def bench_e2e(
     json_out: JsonOut = False,
 ) -> None:
     """Request-to-decision latency through the broker, against a relay that does no work, in one run."""
-    from suanwang.latency_bench import bench_e2e as run
+    from suanwang.benches.e2e import bench_e2e as run
 
     _quiet_client_libraries()
     figures = run(load_settings(), rate, seconds, nodes, err)
@@ -346,7 +346,7 @@ def bench_ingest(
     json_out: JsonOut = False,
 ) -> None:
     """Telemetry events per second through one worker, produced to stored and aggregated, and the lag."""
-    from suanwang.ingest import bench_ingest as run
+    from suanwang.benches.ingest import bench_ingest as run
 
     _quiet_client_libraries()
     figures = run(load_settings(), events, nodes, rate, err, frame_size)
@@ -365,7 +365,7 @@ def bench_isolation(
     json_out: JsonOut = False,
 ) -> None:
     """Ten analysts' heavy queries during a run: ClickHouse's rows against Kafka's, sink delay, /api/hubs time."""
-    from suanwang.isolation import isolation
+    from suanwang.benches.isolation import isolation
 
     _quiet_client_libraries()
     settings = load_settings(data_dir=data_dir, sim_nodes=nodes, sim_rate=rate, web_port=0)
@@ -406,7 +406,7 @@ def bench_soak(
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """The whole platform for MINUTES: memory growth, consumer lag and dispatch p99 over time."""
-    from suanwang.soak import soak
+    from suanwang.benches.soak import soak
 
     _quiet_client_libraries()
     settings = load_settings(data_dir=data_dir, sim_nodes=nodes, sim_rate=rate, web_port=0)

@@ -35,9 +35,7 @@ def call_api(
 ) -> Any:
     """The running API's answer (GET, or POST of `payload`), for a command whose store that API holds; `cause`
     is raised when no API runs. The token is SUANWANG_API_TOKEN's."""
-    from suanwang.dashboards.api import api_url_file
-
-    where = api_url_file(settings)
+    where = settings.api_url_path
     if not where.exists():
         raise cause
     headers = {"Content-Type": "application/json"}

@@ -22,6 +22,7 @@ from rich.table import Table
 from suanwang.billing.run import BILLING_TABLES
 from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
+from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import RunFile, die_with_parent
 from suanwang.schemas.frames import frame_problem, samples_of
@@ -281,7 +282,7 @@ class Platform:
             self.broker = EmbeddedBroker(s.broker_port, self.log_dir / "broker.log")
             self.broker.start()
             s = self.settings = s.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
-        await ensure_topics(s)
+        await ensure_topics(s, tier_request_topics(s))
         stop = self.stopping
         stop_on_signals(stop)
         env = {**os.environ, **s.to_env(), "PYTHONUNBUFFERED": "1"}

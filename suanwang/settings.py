@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     def chdb_path(self) -> Path:
         return (self.data_dir / "clickhouse").resolve()
 
+    @property
+    def api_url_path(self) -> Path:
+        """Where a running API leaves its address, for `suanwang sql` and `settle` to find it."""
+        return self.data_dir / "run" / "api.url"
+
     def to_env(self) -> dict[str, str]:
         """These settings as SUANWANG_* variables, to hand to a child service."""
         env = {}

@@ -15,6 +15,7 @@ from typing import Any
 import prometheus_client as prometheus
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
+from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.metrics import ServiceMetrics
 from suanwang.schemas.frames import frame_of
 from suanwang.schemas.topics import (
@@ -239,7 +240,7 @@ class Simulator:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await ensure_topics(s)
+        await ensure_topics(s, tier_request_topics(s))
         self.metrics.serve(s.metrics_port)
         await self.producer.start()
         await self.requests.start()

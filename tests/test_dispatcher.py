@@ -337,7 +337,7 @@ def test_grid_signals_apply_in_their_hour_only(network) -> None:
 def test_the_numpy_oracle_and_the_interpreted_kernel_decide_exactly_as_the_compiled_pass(network) -> None:
     from rich.console import Console
 
-    from suanwang.bench import bench_dispatch
+    from suanwang.benches.dispatch import bench_dispatch
 
     figures = bench_dispatch(nodes=600, tasks=400, python_tasks=400, seed=11, console=Console(quiet=True))
     assert figures["identical"] is True

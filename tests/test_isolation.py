@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from suanwang.isolation import ANALYSTS, PHASES
+from suanwang.benches.isolation import ANALYSTS, PHASES
 from tests.conftest import run_cli
 
 

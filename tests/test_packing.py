@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from suanwang.benches.packing import POLICIES, WHOLE, Free, Variant, read_openb, run_policy, sample
 from suanwang.errors import SuanwangError
-from suanwang.packing import POLICIES, WHOLE, Free, Variant, read_openb, run_policy, sample
 from tests.conftest import run_cli
 
 # the shared trace beside the checkout, or where this machine keeps it

@@ -6,7 +6,7 @@ import json
 
 from rich.console import Console
 
-from suanwang.quality import bench_quality
+from suanwang.benches.quality import bench_quality
 from tests.conftest import run_cli
 
 BASELINES = ("local_first", "cheapest_power", "random", "round_robin")

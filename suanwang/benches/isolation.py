@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from suanwang.dashboards.api import api_url_file
 from suanwang.errors import SuanwangError
 from suanwang.runtime import Monitor, Platform
 from suanwang.settings import Settings
@@ -50,7 +49,7 @@ class Load:
             self._task.result()  # a failure of the bench itself is raised, not lost
 
     async def _run(self, platform: Platform) -> None:
-        base = api_url_file(self.settings).read_text().strip()
+        base = self.settings.api_url_path.read_text().strip()
         async with aiohttp.ClientSession(base, timeout=aiohttp.ClientTimeout(total=120)) as http:
             for phase in PHASES:
                 started, deadline = time.time(), time.monotonic() + self.phase_s

@@ -166,7 +166,7 @@ def interpreted(nodes: int, seed: int, tasks: int, now: int) -> tuple[list[Decis
     interpreter: a process with numba's JIT disabled, so every stage is the Python numba would compile."""
     args = json.dumps({"nodes": nodes, "seed": seed, "tasks": tasks, "now": now})
     done = subprocess.run(
-        [sys.executable, "-m", "suanwang.bench", args],
+        [sys.executable, "-m", "suanwang.benches.dispatch", args],
         env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
         capture_output=True,
         text=True,

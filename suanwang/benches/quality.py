@@ -28,7 +28,7 @@ from rich.progress import track
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
-from suanwang.bench import dispatcher_on
+from suanwang.benches.dispatch import dispatcher_on
 from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.batch import deferrable
 from suanwang.dispatcher.core import (
