@@ -19,7 +19,17 @@ from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
 from suanwang.dashboards.access import ROLES, Principal, Role, load_tokens
 from suanwang.dashboards.billing import BOOK, billing_statements, prices
-from suanwang.dashboards.common import STORE, caller_of, json_default, limit_of, reply, rows_of, scope_of
+from suanwang.dashboards.common import (
+    HEALTH,
+    STORE,
+    WINDOW_LENGTHS,
+    caller_of,
+    json_default,
+    limit_of,
+    reply,
+    rows_of,
+    scope_of,
+)
 from suanwang.dashboards.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_error
 from suanwang.dashboards.openapi import openapi_document
 from suanwang.dashboards.scopes import ScopeView
@@ -27,7 +37,6 @@ from suanwang.dashboards.stream import Client, Fanout, sse
 from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
-from suanwang.schemas.codec import schema_sources
 from suanwang.schemas.topics import (
     ALERT,
     DEADLETTER,
@@ -38,9 +47,11 @@ from suanwang.schemas.topics import (
     TASK_REQUEST,
     TELEMETRY,
 )
+from suanwang.schemas.values import COMPUTE_CLASSES
 from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
+from suanwang.streams.windows import SCOPE_KINDS
 from suanwang.topology import load_network
 
 PRODUCER = web.AppKey("producer", EventProducer)
@@ -267,11 +278,6 @@ async def task_status(request: web.Request) -> web.Response:
     )
 
 
-COMPUTE_CLASSES = next(
-    f["type"]["symbols"] for f in schema_sources()["NodeRegistration"]["fields"] if f["name"] == "compute_class"
-)
-
-
 def _choice(request: web.Request, name: str, allowed: Any) -> str | None:
     """An optional query parameter that must be one of `allowed`; 422 naming it and its value otherwise."""
     value = request.query.get(name)
@@ -288,7 +294,7 @@ async def nodes(request: web.Request) -> web.Response:
         "province": _choice(request, "province", set(network.provinces)),
         "compute_class": _choice(request, "class", COMPUTE_CLASSES),
     }
-    health = _choice(request, "health", {"healthy", "offline"})
+    health = _choice(request, "health", HEALTH)
     in_scope, params = scope_of(request).where("cluster")
     where = " AND ".join(["active", in_scope] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
     if health:
@@ -323,8 +329,8 @@ async def hubs(request: web.Request) -> web.Response:
 
 async def rollups(request: web.Request) -> web.Response:
     """Rolling windows of one kind of scope (and one scope), newest first."""
-    kind = _choice(request, "scope_kind", {"node", "cluster", "hub", "province"}) or "hub"
-    window = _choice(request, "window_s", {"60", "300"}) or "60"
+    kind = _choice(request, "scope_kind", SCOPE_KINDS) or "hub"
+    window = _choice(request, "window_s", WINDOW_LENGTHS) or WINDOW_LENGTHS[0]
     key = request.query.get("scope_key")
     in_scope, params = scope_of(request).where("key")
     where = f"scope_kind = {{k:String}} AND window_s = {{w:Int32}} AND {in_scope}"

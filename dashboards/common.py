@@ -14,9 +14,12 @@ from suanwang.dashboards.scopes import ScopeView
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
 from suanwang.store import Store
+from suanwang.streams.windows import HOPPING_MS
 from suanwang.topology import load_network
 
 STORE = web.AppKey("store", Store)
+HEALTH = ("healthy", "offline")  # a node is offline while its node_offline alert is open
+WINDOW_LENGTHS = tuple(str(length // 1000) for length, _hop in HOPPING_MS)  # window_s of the rolling windows
 
 
 def reply(data: Any, status: int = 200) -> web.Response:

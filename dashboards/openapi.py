@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from suanwang.dashboards.common import HEALTH, WINDOW_LENGTHS
 from suanwang.dashboards.submit import json_schema
+from suanwang.schemas.values import COMPUTE_CLASSES
+from suanwang.streams.windows import SCOPE_KINDS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 PUBLIC = ("/healthz", "/readyz", "/api/openapi.json")
@@ -152,8 +155,8 @@ def _document() -> dict[str, Any]:
                     {
                         "hub": None,
                         "province": None,
-                        "class": ["CPU", "GPU", "NPU", "HPC"],
-                        "health": ["healthy", "offline"],
+                        "class": list(COMPUTE_CLASSES),
+                        "health": list(HEALTH),
                     },
                 )
             ),
@@ -169,9 +172,9 @@ def _document() -> dict[str, Any]:
                 _filtered(
                     "Rolling windows of a scope, newest first",
                     {
-                        "scope_kind": ["node", "cluster", "hub", "province"],
+                        "scope_kind": list(SCOPE_KINDS),
                         "scope_key": None,
-                        "window_s": ["60", "300"],
+                        "window_s": list(WINDOW_LENGTHS),
                     },
                 )
             ),

@@ -18,4 +18,5 @@ PRIORITY_CLASSES = enum_symbols("TaskRequest", "priority")  # highest first
 TASK_STATES = enum_symbols("TaskLifecycle", "state")
 STARTED = TASK_STATES[0]
 TASK_ENDS = TASK_STATES[1:]  # every state after STARTED ends the task and frees what it held
+COMPUTE_CLASSES = enum_symbols("NodeRegistration", "compute_class")
 GREEDY, PREEMPTION, BATCH = DECISION_PATHS = enum_symbols("Placement", "decided_by")
