@@ -18,7 +18,6 @@ from suanwang.billing.book import load_book
 from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
 from suanwang.dashboards.access import ROLES, Principal, Role, load_tokens
-from suanwang.dashboards.billing import BOOK, billing_statements, prices
 from suanwang.dashboards.common import (
     HEALTH,
     STORE,
@@ -33,10 +32,12 @@ from suanwang.dashboards.common import (
 from suanwang.dashboards.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_error
 from suanwang.dashboards.openapi import openapi_document
 from suanwang.dashboards.scopes import ScopeView
+from suanwang.dashboards.statements import BOOK, billing_statements, prices
 from suanwang.dashboards.stream import Client, Fanout, sse
 from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
+from suanwang.process import announce_ready
 from suanwang.schemas.topics import (
     ALERT,
     DEADLETTER,
@@ -48,7 +49,6 @@ from suanwang.schemas.topics import (
     TELEMETRY,
 )
 from suanwang.schemas.values import COMPUTE_CLASSES
-from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.streams.windows import SCOPE_KINDS

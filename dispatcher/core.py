@@ -142,7 +142,7 @@ class Choice:
 
 
 @dataclass
-class Window:
+class Timing:
     """When the task would run, per province: the start hour index and time, and the yuan per kWh drawn
     (price plus the carbon price of the non-green share) averaged over the hours it runs."""
 
@@ -164,9 +164,9 @@ class Window:
 HOLD_PRICE: float = Settings.model_fields["dispatch_hold_yuan_per_kwh"].default  # measured by bench quality
 
 
-def window_of(
+def timing_of(
     t: NodeTable, req: dict[str, Any], now: int, carbon_price: float, hold_price: float = HOLD_PRICE
-) -> Window:
+) -> Timing:
     """The cheapest start per province: now, or for work with a deadline any later hour that still meets it.
 
     Energy and carbon are linear in the price of the hours run, so the best start in a province is the
@@ -183,19 +183,19 @@ def window_of(
     provinces = len(t.provinces)
     if latest == 0:
         now_everywhere = np.zeros(provinces, dtype=np.int64)
-        return Window(horizon, hours, now_everywhere, np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
+        return Timing(horizon, hours, now_everywhere, np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
     per_kwh = horizon.mean("per_kwh", np.arange(latest + 1), hours)
     held = hold_price * np.arange(latest + 1)[:, None] / hours  # per kWh run, for the hours held before it
     best = np.argmin(per_kwh + held, axis=0)
     start_ms = np.where(best == 0, now, horizon.hour + best * HOUR_MS)
-    return Window(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
+    return Timing(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
 
 
 NO_SCORES = np.zeros(0)
 
 
 def choose(
-    t: NodeTable, d: Demand, out: Choice, w: Window, load: Shapes, scores: np.ndarray = NO_SCORES, only: int = -1
+    t: NodeTable, d: Demand, out: Choice, w: Timing, load: Shapes, scores: np.ndarray = NO_SCORES, only: int = -1
 ) -> Choice:
     """Filter, score and select over the whole table (the compiled pass), packing for the `load` seen; over
     node `only` alone when given. `scores`, when not empty, gets every node's cost (infinite: infeasible)."""
@@ -257,7 +257,7 @@ class BatchPlan:
     requests: list[dict[str, Any]]
     priorities: list[str]
     demands: list[Demand]
-    windows: list[Window]
+    windows: list[Timing]
     rows: np.ndarray  # the table row of each node of the problem
     problem: batch.Problem
     refused: list[tuple[dict[str, Any], tuple[TopicSpec, dict[str, Any]]]]  # requests invalid on their own
@@ -462,7 +462,7 @@ class Dispatcher:
             )
         )
 
-    def _preempt(self, req: dict[str, Any], priority: str, d: Demand, w: Window) -> bool:
+    def _preempt(self, req: dict[str, Any], priority: str, d: Demand, w: Timing) -> bool:
         """PostFilter: when no node fits, frees the node where preempting costs least (fewest victims, of the
         lowest classes, least progress lost), if any; whether it did. The victims' events go to `outbox`."""
         now = now_ms()
@@ -495,7 +495,7 @@ class Dispatcher:
             self.outbox.extend(self.evict(victim, PREEMPTED, detail, now, preempted_by=req["task_id"]))
         return True
 
-    def _victims(self, row: int, eligible: list[str], d: Demand, w: Window, now: int) -> list[str] | None:
+    def _victims(self, row: int, eligible: list[str], d: Demand, w: Timing, now: int) -> list[str] | None:
         """The fewest of `eligible` whose capacity lets the demand fit on `row`, or None; the table is left as
         it was. Lowest class and least progress go first; then each is spared again if the demand still fits
         without freeing it (kube-scheduler's reprieve)."""
@@ -521,7 +521,7 @@ class Dispatcher:
             self._give(held[victim], -1)
         return freed
 
-    def _fits_on(self, row: int, d: Demand, w: Window) -> bool:
+    def _fits_on(self, row: int, d: Demand, w: Timing) -> bool:
         """Whether the compiled pass, shown node `row` alone, finds it feasible: the one policy decides."""
         return int(choose(self.nodes, d, Choice(), w, self.load, only=row).picks[0]) == row
 
@@ -606,7 +606,7 @@ class Dispatcher:
         started = time.perf_counter()
         t = self.nodes
         scores = np.empty(t.size)
-        valid: list[tuple[dict[str, Any], str, Demand, Window]] = []
+        valid: list[tuple[dict[str, Any], str, Demand, Timing]] = []
         refused = []
         for req in reqs:
             if self.has_decided(req["task_id"]):
@@ -617,10 +617,10 @@ class Dispatcher:
                 refused.append((req, (REJECTION, self._rejection(req, bad.code, str(bad), {}))))
                 self._remember(req["task_id"], refused[-1][1])
                 continue
-            w = window_of(t, req, now, self.carbon_price, self.hold_price)
+            w = timing_of(t, req, now, self.carbon_price, self.hold_price)
             valid.append((req, priority, demand_of(t, req, self.fragmentation_weight), w))
         picks = self._greedy_picks(valid)
-        kept: list[tuple[dict[str, Any], str, Demand, Window, np.ndarray, np.ndarray]] = []
+        kept: list[tuple[dict[str, Any], str, Demand, Timing, np.ndarray, np.ndarray]] = []
         for req, priority, d, w in valid:
             scores.fill(np.inf)
             choose(t, d, Choice(), w, self.load, scores)
@@ -664,7 +664,7 @@ class Dispatcher:
             refused, time.perf_counter() - started, now,
         )  # fmt: skip
 
-    def _greedy_picks(self, valid: list[tuple[dict[str, Any], str, Demand, Window]]) -> np.ndarray:
+    def _greedy_picks(self, valid: list[tuple[dict[str, Any], str, Demand, Timing]]) -> np.ndarray:
         """The node the greedy path would give each of the window's tasks in turn (-1: none), each seen by the
         workload's shapes just before its pick as it would be deciding one by one: reserved on the table,
         read, and given back. The MILP starts from this answer, so it places at least as many."""
@@ -735,10 +735,10 @@ class Dispatcher:
         t = self.nodes
         d = demand_of(t, req, self.fragmentation_weight)
         self.load.observe(*d.shape)
-        return self._place_demand(req, priority, d, window_of(t, req, now, self.carbon_price, self.hold_price), started)
+        return self._place_demand(req, priority, d, timing_of(t, req, now, self.carbon_price, self.hold_price), started)
 
     def _place_demand(
-        self, req: dict[str, Any], priority: str, d: Demand, w: Window, started: float
+        self, req: dict[str, Any], priority: str, d: Demand, w: Timing, started: float
     ) -> tuple[TopicSpec, dict[str, Any]]:
         """Filter, score, select (and, when nothing fits, preempt), then reserve and bind; or the rejection."""
         t = self.nodes
@@ -758,7 +758,7 @@ class Dispatcher:
         return PLACEMENT, self._bind(req, priority, d, w, c, started, path)
 
     def _bind(
-        self, req: dict[str, Any], priority: str, d: Demand, w: Window, c: Choice, started: float, path: str
+        self, req: dict[str, Any], priority: str, d: Demand, w: Timing, c: Choice, started: float, path: str
     ) -> dict[str, Any]:
         """Reserve and bind: takes the demand on the chosen node and says so, and which `path` decided, in the
         explained Placement record."""
@@ -824,7 +824,7 @@ class Dispatcher:
         )
 
 
-def explain(t: NodeTable, row: int, ask: np.ndarray, w: Window, carbon_price: float) -> tuple[dict, dict]:
+def explain(t: NodeTable, row: int, ask: np.ndarray, w: Timing, carbon_price: float) -> tuple[dict, dict]:
     """A placement on node `row`: the parts of its cost, for the explained event (they sum to its total), and
     the prices it is quoted at per hour of the task's share, which the bill applies to the hours metered."""
     node, figures, a = t.ints[row].tolist(), t.floats[row].tolist(), ask.tolist()  # Python scalars: cheap to read

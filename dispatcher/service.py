@@ -27,6 +27,7 @@ from suanwang.dispatcher.priority import Priorities, TenantClass
 from suanwang.dispatcher.state import epoch_ms
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope, tier_request_topics
 from suanwang.metrics import ServiceMetrics
+from suanwang.process import announce_ready, consume
 from suanwang.schemas.topics import (
     ALERT,
     GRID_SIGNAL,
@@ -40,7 +41,6 @@ from suanwang.schemas.topics import (
     TopicSpec,
 )
 from suanwang.schemas.values import STARTED, TASK_ENDS
-from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network
 

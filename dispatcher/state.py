@@ -67,7 +67,7 @@ class Vocabulary:
         return out
 
 
-class Grid:
+class GridSignals:
     """Power price and green share per province and hour, from grid signals; flat figures until one comes.
 
     `horizon` gives the figures of the hours ahead as matrices (hour x province) with running sums, so
@@ -162,7 +162,7 @@ class NodeTable:
         self.rtt = network.rtt_matrix()
         self.transfer_price = network.transfer_price_matrix()
         self.emission_kg_per_kwh = network.grid.emission_kg_per_kwh
-        self.grid = Grid(network, self.provinces)
+        self.grid = GridSignals(network, self.provinces)
         self._by_arch: tuple[np.ndarray, np.ndarray] | None = None
 
     @property

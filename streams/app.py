@@ -139,7 +139,7 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
 
 def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
     """The worker's app with every agent registered; agents wait until the worker knows every node."""
-    from suanwang.streams import billing, health, latency, rollups, sink, telemetry
+    from suanwang.streams import billing_runs, health, latency, rollups, sink, telemetry
 
     app = faust_app(settings, worker_group(settings))
     logging.getLogger("faust").setLevel(logging.WARNING)
@@ -152,5 +152,5 @@ def create_app(settings: Settings, store: Store) -> tuple[faust.App, Context]:
 
     telemetry.register(ctx, sink.register(ctx), rollups.register(ctx), health.register(ctx))
     latency.register(ctx)
-    billing.register(ctx)
+    billing_runs.register(ctx)
     return app, ctx

@@ -8,8 +8,8 @@ import sys
 from suanwang.bus import Lag, ensure_topics
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.metrics import ServiceMetrics, Tallies
+from suanwang.process import announce_ready
 from suanwang.schemas.topics import ALL_TOPICS, Topics
-from suanwang.service import announce_ready
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import TALLIES, create_app, worker_group

@@ -42,7 +42,7 @@ def _service(
 ) -> None:
     """Runs one service until SIGINT/SIGTERM or the duration; once asked to stop, it ends within `stop_bound_s`."""
     from suanwang.lifeline import exit_after
-    from suanwang.service import stop_on_signals
+    from suanwang.process import stop_on_signals
 
     if needs_kafka and not settings.kafka_bootstrap:
         raise SuanwangError(

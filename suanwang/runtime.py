@@ -25,6 +25,7 @@ from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import RunFile, die_with_parent
+from suanwang.process import READY_MARK, stop_on_signals
 from suanwang.schemas.frames import frame_problem, samples_of
 from suanwang.schemas.topics import (
     ALERT,
@@ -41,7 +42,6 @@ from suanwang.schemas.topics import (
     TopicSpec,
 )
 from suanwang.schemas.values import BATCH
-from suanwang.service import READY_MARK, stop_on_signals
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store, describe_url
 

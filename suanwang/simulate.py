@@ -17,6 +17,7 @@ import prometheus_client as prometheus
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.metrics import ServiceMetrics
+from suanwang.process import announce_ready, consume
 from suanwang.schemas.frames import frame_of
 from suanwang.schemas.topics import (
     GRID_SIGNAL,
@@ -29,7 +30,6 @@ from suanwang.schemas.topics import (
     TELEMETRY_FRAME,
     Topics,
 )
-from suanwang.service import announce_ready, consume
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.trace import TraceNode, TraceTask, node_registration, task_request

@@ -346,7 +346,7 @@ def test_the_numpy_oracle_and_the_interpreted_kernel_decide_exactly_as_the_compi
 
 
 def test_references_break_ties_to_the_lowest_row(network) -> None:
-    from suanwang.dispatcher.core import Choice, choose, demand_of, window_of
+    from suanwang.dispatcher.core import Choice, choose, demand_of, timing_of
     from suanwang.dispatcher.reference import choose_numpy
 
     d = Dispatcher(network)
@@ -356,7 +356,7 @@ def test_references_break_ties_to_the_lowest_row(network) -> None:
     t = d.nodes
     req = _request(chip_archs=[twin["chip_arch"]], accelerators=0, cpu_milli=1000)
     dem = demand_of(t, req, 0.05)
-    w = window_of(t, req, now_ms(), 0.1)
+    w = timing_of(t, req, now_ms(), 0.1)
     assert int(choose(t, dem, Choice(), w, d.load).picks[0]) == 0
     args = (t.transfer_price, t.rtt, w.per_kwh, dem.arch_ok, dem.model_ok, dem.province_ok, dem.ask, t.acc_free)
     args += (d.load.shapes, d.load.weights)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics, now_ms
+from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics
-from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app

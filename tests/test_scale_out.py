@@ -16,9 +16,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from suanwang.bus import EventProducer, ensure_topics
+from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY, Topics
-from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from tests.conftest import run_cli
 from tests.evidence import caught_up, group_settled

@@ -23,12 +23,12 @@ from suanwang.dispatcher.core import (
     Choice,
     Demand,
     Dispatcher,
-    Window,
+    Timing,
     choose,
     demand_of,
     reserve,
+    timing_of,
     warm_up,
-    window_of,
 )
 from suanwang.dispatcher.reference import choose_numpy, reserve_numpy
 from suanwang.dispatcher.shapes import Shapes
@@ -88,10 +88,10 @@ class KernelDecisions:
         self.table, self.now = table, now
         self.load, self.choice = Shapes(), Choice()
 
-    def demand(self, req: dict[str, Any]) -> tuple[Demand, Window]:
+    def demand(self, req: dict[str, Any]) -> tuple[Demand, Timing]:
         d = demand_of(self.table, req, FRAGMENTATION_WEIGHT)
         self.load.observe(*d.shape)
-        return d, window_of(self.table, req, self.now, CARBON_PRICE)
+        return d, timing_of(self.table, req, self.now, CARBON_PRICE)
 
     def __call__(self, req: dict[str, Any]) -> Decision:
         d, w = self.demand(req)

@@ -27,8 +27,8 @@ from suanwang.broker import EmbeddedBroker
 from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, make_codec, now_ms
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import die_with_parent, end_with
+from suanwang.process import READY_MARK
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
-from suanwang.service import READY_MARK
 from suanwang.settings import Settings
 from suanwang.topology import load_network, scaled_nodes
 from suanwang.workload import TaskGenerator, registration

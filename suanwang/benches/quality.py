@@ -36,12 +36,12 @@ from suanwang.dispatcher.core import (
     Demand,
     Dispatcher,
     Reservation,
-    Window,
+    Timing,
     choose,
     demand_of,
     explain,
     reserve,
-    window_of,
+    timing_of,
 )
 from suanwang.dispatcher.market import PriceSetter, utilisation
 from suanwang.dispatcher.stages import Ask, Int
@@ -53,16 +53,16 @@ DAY_START_MS = 1_795_017_600_000  # 2026-11-18 00:00 China Standard Time
 MARKET_STEP_MS = 10 * 60_000  # simulated minutes between two price updates (and utilisation samples)
 HOT = 0.9  # a hub's class above this share promised is where queues form
 PARTS = ("compute_cost", "energy_cost", "transfer_cost", "carbon_cost", "energy_kwh", "carbon_kg")
-Picker = Callable[[NodeTable, Demand, Window, np.ndarray], int]
+Picker = Callable[[NodeTable, Demand, Timing, np.ndarray], int]
 
 
-def _local_first(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
+def _local_first(t: NodeTable, d: Demand, w: Timing, ok: np.ndarray) -> int:
     """The nearest feasible node to the task's origin (its own hub first), lowest row on ties."""
     rtt = t.rtt[int(d.ask[Ask.ORIGIN]), t.column(Int.HUB)]
     return int(np.argmin(np.where(ok, rtt, np.inf)))
 
 
-def _cheapest_power(t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
+def _cheapest_power(t: NodeTable, d: Demand, w: Timing, ok: np.ndarray) -> int:
     """The feasible node in the province with the lowest power price over the hours the task runs."""
     price = w.horizon.mean("price", 0, w.hours)  # baselines start at once
     return int(np.argmin(np.where(ok, price[t.column(Int.PROVINCE)], np.inf)))
@@ -72,7 +72,7 @@ class _Random:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
 
-    def __call__(self, t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
+    def __call__(self, t: NodeTable, d: Demand, w: Timing, ok: np.ndarray) -> int:
         return int(self.rng.choice(np.flatnonzero(ok)))
 
 
@@ -80,7 +80,7 @@ class _RoundRobin:
     def __init__(self) -> None:
         self.last = -1
 
-    def __call__(self, t: NodeTable, d: Demand, w: Window, ok: np.ndarray) -> int:
+    def __call__(self, t: NodeTable, d: Demand, w: Timing, ok: np.ndarray) -> int:
         rows = np.flatnonzero(ok)
         after = rows[rows > self.last]
         self.last = int(after[0] if len(after) else rows[0])
@@ -183,7 +183,7 @@ def _run_day(
             index = record["price_index"]
             end += epoch_ms(record["start_at"]) - now  # deferred: capacity is held from now until it ends
         else:  # baselines do not shift work in time
-            w = window_of(t, {**req, "deadline": None}, now, dispatcher.carbon_price)
+            w = timing_of(t, {**req, "deadline": None}, now, dispatcher.carbon_price)
             ok = np.isfinite(_costs(dispatcher, d, w))
             if not ok.any():
                 continue
@@ -253,7 +253,7 @@ def lower_bound_gap(network: Network, nodes: int, batch: int, seed: int, time_li
     return out
 
 
-def _costs(dispatcher: Dispatcher, d: Demand, w: Window) -> np.ndarray:
+def _costs(dispatcher: Dispatcher, d: Demand, w: Timing) -> np.ndarray:
     """Every node's cost for the demand as the compiled pass scores it (infinite where it is not feasible)."""
     scores = np.full(dispatcher.nodes.size, np.inf)
     choose(dispatcher.nodes, d, Choice(), w, dispatcher.load, scores)
@@ -268,7 +268,7 @@ def _lp_bound(network: Network, nodes: int, placed: list[dict[str, Any]], now: i
     demands = [demand_of(t, req, 0.0) for req in placed]
     var_task, var_node, costs = [], [], []
     for k, req in enumerate(placed):
-        d, w = demands[k], window_of(t, req, now, dispatcher.carbon_price, dispatcher.hold_price)
+        d, w = demands[k], timing_of(t, req, now, dispatcher.carbon_price, dispatcher.hold_price)
         cost = _costs(dispatcher, d, w)
         feasible = np.flatnonzero(np.isfinite(cost))
         var_task += [k] * len(feasible)
