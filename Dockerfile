@@ -13,6 +13,7 @@ COPY schemas ./schemas
 COPY streams ./streams
 COPY dispatcher ./dispatcher
 COPY dashboards ./dashboards
+COPY api ./api
 COPY billing ./billing
 RUN pip install --no-cache-dir . && useradd --create-home suanwang
 COPY --from=web-assets /web/node_modules /app/web-assets

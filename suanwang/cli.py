@@ -127,7 +127,7 @@ def api_command(
     web_port: Annotated[int | None, typer.Option(help="Port [8080].")] = None,
 ) -> None:
     """Run the API and dashboard alone (against a ClickHouse server)."""
-    from suanwang.dashboards.api import start_api
+    from suanwang.api.app import start_api
     from suanwang.store import Store
 
     settings = load_settings(data_dir=data_dir, web_port=web_port)
@@ -518,7 +518,7 @@ def token_new(
     """Make a token: prints it once, and the entry (its hash only) to add to SUANWANG_API_TOKENS_FILE."""
     from pydantic import ValidationError
 
-    from suanwang.dashboards.access import ROLES, new_token, token_entry_yaml
+    from suanwang.api.access import ROLES, new_token, token_entry_yaml
     from suanwang.topology import load_network
 
     if role not in ROLES:

@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from suanwang.api.app import create_api
 from suanwang.bus import EventProducer, ensure_topics
-from suanwang.dashboards.api import create_api
 from suanwang.schemas.topics import TopicSpec
 from suanwang.settings import Settings
 from suanwang.store import Store

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from suanwang.api.access import hash_token, load_tokens, new_token, token_entry_yaml
+from suanwang.api.app import ROUTES, create_api, start_api
+from suanwang.api.openapi import openapi_document
 from suanwang.bus import ensure_topics
-from suanwang.dashboards.access import hash_token, load_tokens, new_token, token_entry_yaml
-from suanwang.dashboards.api import ROUTES, create_api, start_api
-from suanwang.dashboards.openapi import openapi_document
 from suanwang.errors import SuanwangError
 from suanwang.settings import Settings
 from suanwang.store import Store

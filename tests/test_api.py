@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
+from suanwang.api.app import create_api
 from suanwang.bus import contract_consumer, ensure_topics
-from suanwang.dashboards.api import create_api
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import TASK_REQUEST
 from suanwang.settings import Settings

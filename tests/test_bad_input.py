@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from suanwang.api.submit import BadRequest, task_request
 from suanwang.bus import EventProducer, ensure_topics
-from suanwang.dashboards.submit import BadRequest, task_request
 from suanwang.schemas.codec import Codec, DecodeError, schema_sources
 from suanwang.schemas.topics import TELEMETRY, Topics
 from suanwang.settings import Settings

@@ -15,8 +15,9 @@ FOLDERS = {  # package -> folder (pyproject's package-dir)
     "suanwang.streams": "streams",
     "suanwang.billing": "billing",
     "suanwang.dashboards": "dashboards",
+    "suanwang.api": "api",
 }
-SERVICES = ("suanwang.dispatcher", "suanwang.streams", "suanwang.billing", "suanwang.dashboards")
+SERVICES = ("suanwang.dispatcher", "suanwang.streams", "suanwang.billing", "suanwang.api")
 TOP = ("suanwang.cli", "suanwang.__main__", "suanwang.runtime", "suanwang.simulate", "suanwang.replay")
 TOP += ("suanwang.trace", "suanwang.benches")
 

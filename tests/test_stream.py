@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from suanwang.api.app import FANOUT, create_api
+from suanwang.api.scopes import ScopeView
+from suanwang.api.stream import Client
 from suanwang.bus import EventProducer, ensure_topics
-from suanwang.dashboards.api import FANOUT, create_api
-from suanwang.dashboards.scopes import ScopeView
-from suanwang.dashboards.stream import Client
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.schemas.topics import PLACEMENT, Topics
 from suanwang.settings import Settings

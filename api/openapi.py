@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from suanwang.dashboards.common import HEALTH, WINDOW_LENGTHS
-from suanwang.dashboards.submit import json_schema
+from suanwang.api.common import HEALTH, WINDOW_LENGTHS
+from suanwang.api.submit import json_schema
 from suanwang.schemas.values import COMPUTE_CLASSES
 from suanwang.streams.windows import SCOPE_KINDS
 

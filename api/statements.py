@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
+from suanwang.api.common import STORE, caller_of, reply, rows_of, scope_of
+from suanwang.api.guard import AUDIT_DETAIL, http_error
 from suanwang.billing.book import Book, period_of
 from suanwang.billing.statements import balanced, statements
 from suanwang.bus import now_ms
-from suanwang.dashboards.common import STORE, caller_of, reply, rows_of, scope_of
-from suanwang.dashboards.guard import AUDIT_DETAIL, http_error
 from suanwang.errors import SuanwangError
 from suanwang.store import DATABASE
 

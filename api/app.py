@@ -14,11 +14,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from suanwang.analyst import Analysts, Busy, LimitExceeded, Refused
-from suanwang.billing.book import load_book
-from suanwang.broker import check_port_free
-from suanwang.bus import EventProducer
-from suanwang.dashboards.access import ROLES, Principal, Role, load_tokens
-from suanwang.dashboards.common import (
+from suanwang.api.access import ROLES, Principal, Role, load_tokens
+from suanwang.api.common import (
     HEALTH,
     STORE,
     WINDOW_LENGTHS,
@@ -29,12 +26,15 @@ from suanwang.dashboards.common import (
     rows_of,
     scope_of,
 )
-from suanwang.dashboards.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_error
-from suanwang.dashboards.openapi import openapi_document
-from suanwang.dashboards.scopes import ScopeView
-from suanwang.dashboards.statements import BOOK, billing_statements, prices
-from suanwang.dashboards.stream import Client, Fanout, sse
-from suanwang.dashboards.submit import BadRequest, task_request
+from suanwang.api.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_error
+from suanwang.api.openapi import openapi_document
+from suanwang.api.scopes import ScopeView
+from suanwang.api.statements import BOOK, billing_statements, prices
+from suanwang.api.stream import Client, Fanout, sse
+from suanwang.api.submit import BadRequest, task_request
+from suanwang.billing.book import load_book
+from suanwang.broker import check_port_free
+from suanwang.bus import EventProducer
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
 from suanwang.process import announce_ready

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from suanwang.dashboards.access import ANONYMOUS, Principal
-from suanwang.dashboards.guard import AUDIT_SCOPE, PRINCIPAL, describe, http_error
-from suanwang.dashboards.scopes import ScopeView
+from suanwang.api.access import ANONYMOUS, Principal
+from suanwang.api.guard import AUDIT_SCOPE, PRINCIPAL, describe, http_error
+from suanwang.api.scopes import ScopeView
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
 from suanwang.store import Store

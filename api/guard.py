@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from suanwang.dashboards.access import ANONYMOUS, Principal, Role, Tokens
+from suanwang.api.access import ANONYMOUS, Principal, Role, Tokens
 from suanwang.errors import SuanwangError
 from suanwang.store import Store
 
