@@ -16,18 +16,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from suanwang.analyst import Analysts, Busy, LimitExceeded, Refused
 from suanwang.api.access import ROLES, Principal, Role, load_tokens
 from suanwang.api.common import (
-    HEALTH,
     STORE,
-    WINDOW_LENGTHS,
     caller_of,
     json_default,
-    limit_of,
     reply,
     rows_of,
     scope_of,
 )
 from suanwang.api.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_error
-from suanwang.api.openapi import openapi_document
+from suanwang.api.models import Listing, NodesQuery, RollupsQuery, Scoped, SqlBody, StatementsQuery, query_of
+from suanwang.api.openapi import TASK_BODY, Operation, Route, openapi_document
 from suanwang.api.scopes import ScopeView
 from suanwang.api.statements import BOOK, billing_statements, prices
 from suanwang.api.stream import Client, Fanout, sse
@@ -48,10 +46,8 @@ from suanwang.schemas.topics import (
     TASK_REQUEST,
     TELEMETRY,
 )
-from suanwang.schemas.values import COMPUTE_CLASSES
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
-from suanwang.streams.windows import SCOPE_KINDS
 from suanwang.topology import load_network
 
 PRODUCER = web.AppKey("producer", EventProducer)
@@ -105,14 +101,14 @@ async def placements(request: web.Request) -> web.Response:
     else:
         where, params = scope_of(request).where("cluster")
     sql = f"SELECT * FROM {DATABASE}.placements WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
-    return reply(await rows_of(request, sql, {**params, "n": limit_of(request)}))
+    return reply(await rows_of(request, sql, {**params, "n": query_of(request, Listing).limit}))
 
 
 async def alerts(request: web.Request) -> web.Response:
     """The newest alert events of a scope, raised and resolved."""
     where, params = scope_of(request).where("key")
     sql = f"SELECT * FROM {DATABASE}.alerts WHERE {where} ORDER BY event_time DESC LIMIT {{n:UInt32}}"
-    return reply(await rows_of(request, sql, {**params, "n": limit_of(request)}))
+    return reply(await rows_of(request, sql, {**params, "n": query_of(request, Listing).limit}))
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -278,23 +274,11 @@ async def task_status(request: web.Request) -> web.Response:
     )
 
 
-def _choice(request: web.Request, name: str, allowed: Any) -> str | None:
-    """An optional query parameter that must be one of `allowed`; 422 naming it and its value otherwise."""
-    value = request.query.get(name)
-    if value is not None and value not in allowed:
-        raise http_error(web.HTTPUnprocessableEntity, f"{name}={value!r} is not one of {', '.join(sorted(allowed))}")
-    return value
-
-
 async def nodes(request: web.Request) -> web.Response:
     """Registered nodes, filtered by hub, province, compute class and health (offline: an open alert)."""
-    network = load_network()
-    filters = {
-        "hub": _choice(request, "hub", set(network.hubs)),
-        "province": _choice(request, "province", set(network.provinces)),
-        "compute_class": _choice(request, "class", COMPUTE_CLASSES),
-    }
-    health = _choice(request, "health", HEALTH)
+    q = query_of(request, NodesQuery)
+    filters = {"hub": q.hub, "province": q.province, "compute_class": q.compute_class}
+    health = q.health
     in_scope, params = scope_of(request).where("cluster")
     where = " AND ".join(["active", in_scope] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
     if health:
@@ -306,7 +290,7 @@ async def nodes(request: web.Request) -> web.Response:
         f"GROUP BY scope_key)) AS o WHERE {where} ORDER BY n.node_id LIMIT {{n:UInt32}}"
     )
     values = {k: v for k, v in filters.items() if v}
-    return reply(await rows_of(request, sql, {**params, **values, "n": limit_of(request)}))
+    return reply(await rows_of(request, sql, {**params, **values, "n": q.limit}))
 
 
 async def hubs(request: web.Request) -> web.Response:
@@ -329,14 +313,13 @@ async def hubs(request: web.Request) -> web.Response:
 
 async def rollups(request: web.Request) -> web.Response:
     """Rolling windows of one kind of scope (and one scope), newest first."""
-    kind = _choice(request, "scope_kind", SCOPE_KINDS) or "hub"
-    window = _choice(request, "window_s", WINDOW_LENGTHS) or WINDOW_LENGTHS[0]
-    key = request.query.get("scope_key")
+    q = query_of(request, RollupsQuery)
+    kind, window, key = q.scope_kind, q.window_s, q.scope_key
     in_scope, params = scope_of(request).where("key")
     where = f"scope_kind = {{k:String}} AND window_s = {{w:Int32}} AND {in_scope}"
     where += " AND scope_key = {key:String}" if key else ""
     sql = f"SELECT * FROM {DATABASE}.rollups FINAL WHERE {where} ORDER BY window_end DESC LIMIT {{n:UInt32}}"
-    values = {"k": kind, "w": int(window), "key": key or "", "n": limit_of(request)}
+    values = {"k": kind, "w": int(window), "key": key or "", "n": q.limit}
     return reply(await rows_of(request, sql, {**params, **values}))
 
 
@@ -394,7 +377,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return reply(openapi_document())
+    return reply(openapi_document(ROUTES))
 
 
 @web.middleware
@@ -460,36 +443,103 @@ EVERYWHERE: tuple[Role, ...] = ("national_operator", "analyst")
 SUBMITTERS: tuple[Role, ...] = ("national_operator", "provincial_operator", "industry_operator", "tenant")
 # Who may call each data route (narrowed further by scope inside); routes not listed are public: the page,
 # its assets, health and the OpenAPI document.
-ROUTES: list[tuple[str, str, Any, tuple[Role, ...] | None]] = [
-    ("GET", "/", index, None),
-    ("GET", "/healthz", healthz, None),
-    ("GET", "/readyz", readyz, None),
-    ("GET", "/api/openapi.json", openapi, None),
-    ("GET", "/vendor/{asset:.+}", vendor, None),
-    ("GET", "/api/network", network_model, ROLES),
-    ("GET", "/api/placements", placements, ROLES),
-    ("GET", "/api/tasks/{task_id}", task_status, ROLES),
-    ("POST", "/api/tasks", submit_task, SUBMITTERS),
-    ("GET", "/api/alerts", alerts, READERS),
-    ("GET", "/api/overview", overview, READERS),
-    ("GET", "/api/nodes", nodes, READERS),
-    ("GET", "/api/hubs", hubs, READERS),
-    ("GET", "/api/rollups", rollups, READERS),
-    ("GET", "/api/latency", latency, READERS),
-    ("GET", "/api/prices", prices, ROLES),
-    ("GET", "/api/statements", billing_statements, ROLES),
-    ("GET", "/api/stream", stream, READERS),
-    ("GET", "/api/summary", summary, EVERYWHERE),
-    ("POST", "/api/sql", sql, EVERYWHERE),
-    ("GET", "/metrics", metrics, EVERYWHERE),
-]
+LISTED = "Newest first"
+BAD_QUERY = "A parameter out of range or not one of its values, or an unknown scope"
+ROUTES: list[Route] = [
+    Route("GET", "/", index, None),
+    Route("GET", "/healthz", healthz, None, Operation("The process is up", {200: "Up"})),
+    Route("GET", "/readyz", readyz, None, Operation("ClickHouse answers", {200: "Ready", 503: "Not ready"})),
+    Route("GET", "/api/openapi.json", openapi, None, Operation("This document", {200: "OpenAPI 3"})),
+    Route("GET", "/vendor/{asset:.+}", vendor, None),
+    Route(
+        "GET", "/api/network", network_model, ROLES,
+        Operation("Hubs and clusters with coordinates and names (zh/en), and the scopes a centre can pick",
+                  {200: "The network model"}),
+    ),
+    Route(
+        "GET", "/api/placements", placements, ROLES,
+        Operation("Latest placements of a scope, explained", {200: LISTED, 422: BAD_QUERY}, Listing, returns="array"),
+    ),
+    Route(
+        "GET", "/api/tasks/{task_id}", task_status, ROLES,
+        Operation("A task's request, decision and lifecycle", {200: "The task", 404: "Not in the history"}),
+    ),
+    Route(
+        "POST", "/api/tasks", submit_task, SUBMITTERS,
+        Operation(
+            "Submit a task to the national dispatcher",
+            {202: "Submitted: follow href", 400: "Not JSON", 413: "Body too large", 422: "Bad fields, each named",
+             503: "No broker configured"},
+            body=TASK_BODY,
+        ),
+    ),
+    Route(
+        "GET", "/api/alerts", alerts, READERS,
+        Operation("Latest alert events of a scope", {200: LISTED, 422: BAD_QUERY}, Listing, returns="array"),
+    ),
+    Route(
+        "GET", "/api/overview", overview, READERS,
+        Operation("A scope's tasks placed, yuan and CO2 saved against local placement, open alerts",
+                  {200: "Totals", 422: BAD_QUERY}, Scoped),
+    ),
+    Route(
+        "GET", "/api/nodes", nodes, READERS,
+        Operation("Registered nodes", {200: LISTED, 422: BAD_QUERY}, NodesQuery, returns="array"),
+    ),
+    Route(
+        "GET", "/api/hubs", hubs, READERS,
+        Operation("Each hub of a scope now", {200: "Hubs", 422: BAD_QUERY}, Scoped, returns="array"),
+    ),
+    Route(
+        "GET", "/api/rollups", rollups, READERS,
+        Operation("Rolling windows of a scope, newest first", {200: LISTED, 422: BAD_QUERY}, RollupsQuery,
+                  returns="array"),
+    ),
+    Route(
+        "GET", "/api/latency", latency, READERS,
+        Operation("Hub latency matrix: pairs with either end in the scope", {200: "Pairs", 422: BAD_QUERY}, Scoped,
+                  returns="array"),
+    ),
+    Route(
+        "GET", "/api/prices", prices, ROLES,
+        Operation("The market price in force per hub and compute class of a scope", {200: "Prices", 422: BAD_QUERY},
+                  Scoped, returns="array"),
+    ),
+    Route(
+        "GET", "/api/statements", billing_statements, ROLES,
+        Operation(
+            "A month's statements per tenant, provider and network operator, reconciled to the ledger (a tenant "
+            "sees its own; a provincial or industry operator the providers in its scope)",
+            {200: "Statements and checks", 422: "A period not written YYYY-MM, or an unknown scope"},
+            StatementsQuery,
+        ),
+    ),
+    Route(
+        "GET", "/api/stream", stream, READERS,
+        Operation(
+            "Server-sent events: ready (reading from now on), then placement, alert, rollup",
+            {200: "text/event-stream", 422: "Unknown scope", 503: "No broker configured"},
+            Scoped, returns="text", media="text/event-stream",
+        ),
+    ),
+    Route("GET", "/api/summary", summary, EVERYWHERE, Operation("Rows per history table", {200: "Counts"})),
+    Route(
+        "POST", "/api/sql", sql, EVERYWHERE,
+        Operation("One read-only query on the history",
+                  {200: "Columns and rows", 400: "Refused or failed", 422: "No query"}, body=SqlBody),
+    ),
+    Route(
+        "GET", "/metrics", metrics, EVERYWHERE,
+        Operation("Prometheus metrics", {200: "Text format"}, returns="text", media="text/plain"),
+    ),
+]  # fmt: skip
 
 
 def create_api(store: Store, settings: Settings | None = None) -> web.Application:
     """The API over the store; with a broker in `settings`, it also accepts tasks; with tokens, it checks them."""
     tokens = load_tokens(settings, load_network()) if settings is not None else None
     audit = AuditLog(store)
-    route_roles = {(method, path.replace("{asset:.+}", "{asset}")): roles for method, path, _, roles in ROUTES if roles}
+    route_roles = {(r.method, r.path.replace("{asset:.+}", "{asset}")): r.roles for r in ROUTES if r.roles}
     app = web.Application(
         middlewares=[count_requests, json_errors, guard(tokens, audit, route_roles)], client_max_size=MAX_BODY_BYTES
     )
@@ -535,7 +585,7 @@ def create_api(store: Store, settings: Settings | None = None) -> web.Applicatio
         app.on_startup.append(start_kafka)
         app.on_shutdown.append(close_streams)
         app.on_cleanup.append(stop_kafka)
-    app.add_routes([web.route(method, path, handler) for method, path, handler, _ in ROUTES])
+    app.add_routes([web.route(r.method, r.path, r.handler) for r in ROUTES])
     app.add_routes([web.static("/static", STATIC)])
     return app
 

@@ -14,12 +14,9 @@ from suanwang.api.scopes import ScopeView
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
 from suanwang.store import Store
-from suanwang.streams.windows import HOPPING_MS
 from suanwang.topology import load_network
 
 STORE = web.AppKey("store", Store)
-HEALTH = ("healthy", "offline")  # a node is offline while its node_offline alert is open
-WINDOW_LENGTHS = tuple(str(length // 1000) for length, _hop in HOPPING_MS)  # window_s of the rolling windows
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
@@ -39,13 +36,6 @@ async def rows_of(request: web.Request, sql: str, parameters: dict[str, Any] | N
     store = request.app[STORE]
     columns, rows = await store.run(store.query, sql, parameters)
     return [dict(zip(columns, row, strict=True)) for row in rows]
-
-
-def limit_of(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise http_error(web.HTTPUnprocessableEntity, f"limit={raw!r} must be 1..1000")
-    return int(raw)
 
 
 def caller_of(request: web.Request) -> Principal:

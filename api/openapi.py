@@ -1,75 +1,55 @@
-"""The OpenAPI document of the API, served at /api/openapi.json; the task body comes from the Avro schema."""
+"""The OpenAPI document, generated from the route table: each route's summary and answers, its query and body
+models (`api.models`, the ones the handlers validate with), and the task body from the Avro schema."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from suanwang.api.common import HEALTH, WINDOW_LENGTHS
+from pydantic import BaseModel
+
+from suanwang.api.models import Error, Query
 from suanwang.api.submit import json_schema
-from suanwang.schemas.values import COMPUTE_CLASSES
-from suanwang.streams.windows import SCOPE_KINDS
 
+TASK_BODY = "TaskRequest"  # a body taken from the Avro contract, not a pydantic model
 ERROR = {"$ref": "#/components/schemas/Error"}
-PUBLIC = ("/healthz", "/readyz", "/api/openapi.json")
-SCOPE = {
-    "name": "scope",
-    "in": "query",
-    "schema": {"type": "string", "default": "national"},
-    "description": "national, province:<name> or industry:<name>",
-}
+SCHEMA_REF = "#/components/schemas/{model}"
 
 
-def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = {"content": {"application/json": {"schema": schema}}} if schema else {}
-    return {"description": description, **body}
+@dataclass(frozen=True)
+class Operation:
+    """What the document says of one route: `answers` maps each status to its meaning (the first is success,
+    with `returns`: an object, an array of objects, or `text` of `media`)."""
+
+    summary: str
+    answers: dict[int, str]
+    query: type[Query] | None = None
+    body: type[BaseModel] | str | None = None
+    returns: str = "object"
+    media: str = "application/json"
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _listing(summary: str) -> dict[str, Any]:
-    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
-    return {
-        "get": {
-            "summary": summary,
-            "parameters": [limit],
-            "responses": {
-                "200": _answer("Newest first", {"type": "array", "items": {"type": "object"}}),
-                "422": _answer("A bad limit", ERROR),
-            },
-        }
-    }
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: who may call it (None: public) and, for an API operation, its `doc`."""
+
+    method: str
+    path: str
+    handler: Any
+    roles: tuple[str, ...] | None
+    doc: Operation | None = None
 
 
-def _filtered(summary: str, params: dict[str, list[str] | None]) -> dict[str, Any]:
-    """A listing with optional filters: a value outside `enum` is a 422."""
-    listing = _listing(summary)
-    for name, allowed in params.items():
-        schema: dict[str, Any] = {"type": "string", **({"enum": allowed} if allowed else {})}
-        listing["get"]["parameters"].append({"name": name, "in": "query", "schema": schema})
-    return listing
-
-
-def _scoped(operation: dict[str, Any]) -> dict[str, Any]:
-    """An operation that takes `scope`; an unknown scope is a 422."""
-    operation["get"].setdefault("parameters", []).append(SCOPE)
-    operation["get"]["responses"]["422"] = _answer("A bad limit or an unknown scope", ERROR)
-    return operation
-
-
-def openapi_document() -> dict[str, Any]:
-    """The document, with a bearer token required on every route but the public ones."""
-    document = _document()
-    document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    for path, item in document["paths"].items():
-        if path in PUBLIC:
-            continue
-        for operation in item.values():
-            operation["security"] = [{"bearer": []}]
-            operation["responses"]["401"] = _answer("No token, or an unknown one", ERROR)
-            operation["responses"]["403"] = _answer("The token's role or scopes do not allow it", ERROR)
-    return document
-
-
-def _document() -> dict[str, Any]:
-    ok = {"type": "object"}
+def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
+    """The whole document; a bearer token is required exactly on the routes that have roles."""
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Error": _openapi_schema(Error.model_json_schema()), TASK_BODY: json_schema()}
+    for route in routes:
+        if route.doc is not None:
+            paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
     return {
         "openapi": "3.0.3",
         "info": {
@@ -77,170 +57,77 @@ def _document() -> dict[str, Any]:
             "version": "0.1",
             "description": "Monitoring and dispatch of the national compute network.",
         },
-        "paths": {
-            "/healthz": {"get": {"summary": "The process is up", "responses": {"200": _answer("Up", ok)}}},
-            "/readyz": {
-                "get": {
-                    "summary": "ClickHouse answers",
-                    "responses": {"200": _answer("Ready", ok), "503": _answer("Not ready", ERROR)},
-                }
-            },
-            "/api/summary": {"get": {"summary": "Rows per history table", "responses": {"200": _answer("Counts", ok)}}},
-            "/api/placements": _scoped(_listing("Latest placements of a scope, explained")),
-            "/api/alerts": _scoped(_listing("Latest alert events of a scope")),
-            "/api/overview": _scoped(
-                {
-                    "get": {
-                        "summary": "A scope's tasks placed, yuan and CO2 saved against local placement, open alerts",
-                        "parameters": [],
-                        "responses": {"200": _answer("Totals", ok)},
-                    }
-                }
-            ),
-            "/api/network": {
-                "get": {
-                    "summary": "Hubs and clusters with coordinates and names (zh/en), and the scopes a centre can pick",
-                    "responses": {"200": _answer("The network model", ok)},
-                }
-            },
-            "/api/sql": {
-                "post": {
-                    "summary": "One read-only query on the history",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"query": {"type": "string"}},
-                                    "required": ["query"],
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _answer("Columns and rows", ok),
-                        "400": _answer("Refused or failed", ERROR),
-                        "422": _answer("No query", ERROR),
-                    },
-                }
-            },
-            "/api/tasks": {
-                "post": {
-                    "summary": "Submit a task to the national dispatcher",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskRequest"}}},
-                    },
-                    "responses": {
-                        "202": _answer("Submitted: follow href", ok),
-                        "400": _answer("Not JSON", ERROR),
-                        "413": _answer("Body too large", ERROR),
-                        "422": _answer("Bad fields, each named", ERROR),
-                        "503": _answer("No broker configured", ERROR),
-                    },
-                }
-            },
-            "/api/tasks/{task_id}": {
-                "get": {
-                    "summary": "A task's request, decision and lifecycle",
-                    "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": _answer("The task", ok), "404": _answer("Not in the history", ERROR)},
-                }
-            },
-            "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _answer("OpenAPI 3", ok)}}},
-            "/api/nodes": _scoped(
-                _filtered(
-                    "Registered nodes",
-                    {
-                        "hub": None,
-                        "province": None,
-                        "class": list(COMPUTE_CLASSES),
-                        "health": list(HEALTH),
-                    },
-                )
-            ),
-            "/api/hubs": _scoped(
-                {
-                    "get": {
-                        "summary": "Each hub of a scope now",
-                        "responses": {"200": _answer("Hubs", {"type": "array", "items": ok})},
-                    }
-                }
-            ),
-            "/api/rollups": _scoped(
-                _filtered(
-                    "Rolling windows of a scope, newest first",
-                    {
-                        "scope_kind": list(SCOPE_KINDS),
-                        "scope_key": None,
-                        "window_s": list(WINDOW_LENGTHS),
-                    },
-                )
-            ),
-            "/api/latency": _scoped(
-                {
-                    "get": {
-                        "summary": "Hub latency matrix: pairs with either end in the scope",
-                        "responses": {"200": _answer("Pairs", {"type": "array", "items": ok})},
-                    }
-                }
-            ),
-            "/api/stream": {
-                "get": {
-                    "summary": "Server-sent events: ready (reading from now on), then placement, alert, rollup",
-                    "parameters": [SCOPE],
-                    "responses": {
-                        "200": {
-                            "description": "text/event-stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        },
-                        "422": _answer("Unknown scope", ERROR),
-                        "503": _answer("No broker configured", ERROR),
-                    },
-                }
-            },
-            "/api/prices": _scoped(
-                {
-                    "get": {
-                        "summary": "The market price in force per hub and compute class of a scope",
-                        "responses": {"200": _answer("Prices", {"type": "array", "items": ok})},
-                    }
-                }
-            ),
-            "/api/statements": {
-                "get": {
-                    "summary": "A month's statements per tenant, provider and network operator, reconciled to the "
-                    "ledger (a tenant sees its own; a provincial or industry operator the providers in its scope)",
-                    "parameters": [
-                        {
-                            "name": "period",
-                            "in": "query",
-                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
-                        },
-                        SCOPE,
-                    ],
-                    "responses": {
-                        "200": _answer("Statements and checks", ok),
-                        "422": _answer("A period not written YYYY-MM, or an unknown scope", ERROR),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}
-            },
-        },
-        "components": {
-            "schemas": {
-                "TaskRequest": json_schema(),
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "error": {"type": "string"},
-                        "fields": {"type": "object", "additionalProperties": {"type": "string"}},
-                    },
-                    "required": ["error"],
-                },
-            }
-        },
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+
+
+def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
+    doc = route.doc
+    assert doc is not None
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ] + (_parameters(doc.query) if doc.query else [])
+    success, *errors = doc.answers.items()
+    operation: dict[str, Any] = {
+        "summary": doc.summary,
+        "responses": {str(success[0]): _success(success[1], doc)}
+        | {str(status): _answer(meaning, ERROR) for status, meaning in errors},
+        **doc.extra,
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if doc.body is not None:
+        name = doc.body if isinstance(doc.body, str) else doc.body.__name__
+        if not isinstance(doc.body, str):
+            schemas[name] = _openapi_schema(doc.body.model_json_schema())
+        body = {"schema": {"$ref": SCHEMA_REF.format(model=name)}}
+        operation["requestBody"] = {"required": True, "content": {"application/json": body}}
+    if route.roles is not None:
+        operation["security"] = [{"bearer": []}]
+        operation["responses"]["401"] = _answer("No token, or an unknown one", ERROR)
+        operation["responses"]["403"] = _answer("The token's role or scopes do not allow it", ERROR)
+    return operation
+
+
+def _parameters(model: type[Query]) -> list[dict[str, Any]]:
+    """A query model's fields as OpenAPI parameters (by their names on the wire)."""
+    schema = model.model_json_schema(by_alias=True)
+    out = []
+    for name, prop in schema["properties"].items():
+        description = prop.pop("description", None)
+        value = {k: v for k, v in _openapi_schema(prop).items() if k != "nullable"}  # None: left out of the query
+        parameter = {"name": name, "in": "query", "schema": value}
+        out.append(parameter | ({"description": description} if description else {}))
+    return out
+
+
+def _openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema as OpenAPI 3.0 takes it: `anyOf [x, null]` becomes a nullable x, `const` a one-value enum."""
+    schema = {k: v for k, v in schema.items() if k != "title"}
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        kept = [b for b in branches if b.get("type") != "null"]
+        inner = _openapi_schema(kept[0]) if len(kept) == 1 else {"oneOf": [_openapi_schema(b) for b in kept]}
+        schema = {**inner, **schema, "nullable": True} if len(kept) < len(branches) else {**inner, **schema}
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+    if "properties" in schema:
+        schema["properties"] = {k: _openapi_schema(v) for k, v in schema["properties"].items()}
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = _openapi_schema(schema["additionalProperties"])
+    if schema.get("default") is None:
+        schema.pop("default", None)
+    return schema
+
+
+def _success(meaning: str, doc: Operation) -> dict[str, Any]:
+    if doc.returns == "text":
+        return {"description": meaning, "content": {doc.media: {"schema": {"type": "string"}}}}
+    items = {"type": "object"}
+    return _answer(meaning, {"type": "array", "items": items} if doc.returns == "array" else items)
+
+
+def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}

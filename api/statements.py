@@ -8,6 +8,7 @@ from aiohttp import web
 
 from suanwang.api.common import STORE, caller_of, reply, rows_of, scope_of
 from suanwang.api.guard import AUDIT_DETAIL, http_error
+from suanwang.api.models import StatementsQuery, query_of
 from suanwang.billing.book import Book, period_of
 from suanwang.billing.statements import balanced, statements
 from suanwang.bus import now_ms
@@ -32,7 +33,7 @@ async def prices(request: web.Request) -> web.Response:
 async def billing_statements(request: web.Request) -> web.Response:
     """A month's statements (default: this month so far), reconciled to the ledger; each caller sees its own:
     a tenant its statement and vouchers, a provincial or industry operator the providers in its scope."""
-    period = request.query.get("period") or period_of(now_ms())
+    period = query_of(request, StatementsQuery).period or period_of(now_ms())
     request[AUDIT_DETAIL] = period
     store = request.app[STORE]
     try:

@@ -243,3 +243,29 @@ def test_vendor_assets_come_from_the_installed_npm_packages(store: Store, tmp_pa
 
     status, body = asyncio.run(without_assets())
     assert status == 503 and "npm ci" in body["error"] and "SUANWANG_WEB_ASSETS_DIR" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "name", "bad", "says"),
+    [
+        ("/api/nodes", "class", "TPU", "class='TPU' is not one of CPU, GPU, HPC, NPU"),
+        ("/api/rollups", "window_s", "90", "window_s='90' is not one of 300, 60"),
+        ("/api/alerts", "limit", "1001", "limit='1001' must be 1..1000"),
+        ("/api/statements", "period", "2026-1", "period='2026-1': String should match pattern"),
+    ],
+)
+def test_what_the_document_allows_is_what_the_route_accepts(store: Store, route, name, bad, says) -> None:
+    """The routes validate their queries with the models the OpenAPI document is generated from."""
+    status, doc = call(store, "GET", "/api/openapi.json")
+    (parameter,) = [p for p in doc["paths"][route]["get"]["parameters"] if p["name"] == name]
+    schema = parameter["schema"]
+    if "enum" in schema:
+        assert bad not in schema["enum"]
+    elif "maximum" in schema:
+        assert not schema["minimum"] <= int(bad) <= schema["maximum"]
+    else:
+        assert schema["pattern"] == "^[0-9]{4}-[0-9]{2}$"
+    status, body = call(store, "GET", f"{route}?{name}={bad}")
+    assert status == 422 and body["error"].startswith(says), body
+    good = schema["enum"][0] if "enum" in schema else schema.get("default", "2026-11")
+    assert call(store, "GET", f"{route}?{name}={good}")[0] == 200
