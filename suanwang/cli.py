@@ -23,7 +23,18 @@ from suanwang.settings import Settings, load_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="算网 suanwang: monitoring and dispatch.")
 err = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Embedded ClickHouse data and logs [./data].")]
+
+def _default_of(setting: str, text: str) -> str:
+    """Help text ending in the setting's default, read from the one definition of the settings."""
+    return escape(f"{text} [{Settings.model_fields[setting].default}].")  # brackets are rich markup
+
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help=_default_of("data_dir", "Embedded ClickHouse data and logs"))
+]
+Nodes = Annotated[int | None, typer.Option(help=_default_of("sim_nodes", "Simulated nodes"))]
+Rate = Annotated[float | None, typer.Option(help=_default_of("sim_rate", "Task requests per second"))]
+WebPort = Annotated[int | None, typer.Option(help=_default_of("web_port", "API and dashboard port"))]
 Duration = Annotated[float | None, typer.Option("--duration", help="Stop by itself after this many seconds.")]
 
 
@@ -74,9 +85,9 @@ def up(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line.")] = False,
     data_dir: DataDir = None,
     broker_port: Annotated[int | None, typer.Option(help="Embedded broker port [free port].")] = None,
-    web_port: Annotated[int | None, typer.Option(help="API and dashboard port [8080].")] = None,
-    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
-    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    web_port: WebPort = None,
+    nodes: Nodes = None,
+    rate: Rate = None,
     seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
 ) -> None:
     """Start the whole platform: broker, ClickHouse, worker, dispatcher, API and simulator."""
@@ -124,7 +135,7 @@ def dispatcher(
 def api_command(
     duration: Duration = None,
     data_dir: DataDir = None,
-    web_port: Annotated[int | None, typer.Option(help="Port [8080].")] = None,
+    web_port: WebPort = None,
 ) -> None:
     """Run the API and dashboard alone (against a ClickHouse server)."""
     from suanwang.api.app import start_api
@@ -146,10 +157,12 @@ def api_command(
 @app.command()
 def simulate(
     duration: Duration = None,
-    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
-    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
-    telemetry_interval: Annotated[float | None, typer.Option(help="Seconds between a node's samples [5].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed [7].")] = None,
+    nodes: Nodes = None,
+    rate: Rate = None,
+    telemetry_interval: Annotated[
+        float | None, typer.Option(help=_default_of("telemetry_interval_s", "Seconds between a node's samples"))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_default_of("sim_seed", "Seed"))] = None,
     time_scale: Annotated[
         float | None, typer.Option(help="Simulated seconds per real second, for task runtimes and trace arrivals.")
     ] = None,
@@ -359,8 +372,8 @@ def bench_ingest(
 @bench_app.command("isolation")
 def bench_isolation(
     seconds: Annotated[float, typer.Option(min=15, help="Length of the run: quiet, loaded, quiet, a third each.")] = 90,
-    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
-    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    nodes: Nodes = None,
+    rate: Rate = None,
     data_dir: DataDir = None,
     json_out: JsonOut = False,
 ) -> None:
@@ -400,8 +413,8 @@ class Format(StrEnum):
 def bench_soak(
     minutes: Annotated[float, typer.Option(help="How long the platform runs.")] = 10.0,
     every: Annotated[float, typer.Option(help="Seconds between samples.")] = 10.0,
-    nodes: Annotated[int | None, typer.Option(help="Simulated nodes [1000].")] = None,
-    rate: Annotated[float | None, typer.Option(help="Task requests per second [50].")] = None,
+    nodes: Nodes = None,
+    rate: Rate = None,
     data_dir: DataDir = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
