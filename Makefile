@@ -45,10 +45,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Everything a reviewer checks by machine: lint, format, imports declared, and the generated docs current.
+# The inner loop: lint, format, imports declared, the generated docs current, and every test that needs no
+# broker (about a minute); `make test` stays the whole suite.
 check: lint
 	$(VENV)/bin/deptry .
 	$(PY) -m suanwang.settings_doc | diff -u docs/settings.md - || { echo "docs/settings.md is stale: make docs" >&2; exit 1; }
+	$(PY) -m pytest -q -n 2 -m "not broker"
 
 docs: $(STAMP)
 	$(PY) -m suanwang.settings_doc > docs/settings.md

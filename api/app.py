@@ -31,11 +31,10 @@ from suanwang.api.statements import BOOK, billing_statements, prices
 from suanwang.api.stream import Client, Fanout, sse
 from suanwang.api.submit import BadRequest, task_request
 from suanwang.billing.book import load_book
-from suanwang.broker import check_port_free
 from suanwang.bus import EventProducer
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.errors import SuanwangError
-from suanwang.process import announce_ready
+from suanwang.process import announce_ready, check_port_free
 from suanwang.schemas.topics import (
     ALERT,
     DEADLETTER,

@@ -91,7 +91,7 @@ def up(
     seed: Annotated[int | None, typer.Option(help="Simulator seed.")] = None,
 ) -> None:
     """Start the whole platform: broker, ClickHouse, worker, dispatcher, API and simulator."""
-    from suanwang.runtime import Platform
+    from suanwang.devstack.runtime import Platform
 
     _quiet_client_libraries()
 
@@ -170,7 +170,7 @@ def simulate(
     replay_tasks: Annotated[Path | None, typer.Option(help="... and its tasks.csv (both or neither).")] = None,
 ) -> None:
     """Drive the platform with the reference network model, or replay a recorded cluster trace."""
-    from suanwang.simulate import Simulator
+    from suanwang.simulator.simulate import Simulator
 
     settings = load_settings(
         sim_nodes=nodes,
@@ -185,9 +185,9 @@ def simulate(
 
 def _load_replay(nodes_csv: Path | None, tasks_csv: Path | None) -> Any:
     """The trace, with every skipped row reported on stderr; an error if nothing usable is left."""
-    from suanwang.simulate import Replay
+    from suanwang.simulator.simulate import Replay
+    from suanwang.simulator.trace import read_nodes, read_tasks, report
     from suanwang.topology import load_network
-    from suanwang.trace import read_nodes, read_tasks, report
 
     if nodes_csv is None or tasks_csv is None:
         raise SuanwangError("--replay-nodes and --replay-tasks go together: give both CSV files")
@@ -211,7 +211,7 @@ def replay(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary object.")] = False,
 ) -> None:
     """Place a recorded cluster's tasks offline through the dispatcher core, in arrival order."""
-    from suanwang.replay import replay as run
+    from suanwang.simulator.replay import replay as run
 
     summary = run(nodes, tasks, out, err)
     _report(summary, json_out, f"replay of {tasks}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from suanwang.bus import EventProducer
+from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import Topics
 
@@ -80,3 +82,15 @@ async def _consume_batch(
             except Exception as exc:  # a bad record must not stop the stream
                 print(f"{component}: {msg.topic}@{msg.partition}:{msg.offset} failed: {exc!r}", file=sys.stderr)
                 await producer.dead_letter(component, msg, f"handler failed: {exc!r}")
+
+
+def check_port_free(port: int, what: str, setting: str) -> None:
+    """SuanwangError naming the port and the setting to change when something already listens there."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise SuanwangError(
+                f"port {port} for the {what} is in use; free it or choose another with {setting}"
+            ) from None

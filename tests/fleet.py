@@ -12,8 +12,8 @@ from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, even
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics, TopicSpec
 from suanwang.settings import Settings
+from suanwang.simulator.workload import registration
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import registration
 
 MINUTE_MS = 60_000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from suanwang.broker import EmbeddedBroker
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.settings import Settings
 from suanwang.store import Store
 from tests.served import serving

@@ -20,9 +20,9 @@ from suanwang.bus import EventProducer, ensure_topics
 from suanwang.schemas.codec import Codec, DecodeError, schema_sources
 from suanwang.schemas.topics import TELEMETRY, Topics
 from suanwang.settings import Settings
+from suanwang.simulator.trace import TASK_COLUMNS, read_tasks
 from suanwang.store import Store
 from suanwang.streams.app import create_app
-from suanwang.trace import TASK_COLUMNS, read_tasks
 from tests.evidence import wait_for
 from tests.fleet import closed_minute, fleet, register, send_raw, send_telemetry, telemetry
 from tests.samples import sample_record

@@ -14,8 +14,8 @@ from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.stages import Int
 from suanwang.schemas.topics import PLACEMENT
 from suanwang.settings import Settings
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 from tests.test_recovery import node, request
 
 INF = np.inf

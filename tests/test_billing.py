@@ -23,9 +23,9 @@ from suanwang.bus import now_ms
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.errors import SuanwangError
 from suanwang.settings import Settings
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 
 NETWORK = load_network()
 STORAGE = NETWORK.billing.storage_yuan_per_gb_month

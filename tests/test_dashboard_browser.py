@@ -15,8 +15,8 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from suanwang.api.access import new_token, token_entry_yaml
-from suanwang.broker import EmbeddedBroker
 from suanwang.bus import HOUR_MS, now_ms
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP
 from suanwang.settings import Settings
 from suanwang.store import Store

@@ -13,8 +13,8 @@ from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.stages import Int, Verdict
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REJECTION
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 
 W = stages.WHOLE
 

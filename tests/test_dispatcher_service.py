@@ -10,8 +10,8 @@ from suanwang.bus import EventProducer, ensure_topics, event, now_ms
 from suanwang.dispatcher.service import DispatcherService
 from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
 from suanwang.settings import Settings
+from suanwang.simulator.workload import registration
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import registration
 from tests.evidence import wait_for
 from tests.fleet import collect, fleet, register
 

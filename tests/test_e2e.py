@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from suanwang.broker import EmbeddedBroker
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, Topics
 from tests.conftest import run_cli

@@ -21,10 +21,10 @@ from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics
 from suanwang.settings import Settings
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 from tests.evidence import caught_up, wait_for
 from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetry, wrong_windows
 

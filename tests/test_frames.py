@@ -8,7 +8,7 @@ import asyncio
 from collections import defaultdict
 
 from suanwang.bus import EventProducer, ensure_topics, now_ms
-from suanwang.runtime import Monitor
+from suanwang.devstack.runtime import Monitor
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.frames import frame_of, frame_problem, samples_of
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY_FRAME, Topics

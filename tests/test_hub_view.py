@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from suanwang.runtime import HubView
+from suanwang.devstack.runtime import HubView
 
 HOUR = 3_600_000
 

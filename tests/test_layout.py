@@ -18,8 +18,7 @@ FOLDERS = {  # package -> folder (pyproject's package-dir)
     "suanwang.api": "api",
 }
 SERVICES = ("suanwang.dispatcher", "suanwang.streams", "suanwang.billing", "suanwang.api")
-TOP = ("suanwang.cli", "suanwang.__main__", "suanwang.runtime", "suanwang.simulate", "suanwang.replay")
-TOP += ("suanwang.trace", "suanwang.benches")
+TOP = ("suanwang.cli", "suanwang.__main__", "suanwang.devstack", "suanwang.simulator", "suanwang.benches")
 
 
 def layer(module: str) -> int:

@@ -101,7 +101,7 @@ def test_kill_9_of_any_process_holding_an_embedded_broker_ends_the_broker(tmp_pa
 
 HOLD_A_BROKER = """
 import sys, threading
-from suanwang.broker import EmbeddedBroker
+from suanwang.devstack.broker import EmbeddedBroker
 broker = EmbeddedBroker()
 broker.start()
 print(broker.pid, flush=True)

@@ -9,8 +9,8 @@ import pytest
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.market import PriceSetter, next_index, utilisation
 from suanwang.dispatcher.stages import Float
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.topology import PRECISIONS, Market, load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 
 NETWORK = load_network()
 MARKET = NETWORK.market

@@ -22,10 +22,10 @@ from suanwang.errors import SuanwangError
 from suanwang.metrics import ServiceMetrics, Tallies
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST
 from suanwang.settings import Settings
+from suanwang.simulator.workload import registration
 from suanwang.streams.app import TALLIES
 from suanwang.streams.worker import run_worker
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import registration
 from tests.evidence import caught_up, wait_for
 from tests.fleet import collect
 from tests.test_dispatcher_service import _request
@@ -142,7 +142,7 @@ def test_the_platform_health_dashboard_reads_only_metrics_the_services_serve() -
     """Every metric the Grafana dashboard queries is one that a service's registry holds."""
     from suanwang.api.app import REGISTRY as API_REGISTRY
     from suanwang.dispatcher.service import DispatchMetrics
-    from suanwang.simulate import Simulator
+    from suanwang.simulator.simulate import Simulator
 
     worker = ServiceMetrics("worker")
     worker.registry.register(Tallies("worker", Counter({f"{name}:x": 1 for name in TALLIES}), TALLIES))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from suanwang.broker import EmbeddedBroker
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.errors import SuanwangError
 from suanwang.settings import Settings
 from suanwang.store import connect

@@ -10,9 +10,9 @@ from suanwang.dispatcher.service import DispatcherService
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, Topics
 from suanwang.settings import Settings
-from suanwang.simulate import Replay, Simulator
+from suanwang.simulator.simulate import Replay, Simulator
+from suanwang.simulator.trace import read_nodes, read_tasks
 from suanwang.topology import load_network
-from suanwang.trace import read_nodes, read_tasks
 from tests.conftest import run_cli
 
 NODES = """node_id,hub,cpu_milli,memory_mib,gpu,gpu_model

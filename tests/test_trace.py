@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from suanwang.errors import SuanwangError
-from suanwang.topology import load_network
-from suanwang.trace import (
+from suanwang.simulator.trace import (
     CPU_ARCH,
     GPU_ARCH,
     node_registration,
@@ -17,6 +16,7 @@ from suanwang.trace import (
     report,
     task_request,
 )
+from suanwang.topology import load_network
 
 HUBS = load_network().hub_ids
 

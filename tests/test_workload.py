@@ -6,8 +6,17 @@ import random
 from datetime import datetime
 from statistics import mean
 
+from suanwang.simulator.workload import (
+    CST,
+    IDLE,
+    KINDS,
+    NodeBehaviour,
+    TaskGenerator,
+    Usage,
+    grid_signal,
+    usage_telemetry,
+)
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import CST, IDLE, KINDS, NodeBehaviour, TaskGenerator, Usage, grid_signal, usage_telemetry
 
 
 def _at(hour: int) -> int:

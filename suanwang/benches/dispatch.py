@@ -35,8 +35,8 @@ from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.state import NodeTable
 from suanwang.errors import SuanwangError
 from suanwang.settings import Settings
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.topology import Network, load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 
 Decision = tuple[int, tuple[int, ...]]  # (node row or -1, accelerator indices)
 

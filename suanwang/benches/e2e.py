@@ -23,15 +23,15 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 
-from suanwang.broker import EmbeddedBroker
 from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, make_codec, now_ms
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import die_with_parent, end_with
 from suanwang.process import READY_MARK
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
 from suanwang.settings import Settings
+from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, registration
 
 PROBE = b"probe"  # the key prefix of messages sent before the timed run
 WARM_UP_SHARE = 0.1  # the first tenth of each run is left out: connections and caches settle

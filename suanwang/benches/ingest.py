@@ -23,16 +23,16 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import Progress
 
-from suanwang.broker import EmbeddedBroker
 from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, make_codec, now_ms
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import end_with
 from suanwang.schemas.frames import frame_of
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, TELEMETRY_FRAME, Topics
 from suanwang.settings import Settings
+from suanwang.simulator.workload import registration
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network, scaled_nodes
-from suanwang.workload import registration
 
 CHUNK = 500
 TIMEOUT_S = 600.0

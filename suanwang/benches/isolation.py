@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from suanwang.devstack.runtime import Monitor, Platform
 from suanwang.errors import SuanwangError
-from suanwang.runtime import Monitor, Platform
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 

@@ -26,8 +26,8 @@ from suanwang.dispatcher.stages import WHOLE
 from suanwang.dispatcher.state import MAX_ACCELERATORS
 from suanwang.errors import SuanwangError
 from suanwang.schemas.topics import PLACEMENT
+from suanwang.simulator.trace import TraceNode, TraceTask, node_registration, task_request
 from suanwang.topology import load_network
-from suanwang.trace import TraceNode, TraceTask, node_registration, task_request
 
 NODES_FILE, PODS_FILE = "openb_node_list_gpu_node.csv", "openb_pod_list_default.csv"
 NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")

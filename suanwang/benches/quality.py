@@ -46,8 +46,8 @@ from suanwang.dispatcher.core import (
 from suanwang.dispatcher.market import PriceSetter, utilisation
 from suanwang.dispatcher.stages import Ask, Int
 from suanwang.dispatcher.state import HOUR_MS, NodeTable, epoch_ms
+from suanwang.simulator.workload import TaskGenerator, grid_signal, registration
 from suanwang.topology import Network, load_network, scaled_nodes
-from suanwang.workload import TaskGenerator, grid_signal, registration
 
 DAY_START_MS = 1_795_017_600_000  # 2026-11-18 00:00 China Standard Time
 MARKET_STEP_MS = 10 * 60_000  # simulated minutes between two price updates (and utilisation samples)

@@ -10,24 +10,13 @@ from pathlib import Path
 
 from suanwang.errors import SuanwangError, need_extra
 from suanwang.lifeline import die_with_parent
+from suanwang.process import check_port_free
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def check_port_free(port: int, what: str, setting: str) -> None:
-    """SuanwangError naming the port and the setting to change when something already listens there."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise SuanwangError(
-                f"port {port} for the {what} is in use; free it or choose another with {setting}"
-            ) from None
 
 
 class EmbeddedBroker:

@@ -31,9 +31,8 @@ from suanwang.schemas.topics import (
     Topics,
 )
 from suanwang.settings import Settings
-from suanwang.topology import load_network, scaled_nodes
-from suanwang.trace import TraceNode, TraceTask, node_registration, task_request
-from suanwang.workload import (
+from suanwang.simulator.trace import TraceNode, TraceTask, node_registration, task_request
+from suanwang.simulator.workload import (
     IDLE,
     NodeBehaviour,
     TaskGenerator,
@@ -44,11 +43,12 @@ from suanwang.workload import (
     usage_telemetry,
     utc_hour_start,
 )
+from suanwang.topology import load_network, scaled_nodes
 
 TICK_S = 0.02
 PROBE_INTERVAL_S = 5.0
 PROGRESS_INTERVAL_S = 5.0
-log = logging.getLogger("suanwang.simulate")
+log = logging.getLogger("suanwang.simulator.simulate")
 
 
 @dataclass(frozen=True)

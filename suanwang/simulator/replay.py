@@ -15,8 +15,8 @@ from rich.progress import track
 from suanwang.dispatcher.core import Dispatcher, warm_up
 from suanwang.errors import SuanwangError
 from suanwang.schemas.topics import PLACEMENT
+from suanwang.simulator.trace import node_registration, read_nodes, read_tasks, report, task_request
 from suanwang.topology import load_network
-from suanwang.trace import node_registration, read_nodes, read_tasks, report, task_request
 
 
 def replay(nodes_csv: Path, tasks_csv: Path, out_csv: Path, console: Console) -> dict[str, Any]:

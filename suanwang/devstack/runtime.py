@@ -20,12 +20,12 @@ from rich.live import Live
 from rich.table import Table
 
 from suanwang.billing.run import BILLING_TABLES
-from suanwang.broker import EmbeddedBroker, check_port_free
 from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
+from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import RunFile, die_with_parent
-from suanwang.process import READY_MARK, stop_on_signals
+from suanwang.process import READY_MARK, check_port_free, stop_on_signals
 from suanwang.schemas.frames import frame_problem, samples_of
 from suanwang.schemas.topics import (
     ALERT,

@@ -1,0 +1,1 @@
+"""The embedded development stack: `suanwang up`'s supervisor and the embedded Kafka-protocol broker."""
