@@ -46,11 +46,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 # The inner loop: lint, format, imports declared, the generated docs current, and every test that needs no
-# broker (about a minute); `make test` stays the whole suite.
+# broker and no long experiment (under a minute); `make test` stays the whole suite.
 check: lint
 	$(VENV)/bin/deptry .
 	$(PY) -m suanwang.settings_doc | diff -u docs/settings.md - || { echo "docs/settings.md is stale: make docs" >&2; exit 1; }
-	$(PY) -m pytest -q -n 2 -m "not broker"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 docs: $(STAMP)
 	$(PY) -m suanwang.settings_doc > docs/settings.md

@@ -32,20 +32,20 @@ WHOLE_PLATFORM = {
 }
 
 
-BROKER_FIXTURES = {"broker", "settings"}  # a test using one needs the embedded broker: `make check` leaves it out
+BROKER_FIXTURES = {"broker", "settings"}  # a test using one needs the embedded broker: slow, `make check` leaves it out
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Browser tests without the browser stop the run before it starts, with the one line to run; the tests that
     run the whole platform share one xdist group (`make test` distributes by group); the tests that need the
-    broker are marked so (`make check` runs the others)."""
+    broker are marked slow (`make check` runs the others)."""
     if not CHROMIUM.exists() and any(item.path.name == "test_dashboard_browser.py" for item in items):
         pytest.exit(f"{CHROMIUM} is missing: `make test` installs it; or: apt-get install chromium fonts-wqy-zenhei")
     for item in items:
         if item.path.name in WHOLE_PLATFORM:
             item.add_marker(pytest.mark.xdist_group("whole-platform"))
         if item.path.name in WHOLE_PLATFORM | {"test_dashboard_browser.py"} or BROKER_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.broker)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,7 @@ def test_every_command_has_help(command: str) -> None:
     assert result.returncode == 0 and "Usage" in result.stdout
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: make test runs it, make check does not
 def test_settle_names_a_bad_period_and_a_bad_tenants_file(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     _one_clear_line(run_cli("settle", "--period", "2026-13", "--data-dir", data), "'2026-13'", "YYYY-MM")

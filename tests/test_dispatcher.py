@@ -334,6 +334,7 @@ def test_grid_signals_apply_in_their_hour_only(network) -> None:
     assert later["energy_cost"] == pytest.approx(later["energy_kwh"] * 2.0) and later["carbon_kg"] == 0
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: make test runs it, make check does not
 def test_the_numpy_oracle_and_the_interpreted_kernel_decide_exactly_as_the_compiled_pass(network) -> None:
     from rich.console import Console
 

@@ -86,6 +86,7 @@ def test_bound_pods_land_only_on_their_model_under_every_policy(tmp_path: Path) 
         assert run_policy(policy, cluster, pods, order, [len(order)], seed=2)["violations"] == 0, policy
 
 
+@pytest.mark.slow  # the field's experiment on the whole trace: tens of seconds
 def test_on_openb_our_policy_allocates_more_than_every_baseline() -> None:
     done = run_cli("bench", "packing", "--trace-dir", str(OPENB), "--seeds", "1", "--json", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from rich.console import Console
 
 from suanwang.benches.quality import bench_quality
@@ -47,6 +48,7 @@ def test_bench_quality_command_prints_the_json_keys() -> None:
         assert {"total_cost", "acceptance", "violations", "carbon_kg", "transfer_cost"} <= set(row)
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: make test runs it, make check does not
 def test_bench_dispatch_command_prints_the_json_keys() -> None:
     result = run_cli("bench", "dispatch", "--nodes", "200", "--tasks", "100", "--python-tasks", "20", "--json")
     assert result.returncode == 0, result.stderr

@@ -120,6 +120,7 @@ def test_a_record_written_by_a_newer_producer_is_resolved_through_the_registry(r
         ours.decode(struct.pack(">bI", 0, 999999) + b"\x00")
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: make test runs it, make check does not
 def test_an_unreachable_registry_is_one_clear_error() -> None:
     with pytest.raises(SuanwangError, match="schema registry at http://127.0.0.1:9 refused schema"):
         Codec("http://127.0.0.1:9")
