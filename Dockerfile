@@ -14,6 +14,9 @@ COPY streams ./streams
 COPY dispatcher ./dispatcher
 COPY dashboards ./dashboards
 COPY api ./api
+COPY benches ./benches
+COPY simulator ./simulator
+COPY devstack ./devstack
 COPY billing ./billing
 RUN pip install --no-cache-dir . && useradd --create-home suanwang
 COPY --from=web-assets /web/node_modules /app/web-assets

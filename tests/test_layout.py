@@ -16,6 +16,9 @@ FOLDERS = {  # package -> folder (pyproject's package-dir)
     "suanwang.billing": "billing",
     "suanwang.dashboards": "dashboards",
     "suanwang.api": "api",
+    "suanwang.benches": "benches",
+    "suanwang.simulator": "simulator",
+    "suanwang.devstack": "devstack",
 }
 SERVICES = ("suanwang.dispatcher", "suanwang.streams", "suanwang.billing", "suanwang.api")
 TOP = ("suanwang.cli", "suanwang.__main__", "suanwang.devstack", "suanwang.simulator", "suanwang.benches")
