@@ -11,7 +11,7 @@ from suanwang.api.guard import AUDIT_DETAIL, http_error
 from suanwang.api.models import StatementsQuery, query_of
 from suanwang.billing.book import Book, period_of
 from suanwang.billing.statements import balanced, statements
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.errors import SuanwangError
 from suanwang.store import DATABASE
 

@@ -16,7 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.dispatcher.batch import deferrable
 from suanwang.dispatcher.core import (
     FRAGMENTATION_WEIGHT,

@@ -23,7 +23,8 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 
-from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, make_codec, now_ms
+from suanwang.bus import EventProducer, client_kwargs, consumer_kwargs, ensure_topics, make_codec
+from suanwang.clock import now_ms
 from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import die_with_parent, end_with

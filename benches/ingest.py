@@ -23,7 +23,8 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import Progress
 
-from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, make_codec, now_ms
+from suanwang.bus import EventProducer, client_kwargs, ensure_topics, event, make_codec
+from suanwang.clock import now_ms
 from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import end_with

@@ -29,6 +29,7 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 
 from suanwang.benches.dispatch import dispatcher_on
+from suanwang.clock import epoch_ms
 from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.batch import deferrable
 from suanwang.dispatcher.core import (
@@ -45,7 +46,7 @@ from suanwang.dispatcher.core import (
 )
 from suanwang.dispatcher.market import PriceSetter, utilisation
 from suanwang.dispatcher.stages import Ask, Int
-from suanwang.dispatcher.state import HOUR_MS, NodeTable, epoch_ms
+from suanwang.dispatcher.state import HOUR_MS, NodeTable
 from suanwang.simulator.workload import TaskGenerator, grid_signal, registration
 from suanwang.topology import Network, load_network, scaled_nodes
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from suanwang.billing.book import period_bounds, period_of
-from suanwang.dispatcher.state import epoch_ms
+from suanwang.clock import epoch_ms
 from suanwang.schemas.values import STARTED, TASK_ENDS
 
 HOUR_MS = 3_600_000

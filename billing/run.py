@@ -17,7 +17,7 @@ from typing import Any
 from suanwang.billing.book import Book, period_bounds, period_of
 from suanwang.billing.ledger import Entry, Key, accounts, fen, target, transaction
 from suanwang.billing.metering import Anomaly, Metered, Usage, meter
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.schemas.values import TASK_ENDS
 from suanwang.store import DATABASE, Store
 from suanwang.topology import Network

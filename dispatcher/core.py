@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from suanwang.bus import event, now_ms
+from suanwang.bus import event
+from suanwang.clock import epoch_ms, now_ms
 from suanwang.dispatcher import batch, stages
 from suanwang.dispatcher.priority import (
     BEST_EFFORT,
@@ -22,7 +23,7 @@ from suanwang.dispatcher.priority import (
 )
 from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.stages import Ask, Float, Int, Verdict
-from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable, epoch_ms
+from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
 from suanwang.schemas.values import BATCH, GREEDY, PREEMPTION
 from suanwang.settings import Settings

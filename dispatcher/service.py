@@ -11,20 +11,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from suanwang.billing.book import load_book
-from suanwang.bus import (
-    EventProducer,
-    consumer_kwargs,
-    ensure_topics,
-    event,
-    follow,
-    now_ms,
-    read_to_end,
-)
+from suanwang.bus import EventProducer, consumer_kwargs, ensure_topics, event, follow, read_to_end
+from suanwang.clock import epoch_ms, now_ms
 from suanwang.dispatcher import batch
 from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, NODE_FAULT, UNKNOWN_ARCH, Dispatcher, warm_up
 from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.priority import Priorities, TenantClass
-from suanwang.dispatcher.state import epoch_ms
 from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope, tier_request_topics
 from suanwang.metrics import ServiceMetrics
 from suanwang.process import announce_ready, consume

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from suanwang.bus import HOUR_MS
+from suanwang.clock import HOUR_MS, epoch_ms
 from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.stages import Float, Int
 from suanwang.topology import PRECISIONS, Metering, Network
@@ -250,10 +250,3 @@ class NodeTable:
         rows = (self.column(Int.HUB) == key[0]) & (self.column(Int.CLASS) == key[1])
         self._floats[: self.size, Float.PRICE_INDEX][rows] = index
         return int(rows.sum())
-
-
-def epoch_ms(value: Any) -> Any:
-    """Milliseconds since the epoch from an Avro timestamp (datetime when decoded, int when built here)."""
-    if value is None or isinstance(value, int):
-        return value
-    return int(value.timestamp() * 1000)

@@ -14,7 +14,8 @@ from typing import Any
 
 import prometheus_client as prometheus
 
-from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event, now_ms
+from suanwang.bus import EventProducer, contract_consumer, ensure_topics, event
+from suanwang.clock import now_ms
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.metrics import ServiceMetrics
 from suanwang.process import announce_ready, consume

@@ -8,7 +8,8 @@ from typing import Any
 
 import faust
 
-from suanwang.bus import make_codec, now_ms
+from suanwang.bus import make_codec
+from suanwang.clock import now_ms
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import (
     DEADLETTER,

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 
-from suanwang.bus import HOUR_MS, consumer_kwargs, follow, read_to_end
+from suanwang.bus import consumer_kwargs, follow, read_to_end
+from suanwang.clock import HOUR_MS
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import GRID_SIGNAL, REGISTRY, Topics
 from suanwang.settings import Settings

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from suanwang.bus import client_kwargs, event, now_ms
+from suanwang.bus import client_kwargs, event
+from suanwang.clock import now_ms
 from suanwang.schemas.codec import DecodeError
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP
 from suanwang.streams.app import Context, worker_group

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from suanwang.bus import dead_letter, now_ms
+from suanwang.bus import dead_letter
+from suanwang.clock import now_ms
 from suanwang.dispatcher.tiers import tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import DecodeError

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from suanwang.bus import HOUR_MS
+from suanwang.clock import HOUR_MS
 
 PANE_MS = 10_000
 HOPPING_MS: tuple[tuple[int, int], ...] = ((60_000, 10_000), (300_000, 60_000))  # (length, hop)

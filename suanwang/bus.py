@@ -13,17 +13,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from suanwang.clock import now_ms
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
 from suanwang.security import kafka_security, registry_conf
 from suanwang.settings import Settings
-
-HOUR_MS = 3_600_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def event(**fields: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, event, now_ms, read_to_end
+from suanwang.bus import EventProducer, consumer_kwargs, contract_consumer, event, read_to_end
+from suanwang.clock import now_ms
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import REGISTRY, TELEMETRY, Topics, TopicSpec
 from suanwang.settings import Settings

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from suanwang.bus import HOUR_MS, now_ms
+from suanwang.clock import HOUR_MS, now_ms
 from suanwang.dispatcher import batch
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.stages import Int

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.schemas.topics import PLACEMENT, REGISTRY, TASK_REQUEST
 from suanwang.settings import Settings
 from tests.test_recovery_service import Running, gpu_node, request

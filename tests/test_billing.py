@@ -19,7 +19,7 @@ from suanwang.billing.ledger import fen, target, transaction
 from suanwang.billing.metering import HOUR_MS, meter
 from suanwang.billing.run import BillingRun
 from suanwang.billing.statements import balanced, statements
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.errors import SuanwangError
 from suanwang.settings import Settings

@@ -14,7 +14,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from suanwang.billing.run import BillingRun
-from suanwang.bus import EventProducer, ensure_topics, now_ms
+from suanwang.bus import EventProducer, ensure_topics
+from suanwang.clock import now_ms
 from suanwang.schemas.topics import DEADLETTER
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store

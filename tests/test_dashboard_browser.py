@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from suanwang.api.access import new_token, token_entry_yaml
-from suanwang.bus import HOUR_MS, now_ms
+from suanwang.clock import HOUR_MS, now_ms
 from suanwang.devstack.broker import EmbeddedBroker
 from suanwang.schemas.topics import ALERT, PLACEMENT, ROLLUP
 from suanwang.settings import Settings

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.dispatcher import stages
 from suanwang.dispatcher.core import Dispatcher
 from suanwang.dispatcher.stages import Int, Verdict

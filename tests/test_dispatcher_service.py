@@ -6,7 +6,8 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
-from suanwang.bus import EventProducer, ensure_topics, event, now_ms
+from suanwang.bus import EventProducer, ensure_topics, event
+from suanwang.clock import now_ms
 from suanwang.dispatcher.service import DispatcherService
 from suanwang.schemas.topics import DEADLETTER, PLACEMENT, REGISTRY, REJECTION, TASK_REQUEST, Topics
 from suanwang.settings import Settings

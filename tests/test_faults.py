@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from suanwang.bus import EventProducer, contract_consumer, ensure_topics, now_ms
+from suanwang.bus import EventProducer, contract_consumer, ensure_topics
+from suanwang.clock import now_ms
 from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics

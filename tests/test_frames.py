@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from suanwang.bus import EventProducer, ensure_topics, now_ms
+from suanwang.bus import EventProducer, ensure_topics
+from suanwang.clock import now_ms
 from suanwang.devstack.runtime import Monitor
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.frames import frame_of, frame_problem, samples_of

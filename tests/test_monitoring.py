@@ -8,7 +8,8 @@ from collections import defaultdict
 
 import pytest
 
-from suanwang.bus import EventProducer, ensure_topics, event, now_ms
+from suanwang.bus import EventProducer, ensure_topics, event
+from suanwang.clock import now_ms
 from suanwang.schemas.topics import ALERT, LATENCY, NETWORK_PROBE, PANE_CHUNK, ROLLUP, TELEMETRY, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.schemas.frames import COLUMNS, frame_of, samples_of
 from suanwang.streams.checks import telemetry_problems
 from suanwang.streams.readings import Readings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from suanwang.bus import now_ms
+from suanwang.clock import now_ms
 from suanwang.dispatcher import stages
 from suanwang.dispatcher.core import RETRIES_EXHAUSTED, Dispatcher
 from suanwang.dispatcher.priority import BEST_EFFORT, EMERGENCY, PRODUCTION, Priorities, TenantClass, may_preempt

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from suanwang.bus import EventProducer, ensure_topics, now_ms
+from suanwang.bus import EventProducer, ensure_topics
+from suanwang.clock import now_ms
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY, Topics
 from suanwang.settings import Settings
