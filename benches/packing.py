@@ -35,7 +35,7 @@ POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_sp
 
 
 @dataclass(frozen=True)
-class Cluster:
+class TraceCluster:
     names: list[str]
     cpu: np.ndarray
     mem: np.ndarray
@@ -76,7 +76,7 @@ def _whole(path: Path, line: int, row: dict[str, str], column: str, low: int, hi
     return value
 
 
-def read_openb(trace_dir: Path) -> tuple[Cluster, Pods]:
+def read_openb(trace_dir: Path) -> tuple[TraceCluster, Pods]:
     """The GPU nodes and the pod list of an openb trace directory."""
     path = trace_dir / NODES_FILE
     rows = _csv(path, NODE_FIELDS)
@@ -87,7 +87,7 @@ def read_openb(trace_dir: Path) -> tuple[Cluster, Pods]:
          _whole(path, n, r, "gpu", 0, MAX_ACCELERATORS), r["model"].strip())
         for n, r in rows
     ]  # fmt: skip
-    cluster = Cluster(
+    cluster = TraceCluster(
         [n[0] for n in nodes], *(np.array([n[k] for n in nodes], dtype=np.int64) for k in (1, 2, 3)),
         [n[4] for n in nodes],
     )  # fmt: skip
@@ -118,7 +118,7 @@ class Variant:
     gpu_spec: float = 0.0
     multi_gpu: float | None = None
 
-    def pods(self, pods: Pods, cluster: Cluster, rng: np.random.Generator) -> Pods:
+    def pods(self, pods: Pods, cluster: TraceCluster, rng: np.random.Generator) -> Pods:
         """The pod list with `gpu_spec` of its GPU pods bound to a model drawn as the cluster's GPUs are."""
         if self.gpu_spec == 0:
             return pods
@@ -173,7 +173,7 @@ def sample(
 class Free:
     """The bench's own copy of what each node has left: it checks every placement before applying it."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: TraceCluster) -> None:
         self.cluster = cluster
         self.cpu = cluster.cpu.copy()
         self.mem = cluster.mem.copy()
@@ -276,7 +276,7 @@ BASELINES = {"best_fit": best_fit, "first_fit": first_fit, "dot_product": dot_pr
 class Ours:
     """suanwang's dispatcher core, as the live service runs it, on the trace's nodes in one hub."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: TraceCluster) -> None:
         self.network = load_network()
         self.hub = self.network.hub_ids[0]
         self.core = Dispatcher(self.network)
@@ -301,7 +301,7 @@ class Ours:
         return self.row[record["node_id"]], list(record["accelerator_indices"])
 
 
-def run_policy(name: str, cluster: Cluster, pods: Pods, order: np.ndarray, checkpoints: list[int],
+def run_policy(name: str, cluster: TraceCluster, pods: Pods, order: np.ndarray, checkpoints: list[int],
                seed: int) -> dict[str, Any]:  # fmt: skip
     """One policy over one sample: GPUs allocated at each checkpoint (index into `order`), violations."""
     free = Free(cluster)

@@ -35,9 +35,9 @@ from suanwang.settings import Settings
 from suanwang.simulator.trace import TraceNode, TraceTask, node_registration, task_request
 from suanwang.simulator.workload import (
     IDLE,
+    Held,
     NodeBehaviour,
     TaskGenerator,
-    Usage,
     grid_signal,
     network_probe,
     registration,
@@ -85,7 +85,7 @@ class Simulator:
         self.topics = Topics(settings.topic_prefix)
         self.rtt = self.network.rtt_matrix()
         self.running: Counter[str] = Counter()
-        self.used: dict[str, Usage] = {}  # node id -> what its running tasks hold
+        self.used: dict[str, Held] = {}  # node id -> what its running tasks hold
         self.sent: Counter[str] = Counter()
         self.metrics = ServiceMetrics("simulator")
         self._sent_metric = prometheus.Counter(
@@ -96,7 +96,7 @@ class Simulator:
             "suanwang_simulator_running_tasks", "Tasks running on simulated nodes.", registry=self.metrics.registry
         ).set_function(lambda: sum(self.running.values()))
         self._finishes: list[tuple[int, str]] = []  # (due ms, task id) of running tasks
-        self._running_tasks: dict[str, tuple[str, Usage, float | None]] = {}  # task id -> (node, holds, duration_s)
+        self._running_tasks: dict[str, tuple[str, Held, float | None]] = {}  # task id -> (node, holds, duration_s)
         self.dead: set[str] = set()  # nodes killed: silent, their tasks gone, nothing starts on them
         self._durations: dict[str, float | None] = {}  # task id -> duration_s, until placed
         self._starts: list[tuple[int, str, dict[str, Any]]] = []  # (due ms, task id, placement) of deferred ones
@@ -169,7 +169,7 @@ class Simulator:
         seconds = self._durations.pop(task_id, None)
         await self._send(TASK_LIFECYCLE, event(task_id=task_id, node_id=node, state="STARTED"))
         self.running[node] += 1
-        usage = Usage(
+        usage = Held(
             placement["cpu_milli"],
             placement["memory_mib"],
             placement["accelerator_milli"] * len(placement["accelerator_indices"]),
@@ -317,7 +317,7 @@ class Simulator:
             await asyncio.sleep(TICK_S)
 
 
-Sampler = Callable[[int, int, Usage], dict[str, Any] | None]
+Sampler = Callable[[int, int, Held], dict[str, Any] | None]
 
 
 def _model_sampler(behaviour: NodeBehaviour, spec: Any) -> Sampler:

@@ -103,32 +103,32 @@ class NodeBehaviour:
 
 
 @dataclass(frozen=True)
-class Usage:
+class Held:
     """What the running tasks of a node hold: CPU milli-cores, memory MiB, accelerator thousandths."""
 
     cpu_milli: int
     memory_mib: int
     accelerator_milli: int
 
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
+    def __add__(self, other: Held) -> Held:
+        return Held(
             self.cpu_milli + other.cpu_milli,
             self.memory_mib + other.memory_mib,
             self.accelerator_milli + other.accelerator_milli,
         )
 
-    def __sub__(self, other: Usage) -> Usage:
-        return Usage(
+    def __sub__(self, other: Held) -> Held:
+        return Held(
             self.cpu_milli - other.cpu_milli,
             self.memory_mib - other.memory_mib,
             self.accelerator_milli - other.accelerator_milli,
         )
 
 
-IDLE = Usage(0, 0, 0)
+IDLE = Held(0, 0, 0)
 
 
-def usage_telemetry(reg: dict[str, Any], running: int, used: Usage) -> dict[str, Any]:
+def usage_telemetry(reg: dict[str, Any], running: int, used: Held) -> dict[str, Any]:
     """Telemetry of a replayed node: its utilisation is the share of capacity its running tasks hold."""
     cpu = min(1.0, used.cpu_milli / reg["cpu_milli"])
     acc = min(1.0, used.accelerator_milli / (1000 * reg["accelerators"])) if reg["accelerators"] else 0.0

@@ -29,7 +29,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, with_api: bool = F
     try:
         await app.start()
         if with_api:
-            from suanwang.api.app import start_api
+            from suanwang.api.server import start_api
 
             api_store = Store(settings)  # a connection and thread of its own: its reads never queue behind the sink's
             runner = await start_api(settings, api_store)

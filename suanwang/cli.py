@@ -138,7 +138,7 @@ def api_command(
     web_port: WebPort = None,
 ) -> None:
     """Run the API and dashboard alone (against a ClickHouse server)."""
-    from suanwang.api.app import start_api
+    from suanwang.api.server import start_api
     from suanwang.store import Store
 
     settings = load_settings(data_dir=data_dir, web_port=web_port)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from suanwang.api.app import create_api
+from suanwang.api.server import create_api
 from suanwang.bus import EventProducer, ensure_topics
 from suanwang.schemas.topics import TopicSpec
 from suanwang.settings import Settings

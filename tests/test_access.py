@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from suanwang.api.access import hash_token, load_tokens, new_token, token_entry_yaml
-from suanwang.api.app import ROUTES, create_api, start_api
 from suanwang.api.openapi import openapi_document
+from suanwang.api.server import ROUTES, create_api, start_api
 from suanwang.bus import ensure_topics
 from suanwang.errors import SuanwangError
 from suanwang.settings import Settings

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from suanwang.analyst import Node, Refused, check_tree, parse_ast
-from suanwang.api.app import create_api
+from suanwang.api.server import create_api
 from suanwang.settings import Settings
 from suanwang.store import Store
 from tests.samples import sample_record

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from suanwang.api.app import create_api
+from suanwang.api.server import create_api
 from suanwang.bus import contract_consumer, ensure_topics
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import TASK_REQUEST

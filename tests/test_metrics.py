@@ -140,7 +140,7 @@ def _names(registry: CollectorRegistry) -> set[str]:
 
 def test_the_platform_health_dashboard_reads_only_metrics_the_services_serve() -> None:
     """Every metric the Grafana dashboard queries is one that a service's registry holds."""
-    from suanwang.api.app import REGISTRY as API_REGISTRY
+    from suanwang.api.server import REGISTRY as API_REGISTRY
     from suanwang.dispatcher.service import DispatchMetrics
     from suanwang.simulator.simulate import Simulator
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from suanwang.api.app import FANOUT, create_api
 from suanwang.api.scopes import ScopeView
+from suanwang.api.server import FANOUT, create_api
 from suanwang.api.stream import Client
 from suanwang.bus import EventProducer, ensure_topics
 from suanwang.dispatcher.tiers import parse_scope

@@ -10,9 +10,9 @@ from suanwang.simulator.workload import (
     CST,
     IDLE,
     KINDS,
+    Held,
     NodeBehaviour,
     TaskGenerator,
-    Usage,
     grid_signal,
     usage_telemetry,
 )
@@ -91,7 +91,7 @@ def test_a_replayed_node_reports_the_share_its_tasks_hold() -> None:
         "power_kw": 2.0,
         "idle_power_kw": 0.5,
     }
-    used = IDLE + Usage(2000, 250, 500) + Usage(2000, 250, 1000)
+    used = IDLE + Held(2000, 250, 500) + Held(2000, 250, 1000)
     sample = usage_telemetry(reg, 2, used)
     assert (sample["cpu_util"], sample["memory_util"], sample["accelerator_util"]) == (0.5, 0.5, 0.75)
     assert sample["power_kw"] == 0.5 + 1.5 * 0.75

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 
 from suanwang.analyst import Analysts, Busy, LimitExceeded, Refused
 from suanwang.api.access import ROLES, Principal, Role, load_tokens
+from suanwang.api.billing_views import BOOK, billing_statements, prices
 from suanwang.api.common import (
     STORE,
     caller_of,
@@ -27,7 +28,6 @@ from suanwang.api.guard import AUDIT_DETAIL, AuditLog, describe, guard, http_err
 from suanwang.api.models import Listing, NodesQuery, RollupsQuery, Scoped, SqlBody, StatementsQuery, query_of
 from suanwang.api.openapi import TASK_BODY, Operation, Route, openapi_document
 from suanwang.api.scopes import ScopeView
-from suanwang.api.statements import BOOK, billing_statements, prices
 from suanwang.api.stream import Client, Fanout, sse
 from suanwang.api.submit import BadRequest, task_request
 from suanwang.billing.book import load_book
