@@ -26,7 +26,7 @@ from suanwang.dispatcher.stages import Ask, Float, Int, Verdict
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
 from suanwang.schemas.values import BATCH, GREEDY, PREEMPTION
-from suanwang.settings import Settings
+from suanwang.settings import default_of
 from suanwang.topology import PRECISIONS, Network
 
 MAX_TASK_HOURS = 24 * 365
@@ -162,7 +162,7 @@ class Timing:
         )
 
 
-HOLD_PRICE: float = Settings.model_fields["dispatch_hold_yuan_per_kwh"].default  # measured by bench quality
+HOLD_PRICE: float = default_of("dispatch_hold_yuan_per_kwh")  # measured by bench quality
 
 
 def timing_of(
@@ -274,14 +274,14 @@ class Dispatcher:
         self,
         network: Network,
         scope: str = "national",
-        carbon_price: float = 0.1,
+        carbon_price: float = default_of("carbon_price_yuan_per_kg"),
         hold_price: float = HOLD_PRICE,
         fragmentation_weight: float = FRAGMENTATION_WEIGHT,
-        start_timeout_s: float = 300.0,
-        remembered_decisions: int = 50_000,
+        start_timeout_s: float = default_of("dispatch_start_timeout_s"),
+        remembered_decisions: int = default_of("dispatch_remembered_decisions"),
         priorities: Priorities | None = None,
-        max_attempts: int = 4,
-        retry_backoff_s: float = 1.0,
+        max_attempts: int = default_of("dispatch_max_attempts"),
+        retry_backoff_s: float = default_of("dispatch_retry_backoff_s"),
     ) -> None:
         self.scope = scope
         self.priorities = priorities or Priorities()

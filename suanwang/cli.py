@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from suanwang.errors import SuanwangError, need_extra
-from suanwang.settings import Settings, load_settings
+from suanwang.settings import Settings, default_of, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="算网 suanwang: monitoring and dispatch.")
 err = Console(stderr=True)
@@ -26,7 +26,7 @@ err = Console(stderr=True)
 
 def _default_of(setting: str, text: str) -> str:
     """Help text ending in the setting's default, read from the one definition of the settings."""
-    return escape(f"{text} [{Settings.model_fields[setting].default}].")  # brackets are rich markup
+    return escape(f"{text} [{default_of(setting)}].")  # brackets are rich markup
 
 
 DataDir = Annotated[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from suanwang.errors import SuanwangError
 
 ENV_PREFIX = "SUANWANG_"
+
+
+def default_of(name: str) -> Any:
+    """A setting's default, for a constructor or a help text that must not state it a second time."""
+    return Settings.model_fields[name].default
 
 
 class Settings(BaseSettings):
