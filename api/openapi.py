@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from suanwang.api.models import Error, Query
 from suanwang.api.submit import json_schema
+from suanwang.schemas.jsonschema import row_schema
 
 TASK_BODY = "TaskRequest"  # a body taken from the Avro contract, not a pydantic model
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -21,13 +22,15 @@ SCHEMA_REF = "#/components/schemas/{model}"
 @dataclass(frozen=True)
 class Operation:
     """What the document says of one route: `answers` maps each status to its meaning (the first is success,
-    with `returns`: an object, an array of objects, or `text` of `media`)."""
+    with `returns`: an object, an array of objects, or `text` of `media`); `rows` names the contract record
+    whose stored rows an array holds."""
 
     summary: str
     answers: dict[int, str]
     query: type[Query] | None = None
     body: type[BaseModel] | str | None = None
     returns: str = "object"
+    rows: str | None = None
     media: str = "application/json"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,7 +75,7 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
     success, *errors = doc.answers.items()
     operation: dict[str, Any] = {
         "summary": doc.summary,
-        "responses": {str(success[0]): _success(success[1], doc)}
+        "responses": {str(success[0]): _success(success[1], doc, schemas)}
         | {str(status): _answer(meaning, ERROR) for status, meaning in errors},
         **doc.extra,
     }
@@ -122,10 +125,13 @@ def _openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _success(meaning: str, doc: Operation) -> dict[str, Any]:
+def _success(meaning: str, doc: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     if doc.returns == "text":
         return {"description": meaning, "content": {doc.media: {"schema": {"type": "string"}}}}
-    items = {"type": "object"}
+    items: dict[str, Any] = {"type": "object"}
+    if doc.rows is not None:
+        schemas[f"{doc.rows}Row"] = row_schema(doc.rows)
+        items = {"$ref": SCHEMA_REF.format(model=f"{doc.rows}Row")}
     return _answer(meaning, {"type": "array", "items": items} if doc.returns == "array" else items)
 
 

@@ -457,7 +457,10 @@ ROUTES: list[Route] = [
     ),
     Route(
         "GET", "/api/placements", placements, ROLES,
-        Operation("Latest placements of a scope, explained", {200: LISTED, 422: BAD_QUERY}, Listing, returns="array"),
+        Operation(
+            "Latest placements of a scope, explained", {200: LISTED, 422: BAD_QUERY}, Listing, returns="array",
+            rows="Placement",
+        ),
     ),
     Route(
         "GET", "/api/tasks/{task_id}", task_status, ROLES,
@@ -474,7 +477,9 @@ ROUTES: list[Route] = [
     ),
     Route(
         "GET", "/api/alerts", alerts, READERS,
-        Operation("Latest alert events of a scope", {200: LISTED, 422: BAD_QUERY}, Listing, returns="array"),
+        Operation(
+            "Latest alert events of a scope", {200: LISTED, 422: BAD_QUERY}, Listing, returns="array", rows="Alert"
+        ),
     ),
     Route(
         "GET", "/api/overview", overview, READERS,
@@ -483,7 +488,10 @@ ROUTES: list[Route] = [
     ),
     Route(
         "GET", "/api/nodes", nodes, READERS,
-        Operation("Registered nodes", {200: LISTED, 422: BAD_QUERY}, NodesQuery, returns="array"),
+        Operation(
+            "Registered nodes, each with `offline` (an open node_offline alert)", {200: LISTED, 422: BAD_QUERY},
+            NodesQuery, returns="array", rows="NodeRegistration",
+        ),
     ),
     Route(
         "GET", "/api/hubs", hubs, READERS,
@@ -492,7 +500,7 @@ ROUTES: list[Route] = [
     Route(
         "GET", "/api/rollups", rollups, READERS,
         Operation("Rolling windows of a scope, newest first", {200: LISTED, 422: BAD_QUERY}, RollupsQuery,
-                  returns="array"),
+                  returns="array", rows="Rollup"),
     ),
     Route(
         "GET", "/api/latency", latency, READERS,

@@ -13,6 +13,7 @@ from fastavro.validation import validate
 
 from suanwang.bus import event
 from suanwang.schemas.codec import parsed_schemas, schema_sources
+from suanwang.schemas.jsonschema import record_schema
 
 SET_BY_SERVER = {
     "event_id", "event_time", "escalated_from", "escalation_reason", "attempt", "retry_of", "not_before", "avoid_nodes",
@@ -94,27 +95,6 @@ def _describe(avro_type: Any) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """The request body as JSON Schema, for the OpenAPI document."""
-
-    def convert(avro_type: Any) -> dict[str, Any]:
-        if isinstance(avro_type, list):
-            branches = [convert(t) for t in avro_type if t != "null"]
-            schema = branches[0] if len(branches) == 1 else {"oneOf": branches}
-            return {**schema, "nullable": True} if "null" in avro_type else schema
-        if isinstance(avro_type, dict):
-            if avro_type.get("logicalType") == "timestamp-millis":
-                return {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
-            if avro_type["type"] == "array":
-                return {"type": "array", "items": convert(avro_type["items"])}
-            if avro_type["type"] == "enum":
-                return {"type": "string", "enum": list(avro_type["symbols"])}
-            return convert(avro_type["type"])
-        return {
-            "type": {"long": "integer", "int": "integer", "double": "number", "boolean": "boolean"}.get(
-                avro_type, "string"
-            )
-        }
-
-    properties = {f["name"]: {**convert(f["type"]), "description": f.get("doc", "")} for f in task_fields()}
+    """The request body as a schema, from the TaskRequest Avro schema less what the server sets."""
     required = [f["name"] for f in task_fields() if "default" not in f and f["name"] != "task_id"]
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return {**record_schema(task_fields()), "required": required}
