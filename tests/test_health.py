@@ -1,4 +1,5 @@
-"""Node silence, judged on each node's own partition clock: a partition read behind the others raises nothing."""
+"""Node silence, judged on the clock of each node's own stream (its cluster in its partition): a partition read
+behind the others, or a collector catching up beside current ones, raises nothing."""
 
 from __future__ import annotations
 
@@ -25,7 +26,19 @@ def test_nodes_of_revoked_partitions_are_forgotten() -> None:
     silence.saw("a-1", 10 * S, partition=1)
     silence.saw("b-1", 10 * S, partition=0)
     silence.forget({1})
-    assert set(silence.last_seen) == {"b-1"} and set(silence.clocks) == {0}
+    assert set(silence.last_seen) == {"b-1"} and set(silence.clocks) == {(0, "")}
+
+
+def test_a_collector_catching_up_beside_current_ones_does_not_make_its_nodes_silent() -> None:
+    """Two clusters share partition 0; cluster `late` sends its backlog after `live` is current."""
+    silence = Silence(silence_ms=15 * S)
+    for t in range(0, 101, 5):
+        silence.saw("live-1", t * S, partition=0, cluster="live")
+    silence.saw("late-1", 10 * S, partition=0, cluster="late")
+    silence.saw("late-2", 10 * S, partition=0, cluster="late")
+    assert silence.newly_silent() == []  # 90 s behind the partition, but not behind its own collector
+    silence.saw("late-2", 30 * S, partition=0, cluster="late")  # the backlog goes on; late-1 stays quiet
+    assert [(node, ms // S) for node, ms in silence.newly_silent()] == [("late-1", 20)]
 
 
 def test_a_paused_node_is_quiet_not_silent() -> None:

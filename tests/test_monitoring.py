@@ -20,8 +20,8 @@ from tests.fleet import closed_minute, fleet, register, send_telemetry, telemetr
 
 
 def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None:
-    # a node is offline after 240 s of silence on its partition's clock: the movers push theirs 310 s past the
-    # others' last samples, while a quiet partition's clock only follows the wall clock
+    # a node is offline after 240 s of silence on its stream's clock (its cluster in its partition): the movers
+    # push theirs 310 s past the others' last samples, while a quiet stream's clock only follows the wall clock
     settings = settings.model_copy(
         update={"alert_pue_max": 1.1, "alert_green_share_min": 0.99, "offline_after_intervals": 48}
     )
@@ -57,13 +57,14 @@ def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None
         return {a[0] for a in alerts()}
 
     def neighbours() -> set[str]:
-        """The nodes whose telemetry shares a partition with regs[0]'s: the movers move only that one's clock."""
+        """The nodes whose telemetry shares regs[0]'s stream (partition and cluster): the movers move only its
+        clock."""
         rows = store.query(
-            "SELECT node_id, kafka_partition FROM suanwang.telemetry WHERE kafka_topic = {t:String}",
+            "SELECT node_id, kafka_partition, cluster FROM suanwang.telemetry WHERE kafka_topic = {t:String}",
             {"t": topics.name(TELEMETRY)},
         )[1]
-        mine = {p for node, p in rows if node == regs[0]["node_id"]}
-        return {node for node, p in rows if p in mine}
+        mine = {(p, c) for node, p, c in rows if node == regs[0]["node_id"]}
+        return {node for node, p, c in rows if (p, c) in mine}
 
     async def scenario() -> list[tuple]:
         await ensure_topics(settings)
@@ -109,8 +110,8 @@ def test_worker_raises_each_alert_once(settings: Settings, store: Store) -> None
     assert idle_hubs == {r["hub"] for r in regs} - {hot_hub}
     assert {key for kind, _s, key, _r in firing if kind == "pue"} == {r["cluster"] for r in regs}
     offline = {key for kind, _s, key, _r in firing if kind == "node_offline"}
-    # the movers' partition clock passed the others of that partition, and only those: every other
-    # partition's clock stayed with its own telemetry; the node that moved the clock goes 240 s later, or not yet
+    # the movers' stream clock passed the others of that stream, and only those: every other stream's clock
+    # stayed with its own telemetry; the node that moved the clock goes 240 s later, or not yet
     assert offline - {regs[0]["node_id"]} == neighbours() - {regs[0]["node_id"]} != set()
     assert [key for kind, _s, key, _r in firing if kind == "latency_tier"] == ["jingjinji>gansu"]
     latency = store.query(
