@@ -1,7 +1,9 @@
 """Collector frames (`TelemetryFrame`): one cluster's node samples for one interval, column by column.
 
-Made here from `NodeTelemetry` samples, and taken apart here into them again: a frame's samples go
-through the same checks, dead letters, sink and windows as single samples.
+Made here from `NodeTelemetry` samples (by the simulator and the benches), and taken apart here into them
+again for a reader that wants records (`up`'s monitor). The worker reads a frame as columns
+(`streams/readings.py`): its samples go through the same checks, dead letters, sink and windows as single
+samples.
 """
 
 from __future__ import annotations

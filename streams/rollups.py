@@ -53,7 +53,7 @@ BUCKETS = 64  # scopes travel in this many buckets: at most this many workers sh
 READ_BACK_MARGIN_MS = 120_000  # beyond the panes kept: clock skew between a chunk's send and its panes
 
 
-def samples_of(readings: Readings, ctx: Context) -> Samples:
+def joined_samples(readings: Readings, ctx: Context) -> Samples:
     """A batch of valid telemetry joined with its nodes' registrations and its provinces' grid hours."""
     facts = ctx.facts
     regs = [facts.nodes[node] for node in readings.node_ids]
@@ -167,7 +167,7 @@ class Aggregate:
         if held.readings:
             readings = Readings.concat(held.readings)
             buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for kind, key, start, pane, node_ids in pane_sums(samples_of(readings, ctx)):
+            for kind, key, start, pane, node_ids in pane_sums(joined_samples(readings, ctx)):
                 scope = {"scope_kind": kind, "scope_key": key, "pane_start": start, "node_ids": node_ids}
                 buckets[bucket_of(kind, key)].append({**scope, **pane.to_record()})
             watermark = self.clock.now_ms()
