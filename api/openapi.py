@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -32,7 +32,6 @@ class Operation:
     returns: str = "object"
     rows: str | None = None
     media: str = "application/json"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,6 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         "summary": doc.summary,
         "responses": {str(success[0]): _success(success[1], doc, schemas)}
         | {str(status): _answer(meaning, ERROR) for status, meaning in errors},
-        **doc.extra,
     }
     if parameters:
         operation["parameters"] = parameters
