@@ -8,6 +8,7 @@ already up once more.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from suanwang.bus import event
@@ -23,26 +24,26 @@ class Alerts:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.raised: set[str] = set()
+        self.raised: dict[tuple[str, str], set[str]] = defaultdict(set)  # (kind, scope kind) -> scope keys
 
     def raised_keys(self, kind: str, scope_kind: str) -> set[str]:
-        """The scope keys of the alerts of `kind` over `scope_kind` now raised here."""
-        prefix = Check.prefix(kind, scope_kind)
-        return {key.removeprefix(prefix) for key in self.raised if key.startswith(prefix)}
+        """The scope keys of the alerts of `kind` over `scope_kind` now raised here (read, not changed)."""
+        return self.raised[(kind, scope_kind)]
 
     async def apply(self, check: Check) -> None:
         """Publishes the change when the check's verdict differs from what was last said for its scope."""
-        key = check.key
+        key, raised = check.key, self.raised[(check.kind, check.scope_kind)]
+        up = check.scope_key in raised
         firing = check.firing
         if firing is None:
             over = check.value - check.threshold if check.above else check.threshold - check.value
-            firing = over > 0 if key not in self.raised else over > -check.margin
-        if firing == (key in self.raised):
+            firing = over > 0 if not up else over > -check.margin
+        if firing == up:
             return
         if firing:
-            self.raised.add(key)
+            raised.add(check.scope_key)
         else:
-            self.raised.discard(key)
+            raised.discard(check.scope_key)
         self.ctx.counts[f"alerts:{check.kind}"] += 1
         await self.ctx.send(
             ALERT,

@@ -67,17 +67,17 @@ class Readings:
         """The parts one after another (an empty batch when there are none)."""
         if len(parts) == 1:
             return parts[0]
+        if not parts:
+            none = np.zeros(0, dtype=np.int64)
+            return cls([], [], {name: [] for name in PLACE}, none, {n: _column(n, []) for n in COLUMNS}, none, none)
         return cls(
             [e for p in parts for e in p.event_ids],
             [n for p in parts for n in p.node_ids],
             {name: [v for p in parts for v in p.places[name]] for name in PLACE},
-            np.concatenate([p.event_ms for p in parts]) if parts else np.zeros(0, dtype=np.int64),
-            {
-                name: np.concatenate([p.figures[name] for p in parts]) if parts else _column(name, [])
-                for name in COLUMNS
-            },
-            np.concatenate([p.origin for p in parts]) if parts else np.zeros(0, dtype=np.int64),
-            np.concatenate([p.sample for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+            np.concatenate([p.event_ms for p in parts]),
+            {name: np.concatenate([p.figures[name] for p in parts]) for name in COLUMNS},
+            np.concatenate([p.origin for p in parts]),
+            np.concatenate([p.sample for p in parts]),
         )
 
     def __len__(self) -> int:

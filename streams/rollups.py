@@ -146,8 +146,10 @@ class Aggregate:
         self.stream, self.last_batch = stream, time.monotonic()
         if len(valid):
             self.clock.saw(int(valid.event_ms.max()))
-        for partition in np.unique(by_event).tolist():
-            held = [ev for ev, source in zip(events, by_event.tolist(), strict=True) if source == partition]
+        events_of: dict[int, list[Any]] = defaultdict(list)
+        for ev, source in zip(events, by_event.tolist(), strict=True):
+            events_of[source].append(ev)
+        for partition, held in events_of.items():
             self.intake.hold(partition, held, valid.take(sources == partition), self.clock.now_ms())
         await self.send_due()
 
@@ -320,7 +322,7 @@ class ScopeRollups:
             rollup = rollup_fields(window, 1 if kind == "node" else ctx.facts.scope_totals[(kind, key)])
             await ctx.send(ROLLUP, event(**rollup))
             ctx.counts[f"windows_published:{kind}"] += 1
-            overloaded = f"overload:node:{key}" in ctx.alerts.raised
+            overloaded = key in ctx.alerts.raised_keys("overload", "node")
             for check in ctx.rules.on_window(rollup, window.panes, overloaded):
                 await ctx.alerts.apply(check)
             by_end[(kind, window.length_ms, window.end_ms)].append(rollup)

@@ -43,12 +43,7 @@ class Check:
 
     @property
     def key(self) -> str:
-        return self.prefix(self.kind, self.scope_kind) + self.scope_key
-
-    @staticmethod
-    def prefix(kind: str, scope_kind: str) -> str:
-        """What the keys of the alerts of one kind over one kind of scope begin with."""
-        return f"{kind}:{scope_kind}:"
+        return f"{self.kind}:{self.scope_kind}:{self.scope_key}"
 
 
 class Rules:

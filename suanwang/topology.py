@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from suanwang.errors import SuanwangError
+from suanwang.schemas.values import COMPUTE_CLASSES
 
 Role = Literal["east", "west", "central"]
 PRECISIONS = ("fp64", "fp32", "fp16", "int8")  # the arithmetic a task names; metered per chip (network.yaml)
@@ -51,7 +52,7 @@ class Hub(BaseModel):
 
 
 class Pool(BaseModel):
-    compute_class: Literal["CPU", "GPU", "NPU", "HPC"]
+    compute_class: Literal[COMPUTE_CLASSES]  # type: ignore[valid-type]  # the contract's list
     chip_arch: str
     chip_model: str
     cpu_cores: int

@@ -3,7 +3,19 @@ behind the others, or a collector catching up beside current ones, raises nothin
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import numpy as np
+
+from suanwang.settings import Settings
+from suanwang.streams import health
+from suanwang.streams.alerts import Alerts
 from suanwang.streams.health import Silence
+from suanwang.streams.readings import Readings
+from suanwang.streams.rules import Rules
+from tests.test_rules import _Sent
 
 S = 1000
 
@@ -49,3 +61,48 @@ def test_a_paused_node_is_quiet_not_silent() -> None:
     silence.saw("busy", 30_000, 0)
     assert [n for n, _ in silence.newly_silent(paused=lambda node: node == "stopped")] == ["silent"]
     assert silence.newly_silent(paused=lambda node: False) == [("stopped", 29_000)]
+
+
+def _sample(node: str, temp: float, at: int) -> dict:
+    return dict(
+        event_id=f"{node}-{at}", event_time=datetime.fromtimestamp(at, UTC), node_id=node, hub="h", cluster="c",
+        province="p", cpu_util=0.5, memory_util=0.5, accelerator_util=0.5, power_kw=1.0, inlet_temp_c=temp,
+        running_tasks=1,
+    )  # fmt: skip
+
+
+def test_overheating_is_judged_where_a_node_is_hot_or_was_even_within_one_batch() -> None:
+    """The watch looks only at hot samples and at nodes already overheated; a node hot and then cool in one
+    batch is raised and resolved in order, one that never was hot says nothing."""
+    sent = _Sent()
+    settings = Settings(alert_inlet_temp_c=35.0, alert_inlet_temp_margin_c=3.0)
+    ctx = SimpleNamespace(
+        settings=settings,
+        rules=Rules(settings),
+        alerts=Alerts(sent),  # type: ignore[arg-type]
+        app=SimpleNamespace(
+            on_partitions_revoked=SimpleNamespace(connect=lambda f: f), timer=lambda *a, **k: lambda f: f
+        ),
+        contain=SimpleNamespace(timer=lambda _name: lambda f: f),
+    )
+    watch = health.register(ctx)  # type: ignore[arg-type]
+
+    def batch(*samples: dict) -> Readings:
+        return Readings.concat([Readings.of_sample(s, k) for k, s in enumerate(samples)])
+
+    async def run() -> None:
+        for samples in [
+            [_sample("cool", 30.0, 1), _sample("n1", 30.0, 1)],
+            [_sample("n1", 40.0, 2)],
+            [_sample("n1", 36.0, 3), _sample("cool", 30.0, 3)],  # within the margin: still overheated
+            [_sample("n1", 31.0, 4), _sample("n2", 41.0, 4), _sample("n2", 30.0, 5)],
+        ]:
+            await watch(batch(*samples), np.zeros(len(samples), dtype=np.int64))
+
+    asyncio.run(run())
+    assert [(r["scope_key"], r["value"], r["resolved"]) for r in sent.sent] == [
+        ("n1", 40.0, False),
+        ("n1", 31.0, True),
+        ("n2", 41.0, False),
+        ("n2", 30.0, True),
+    ]
