@@ -35,6 +35,7 @@ WHOLE_PLATFORM = {
 BROKER_FIXTURES = {"broker", "settings"}  # a test using one needs the embedded broker: slow, `make check` leaves it out
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Browser tests without the browser stop the run before it starts, with the one line to run; the tests that
     run the whole platform share one xdist group (`make test` distributes by group); the tests that need the
