@@ -65,12 +65,16 @@ class Invalid(Exception):
 
 @dataclass
 class Demand:
-    """A request as the stages see it: name masks and the numbers of `ask`."""
+    """A request as the stages see it: name masks and the numbers of `ask`, and the four it is reserved by."""
 
     arch_ok: np.ndarray
     model_ok: np.ndarray
     province_ok: np.ndarray
     ask: np.ndarray
+    cpu: int
+    mem: int
+    acc_count: int
+    acc_milli: int
     models: int = stages.ANY_MODELS  # the chip models it may run on, as `Vocabulary.bits`
     avoid: np.ndarray = field(default_factory=lambda: NO_ROWS)  # rows it is not placed on (`avoid_nodes`)
 
@@ -79,22 +83,6 @@ class Demand:
         """What the workload's shapes record of it (`Shapes.observe`)."""
         return self.cpu, self.mem, self.acc_count, self.acc_milli, self.models
 
-    @property
-    def cpu(self) -> int:
-        return int(self.ask[Ask.CPU])
-
-    @property
-    def mem(self) -> int:
-        return int(self.ask[Ask.MEM])
-
-    @property
-    def acc_count(self) -> int:
-        return int(self.ask[Ask.ACC_COUNT])
-
-    @property
-    def acc_milli(self) -> int:
-        return int(self.ask[Ask.ACC_MILLI])
-
 
 NO_ROWS = np.zeros(0, dtype=np.int64)
 FRAGMENTATION_WEIGHT = 1.0  # yuan per accelerator the workload could no longer use: measured by bench packing
@@ -102,7 +90,8 @@ FRAGMENTATION_WEIGHT = 1.0  # yuan per accelerator the workload could no longer 
 
 def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) -> Demand:
     """The request's masks over the table's vocabularies and its figures; open-ended tasks cost per hour."""
-    count = req["accelerators"]
+    cpu, mem, count = req["cpu_milli"], req["memory_mib"], req["accelerators"]
+    milli = req["accelerator_milli"] if count == 1 else stages.WHOLE
     ask = np.array(
         [
             not req["chip_models"],
@@ -110,10 +99,10 @@ def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) ->
             t.hubs.ids[req["origin_hub"]],
             t.hubs.ids[req["data_hub"]],
             req["latency_tier_ms"] or 0,
-            req["cpu_milli"],
-            req["memory_mib"],
+            cpu,
+            mem,
             count,
-            req["accelerator_milli"] if count == 1 else stages.WHOLE,
+            milli,
             req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED,
             req["input_gb"] or 0,
             req["budget_yuan"] or 0,
@@ -122,13 +111,18 @@ def demand_of(t: NodeTable, req: dict[str, Any], fragmentation_weight: float) ->
         ],
         dtype=np.float64,
     )
+    avoid = req.get("avoid_nodes")
     return Demand(
         t.archs.mask(req["chip_archs"]),
         t.models.mask(req["chip_models"]),
         t.provinces.mask(req["allowed_provinces"]),
         ask,
+        cpu,
+        mem,
+        count,
+        milli,
         t.models.bits(req["chip_models"]),
-        np.array([t.row[n] for n in req.get("avoid_nodes") or () if n in t.row], dtype=np.int64),
+        np.array([t.row[n] for n in avoid if n in t.row], dtype=np.int64) if avoid else NO_ROWS,
     )
 
 
@@ -177,19 +171,11 @@ def timing_of(
     hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
     horizon = t.grid.horizon(now, t.emission_kg_per_kwh * carbon_price)
     latest = 0
-    deadline = epoch_ms(req["deadline"])
+    deadline = epoch_ms(req["deadline"]) if req["deadline"] is not None else None
     if deadline is not None and req["duration_s"]:
         latest = int((deadline - horizon.hour) / HOUR_MS - hours)  # last whole start hour that meets it
         latest = max(0, min(latest, MAX_SHIFT_HOURS))
-    provinces = len(t.provinces)
-    if latest == 0:
-        now_everywhere = np.zeros(provinces, dtype=np.int64)
-        return Timing(horizon, hours, now_everywhere, np.full(provinces, now), horizon.mean("per_kwh", 0, hours))
-    per_kwh = horizon.mean("per_kwh", np.arange(latest + 1), hours)
-    held = hold_price * np.arange(latest + 1)[:, None] / hours  # per kWh run, for the hours held before it
-    best = np.argmin(per_kwh + held, axis=0)
-    start_ms = np.where(best == 0, now, horizon.hour + best * HOUR_MS)
-    return Timing(horizon, hours, best, start_ms, per_kwh[best, np.arange(provinces)])
+    return Timing(horizon, hours, *horizon.cheapest(latest, hours, hold_price, now))
 
 
 NO_SCORES = np.zeros(0)
@@ -198,19 +184,27 @@ NO_SCORES = np.zeros(0)
 def choose(
     t: NodeTable, d: Demand, out: Choice, w: Timing, load: Shapes, scores: np.ndarray = NO_SCORES, only: int = -1
 ) -> Choice:
-    """Filter, score and select over the whole table (the compiled pass), packing for the `load` seen; over
-    node `only` alone when given. `scores`, when not empty, gets every node's cost (infinite: infeasible)."""
-    rows, starts = t.by_arch() if only < 0 else _one_row(t, only)
-    if len(d.avoid):
-        rows, starts = _without(rows, starts, d.avoid)
+    """Filter, score and select over the whole table (the compiled pass, a group of equal nodes at a time),
+    packing for the `load` seen; over node `only` alone when given, or over the rows the demand does not avoid.
+    `scores`, when not empty, gets every node's cost (infinite: infeasible)."""
+    grouped, units = only < 0 and not len(d.avoid), NO_ROWS
+    if only >= 0:
+        units = np.array([only], dtype=np.int64)
+    elif not grouped:  # pre-filter: a re-dispatch is not sent back to the nodes that failed it
+        units = np.setdiff1d(np.arange(t.size, dtype=np.int64), d.avoid)
     out.feasible = stages.choose(
         t.ints,
         t.floats,
         t.transfer_price,
         t.rtt,
         w.per_kwh,
-        rows,
-        starts,
+        grouped,
+        units,
+        t.links,
+        t.groups,
+        t.tally,
+        t.live_ints,
+        t.live_floats,
         d.arch_ok,
         d.model_ok,
         d.province_ok,
@@ -229,25 +223,14 @@ def choose(
     return out
 
 
-def _one_row(t: NodeTable, row: int) -> tuple[np.ndarray, np.ndarray]:
-    """`by_arch` for a table of node `row` alone."""
-    starts = np.zeros(len(t.archs) + 1, dtype=np.int64)
-    starts[int(t.column(Int.ARCH)[row]) + 1 :] = 1
-    return np.array([row], dtype=np.int64), starts
-
-
-def _without(rows: np.ndarray, starts: np.ndarray, avoid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-filter: `rows` grouped as `starts` says, less the `avoid` rows (a re-dispatch's failed nodes)."""
-    kept = ~np.isin(rows, avoid)
-    return rows[kept], np.concatenate(([0], np.cumsum(kept)))[starts]
-
-
 def reserve(t: NodeTable, row: int, d: Demand, load: Shapes) -> np.ndarray:
     """Takes the demand on node `row`; the accelerator indices it got."""
     chosen = np.zeros(max(d.acc_count, 1), dtype=np.int64)
     taken = stages.reserve(
-        row, t.ints, t.acc_free, d.cpu, d.mem, d.acc_count, d.acc_milli, load.shapes, load.weights, chosen
-    )
+        row, t.ints, t.acc_free, d.cpu, d.mem, d.acc_count, d.acc_milli, load.shapes, load.weights, load.keys,
+        load.values, load.version, chosen,
+    )  # fmt: skip
+    t.regroup(row)
     return chosen[:taken]
 
 
@@ -322,6 +305,7 @@ class Dispatcher:
         stages.release(
             res.row, t.ints, t.acc_free, sign * res.cpu, sign * res.mem, sign * res.acc_milli, res.accelerators, n
         )
+        t.regroup(res.row)
 
     def started(self, task_id: str, at_ms: int) -> None:
         """The task runs: its placement no longer lapses, and a preemption would lose what it has done since."""
@@ -378,7 +362,7 @@ class Dispatcher:
         row = self.nodes.row.get(node_id)
         if row is None:
             return
-        self.nodes.column(Int.HEALTHY)[row] = healthy
+        self.nodes.set_healthy(row, healthy)
         if healthy:
             self.offline_since.pop(row, None)
         else:

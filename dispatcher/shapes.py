@@ -22,9 +22,13 @@ PRIOR = ((1, WHOLE), (1, 500), (2, WHOLE), (4, WHOLE), (8, WHOLE))  # (accelerat
 PRIOR_WEIGHT = 1.0
 
 
+Key = tuple[int, int, int, int, int]  # cpu bucket, memory bucket, accelerators, thousandths of each, models
+
+
 class Shapes:
     """The arrays the compiled pass reads: `shapes` (columns: `stages.Shape`), their `weights` as of snapshot
-    `version`, and the table of answers remembered for that version (`keys`, `values`)."""
+    `version`, and the table of answers remembered for that version (`keys`, `values`). Between snapshots
+    every shape seen is weighed; a snapshot keeps the MAX_SHAPES heaviest and forgets the rest."""
 
     def __init__(self) -> None:
         self.shapes = np.zeros((MAX_SHAPES, SHAPE_FIELDS), dtype=np.int64)
@@ -32,10 +36,12 @@ class Shapes:
         self.version = 0
         self.keys = np.zeros(CACHE_SLOTS, dtype=np.uint64)
         self.values = np.zeros(CACHE_SLOTS, dtype=np.float64)
-        self._live = np.zeros(MAX_SHAPES, dtype=np.float64)
-        self._live_shapes = np.zeros((MAX_SHAPES, SHAPE_FIELDS), dtype=np.int64)
+        # the shapes weighed since the last snapshot began: their rows, weights and keys, in the order seen
+        self._rows: dict[Key, int] = {}
+        self._keys: list[Key] = []
+        self._live_shapes = np.zeros((MAX_SHAPES + SNAPSHOT, SHAPE_FIELDS), dtype=np.int64)
+        self._live = np.zeros(MAX_SHAPES + SNAPSHOT)
         self._seen = 0
-        self._rows: dict[tuple[int, int, int, int, int], int] = {}
         self._scale = 1.0  # weights are stored divided by the decay so far, so a request costs O(1)
         self._decay = 0.5 ** (1 / HALF_LIFE)
         for count, milli in PRIOR:
@@ -55,21 +61,29 @@ class Shapes:
         if self._seen % SNAPSHOT == 0 or self._seen & (self._seen - 1) == 0:  # often while it learns
             self._snapshot()
 
-    def _snapshot(self) -> None:
-        """The weights as shares of their sum (the scale cancels out), and a new version."""
-        self.shapes[:] = self._live_shapes
-        self.weights[:] = self._live / self._live.sum()
-        self.version += 1
-
-    def _add(self, key: tuple[int, int, int, int, int], weight: float) -> None:
+    def _add(self, key: Key, weight: float) -> None:
         row = self._rows.get(key)
         if row is None:
-            if len(self._rows) < MAX_SHAPES:
-                row = len(self._rows)
-            else:  # the rarest shape makes room
-                row = int(np.argmin(self._live))
-                del self._rows[next(k for k, r in self._rows.items() if r == row)]
-                self._live[row] = 0.0
-            self._rows[key] = row
+            row = self._rows[key] = len(self._keys)
+            self._keys.append(key)
             self._live_shapes[row] = key
+            self._live[row] = 0.0
         self._live[row] += weight
+
+    def _snapshot(self) -> None:
+        """The heaviest shapes and their weights as shares of their sum (the scale cancels out); a new version.
+        Only they are weighed on."""
+        n = len(self._keys)
+        kept = np.arange(n)
+        if n > MAX_SHAPES:
+            kept = np.sort(np.argpartition(self._live[:n], n - MAX_SHAPES)[n - MAX_SHAPES :])  # in the order seen
+            self._keys = [self._keys[k] for k in kept]
+            self._rows = {key: row for row, key in enumerate(self._keys)}
+            self._live_shapes[:MAX_SHAPES] = self._live_shapes[kept]
+            self._live[:MAX_SHAPES] = self._live[kept]
+        k = len(self._keys)
+        self.shapes[:] = 0
+        self.weights[:] = 0.0
+        self.shapes[:k] = self._live_shapes[:k]
+        self.weights[:k] = self._live[:k] / self._live[:k].sum()
+        self.version += 1

@@ -7,8 +7,10 @@ the stages are inlined into it, and each is also callable, and tested, alone.
 
 Node figures are the columns of two node-major matrices (`ints`, `floats`: one row per node, so a
 node's figures share a cache line and a decision hands numba a dozen arguments, not forty); the request
-is one float array `ask`. Their columns, the workload's shape columns and the filters' verdicts are
-declared once, below: `Int`, `Float`, `Ask`, `Shape` and `Verdict`.
+is one float array `ask`. Nodes whose figures are all equal form a group (`dispatcher.groups`), and the
+pass scores each group once, at its lowest row. Their columns, the workload's shape columns, the groups'
+columns and the filters' verdicts are declared once, below: `Int`, `Float`, `Ask`, `Shape`, `Link`, `Group`,
+`Tally` and `Verdict`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,32 @@ ANY_MODEL_BIT = 63  # models with this id or above are in every shape's MODELS
 ANY_MODELS = -1  # every bit set: a shape, or a request, that names no chip model
 
 
+class Link(Declared):
+    """The columns of `NodeTable.links`, one row per node: its group and its neighbours there."""
+
+    GROUP = "the node's group (-1: none yet)"
+    NEXT = "the next row of its group, rows ascending (-1: it is the last)"
+    PREV = "the row before it in its group (-1: it is the first)"
+
+
+class Group(Declared):
+    """The columns of `NodeTable.groups`, one row per group of nodes with equal figures."""
+
+    HEAD = "its lowest row: the one the pass scores"
+    TAIL = "its highest row"
+    SIZE = "its nodes (0: empty, kept until the groups are rebuilt)"
+    POS = "its place in the list of groups with nodes"
+    KEY = "the hash of its figures (`groups.figures_key`)"
+    LIVE = "not the group's: row k of this column is the k-th group with nodes"
+
+
+class Tally(Declared):
+    """The fields of `NodeTable.tally`: how many groups there are."""
+
+    LIVE = "groups with nodes"
+    ALLOCATED = "group rows used, empty ones included"
+
+
 class Verdict(Declared):
     """Filter's answer for a node: FEASIBLE, or the first check it fails, named as a rejection counts it."""
 
@@ -110,6 +138,7 @@ class Verdict(Declared):
     LATENCY = "latency tier"
     CAPACITY = "capacity"
     BUDGET = "budget"
+    AVOIDED = "failed this task before"
 
 
 INT_FIELDS = len(Int)
@@ -207,21 +236,27 @@ def unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights):
         if cpu_free < shapes[k, Shape.CPU] or mem_free < shapes[k, Shape.MEM] or (milli == WHOLE and whole < count):
             lost += w * total  # the shape cannot run here at all: every free accelerator is lost to it
         elif count > 0:
-            below = 0
-            for a in range(n):
-                if acc_free[i, a] < milli:
-                    below += acc_free[i, a]
+            below = total - whole * WHOLE  # for whole accelerators: all the free capacity of those in use
+            if milli < WHOLE:
+                below = 0
+                for a in range(n):
+                    if acc_free[i, a] < milli:
+                        below += acc_free[i, a]
             lost += w * below
     return lost / weight_sum / WHOLE if weight_sum > 0 else 0.0
 
 
 @njit(cache=True)
-def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen):
+def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, chosen):
     """Score's packing term (FGD): how much the workload's unusable capacity on node i grows if the task goes
     there, in accelerators; the accelerators it would take go into `chosen` (a share: the one that grows it
-    least, then the fullest, then the lowest index)."""
+    least, then the fullest, then the lowest index). Each `unusable` is remembered in `keys` and `values`
+    per state it depends on and workload `version`: nodes of many groups share the same free accelerators."""
     cpu_free, mem_free = ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE]
-    before = unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights)
+    sort = np.empty(max(acc_free.shape[1], 1), dtype=np.int64)
+    top = headroom(shapes, weights)
+    before = remembered(i, ints, acc_free, cpu_free, mem_free, shapes, weights, keys, values, version, top, sort)
+    cpu_left, mem_left = cpu_free - cpu, mem_free - mem
     n = ints[i, Int.N_ACC]
     if count == 1 and milli < WHOLE:
         best = -1
@@ -238,7 +273,8 @@ def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, ch
             if seen:
                 continue
             acc_free[i, a] = free - milli
-            delta = unusable(i, ints, acc_free, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+            after = remembered(i, ints, acc_free, cpu_left, mem_left, shapes, weights, keys, values, version, top, sort)
+            delta = after - before
             acc_free[i, a] = free
             if best < 0 or delta < best_delta or (delta == best_delta and free < acc_free[i, best]):
                 best, best_delta = a, delta
@@ -252,10 +288,10 @@ def fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, ch
             acc_free[i, a] = 0
             chosen[taken] = a
             taken += 1
-    delta = unusable(i, ints, acc_free, cpu_free - cpu, mem_free - mem, shapes, weights) - before
+    after = remembered(i, ints, acc_free, cpu_left, mem_left, shapes, weights, keys, values, version, top, sort)
     for k in range(taken):
         acc_free[i, chosen[k]] = WHOLE
-    return delta
+    return after - before
 
 
 @njit(cache=True)
@@ -283,19 +319,47 @@ def multiset_key(i, ints, acc_free, scratch):
 
 
 @njit(cache=True)
-def state_key(i, ints, cpu, mem, count, milli, version):
+def headroom(shapes, weights):
+    """The largest CPU and memory bucket any weighed shape asks: free capacity above it answers as it does."""
+    top_cpu = top_mem = 0
+    for k in range(shapes.shape[0]):
+        if weights[k] > 0:
+            top_cpu = max(top_cpu, shapes[k, Shape.CPU] // CPU_STEP)
+            top_mem = max(top_mem, shapes[k, Shape.MEM] // MEM_STEP)
+    return top_cpu, top_mem
+
+
+UNUSABLE = 0x756E757361626C65  # mixed into the keys of remembered `unusable` answers, apart from `state_key`'s
+
+
+@njit(cache=True)
+def remembered(i, ints, acc_free, cpu_free, mem_free, shapes, weights, keys, values, version, top, sort):
+    """`unusable`, remembered per free multiset, CPU and memory bucket (up to `top`, the `headroom`), model and
+    workload `version` (the shapes' CPU and memory are whole buckets, so within one the answer is the same)."""
+    h = multiset_key(i, ints, acc_free, sort)
+    for v in (min(cpu_free // CPU_STEP, top[0]), min(mem_free // MEM_STEP, top[1]), ints[i, Int.MODEL], version,
+              UNUSABLE):  # fmt: skip
+        h = mix(h, v)
+    slot = np.int64(h & np.uint64(keys.shape[0] - 1))
+    if keys[slot] != h:
+        keys[slot], values[slot] = h, unusable(i, ints, acc_free, cpu_free, mem_free, shapes, weights)
+    return values[slot]
+
+
+@njit(cache=True)
+def state_key(i, ints, cpu, mem, count, milli, version, top):
     """A hash of what `fragmentation` depends on: node i's free accelerators (their key, kept with the row),
-    the buckets of its free CPU and memory before and after the task (the shapes' CPU and memory are whole
-    buckets, so within one the answer is the same), its model, the task's accelerators and the workload's
-    version."""
+    the buckets of its free CPU and memory before and after the task, up to `top` (the shapes' CPU and memory
+    are whole buckets, so within one the answer is the same, and above the `headroom` too), its model, the
+    task's accelerators and the workload's version."""
     cpu_free, mem_free = ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE]
     h = np.uint64(ints[i, Int.ACC_KEY])
     for v in (
         ints[i, Int.MODEL],
-        cpu_free // CPU_STEP,
-        (cpu_free - cpu) // CPU_STEP,
-        mem_free // MEM_STEP,
-        (mem_free - mem) // MEM_STEP,
+        min(cpu_free // CPU_STEP, top[0]),
+        min((cpu_free - cpu) // CPU_STEP, top[0]),
+        min(mem_free // MEM_STEP, top[1]),
+        min((mem_free - mem) // MEM_STEP, top[1]),
         count,
         milli,
         version,
@@ -319,14 +383,29 @@ def beaten(floor, is_local, second, second_score, local, local_score):
 
 
 @njit(cache=True)
+def select(score, i, best, best_score, second, second_score):
+    """Select's running best and runner-up after node i, scoring `score`, is offered."""
+    if best < 0 or before(score, i, best_score, best):
+        return i, score, best, best_score
+    if second < 0 or before(score, i, second_score, second):
+        return best, best_score, i, score
+    return best, best_score, second, second_score
+
+
+@njit(cache=True)
 def choose(
     ints,
     floats,
     transfer,
     rtt,
     per_kwh,
-    arch_rows,
-    arch_starts,
+    grouped,
+    units,
+    links,
+    groups,
+    tally,
+    live_ints,
+    live_floats,
     arch_ok,
     model_ok,
     province_ok,
@@ -347,11 +426,13 @@ def choose(
     every visited node, infinite where it is not feasible. Returns the number of feasible nodes.
     `per_kwh` is the yuan per kWh (energy and carbon) of each province over the hours the task would run.
 
-    Only nodes of an allowed architecture are visited (`arch_rows[arch_starts[a]:arch_starts[a + 1]]` are
-    the rows of architecture a); ties go to the lowest row, whatever the order of the visit. A node whose
+    `grouped`: the pass visits each group of nodes with equal figures once, at its lowest row, and offers
+    its next row as runner-up; else it visits the rows `units` alone (the rest counted as pre-filtered).
+    Filter and cost come first; then score, the two cheapest and the cheapest local node first. A node whose
     cost, less the most its fragmentation term could take off, is already above the runner-up's score (and,
-    in the origin hub, the best local's) is not measured: it can win nothing. The stages take scalars only:
-    a numba function taking arrays pays reference counting on every call."""
+    in the origin hub, the best local's) is not measured: it can win nothing. Ties go to the lowest row,
+    whatever the order. The stages take scalars only: a numba function taking arrays pays reference
+    counting on every call."""
     any_model, any_province = ask[Ask.ANY_MODEL] > 0, ask[Ask.ANY_PROVINCE] > 0
     origin, data_hub, tier = int(ask[Ask.ORIGIN]), int(ask[Ask.DATA_HUB]), ask[Ask.TIER_MS]
     cpu, mem, count, milli = int(ask[Ask.CPU]), int(ask[Ask.MEM]), int(ask[Ask.ACC_COUNT]), int(ask[Ask.ACC_MILLI])
@@ -361,76 +442,103 @@ def choose(
     best = second = local = -1
     best_score = second_score = local_score = 0.0
     scratch = np.zeros(max(acc_free.shape[1], 1), dtype=np.int64)
+    sort = np.zeros(max(acc_free.shape[1], 1), dtype=np.int64)
+    top = headroom(shapes, weights)
     mask = np.uint64(keys.shape[0] - 1)
     for k in range(counts.shape[0]):
         counts[k] = 0
     visited = 0
-    for a in range(arch_ok.shape[0]):
-        if arch_ok[a] == 0:
+    n_units = tally[Tally.LIVE] if grouped else units.shape[0]
+    rows, row_costs = np.empty(n_units, dtype=np.int64), np.empty(n_units)  # the feasible, filter's output
+    seeds = np.full(3, -1, dtype=np.int64)  # the two cheapest feasible and the cheapest local: scored first
+    m = 0
+    for k in range(n_units):
+        if grouped:  # the group's figures, copied in the order of the list: read in order, not row by row
+            g = groups[k, Group.LIVE]
+            i, size, r, fi, ff = groups[g, Group.HEAD], groups[g, Group.SIZE], k, live_ints, live_floats
+        else:
+            i, size, r, fi, ff = units[k], 1, units[k], ints, floats
+        visited += size
+        hub = fi[r, Int.HUB]
+        v = verdict(
+            fi[r, Int.HEALTHY],
+            arch_ok[fi[r, Int.ARCH]] != 0 and ff[r, cu] > 0,
+            any_model or model_ok[fi[r, Int.MODEL]] != 0,
+            any_province or province_ok[fi[r, Int.PROVINCE]] != 0,
+            rtt[origin, hub],
+            tier,
+            fi[r, Int.CPU_FREE],
+            fi[r, Int.MEM_FREE],
+            fi[r, Int.WHOLE_FREE],
+            fi[r, Int.BEST_SHARE],
+            cpu,
+            mem,
+            count,
+            milli,
+        )
+        c = 0.0
+        if v == Verdict.FEASIBLE:
+            node_share = share(fi[r, Int.N_ACC], fi[r, Int.CPU_TOTAL], cpu, count, milli)
+            compute = compute_rate(ff[r, cu], ff[r, Float.UNIT_PRICE], ff[r, Float.PRICE_INDEX])
+            rate = compute + ff[r, Float.METER_KW] * per_kwh[fi[r, Int.PROVINCE]]
+            c = cost(node_share, hours, rate, input_gb, transfer[data_hub, hub])
+            if budget > 0 and c > budget:
+                v = Verdict.BUDGET
+        counts[v] += size
+        if scores.shape[0] > 0:
+            j = i
+            while j >= 0:  # every node of the group
+                scores[j] = c if v == Verdict.FEASIBLE else np.inf
+                j = links[j, Link.NEXT] if grouped else -1
+        if v != Verdict.FEASIBLE:
             continue
-        for k in range(arch_starts[a], arch_starts[a + 1]):
-            i = arch_rows[k]
-            visited += 1
-            hub = ints[i, Int.HUB]
-            v = verdict(
-                ints[i, Int.HEALTHY],
-                floats[i, cu] > 0,
-                any_model or model_ok[ints[i, Int.MODEL]] != 0,
-                any_province or province_ok[ints[i, Int.PROVINCE]] != 0,
-                rtt[origin, hub],
-                tier,
-                ints[i, Int.CPU_FREE],
-                ints[i, Int.MEM_FREE],
-                ints[i, Int.WHOLE_FREE],
-                ints[i, Int.BEST_SHARE],
-                cpu,
-                mem,
-                count,
-                milli,
-            )
-            c = 0.0
-            if v == Verdict.FEASIBLE:
-                node_share = share(ints[i, Int.N_ACC], ints[i, Int.CPU_TOTAL], cpu, count, milli)
-                compute = compute_rate(floats[i, cu], floats[i, Float.UNIT_PRICE], floats[i, Float.PRICE_INDEX])
-                rate = compute + floats[i, Float.METER_KW] * per_kwh[ints[i, Int.PROVINCE]]
-                c = cost(node_share, hours, rate, input_gb, transfer[data_hub, hub])
-                if budget > 0 and c > budget:
-                    v = Verdict.BUDGET
-            counts[v] += 1
-            if scores.shape[0] > 0:
-                scores[i] = c if v == Verdict.FEASIBLE else np.inf
-            if v != Verdict.FEASIBLE:
+        rows[m], row_costs[m] = i, c
+        if seeds[0] < 0 or before(c, i, row_costs[seeds[0]], rows[seeds[0]]):
+            seeds[0], seeds[1] = m, seeds[0]
+        elif seeds[1] < 0 or before(c, i, row_costs[seeds[1]], rows[seeds[1]]):
+            seeds[1] = m
+        if hub == origin and (seeds[2] < 0 or before(c, i, row_costs[seeds[2]], rows[seeds[2]])):
+            seeds[2] = m
+        m += 1
+    for t in range(m + 3):  # score: the seeds first, so the runner-up's score rules most of the rest out
+        q = seeds[t] if t < 3 else t - 3
+        if q < 0 or (t >= 3 and (q == seeds[0] or q == seeds[1] or q == seeds[2])):
+            continue
+        if t < 3 and ((t >= 1 and q == seeds[0]) or (t == 2 and q == seeds[1])):
+            continue
+        i, c = rows[q], row_costs[q]
+        hub = ints[i, Int.HUB]
+        frag = 0.0
+        if weight != 0:  # weighed at zero it would change nothing
+            floor = c - weight * freed  # the lowest score fragmentation could give this node
+            if weight > 0 and beaten(floor, hub == origin, second, second_score, local, local_score):
                 continue
-            frag = 0.0
-            if weight != 0:  # weighed at zero it would change nothing
-                floor = c - weight * freed  # the lowest score fragmentation could give this node
-                if weight > 0 and beaten(floor, hub == origin, second, second_score, local, local_score):
-                    continue
-                if ints[i, Int.WHOLE_FREE] > 0 or ints[i, Int.BEST_SHARE] > 0:  # else nothing free to lose
-                    # remembered per distinct state in a direct-mapped table; looked up here, not in a call
-                    # taking the arrays, whose reference counting would cost more than the lookup
-                    h = state_key(i, ints, cpu, mem, count, milli, version)
-                    slot = np.int64(h & mask)
-                    if keys[slot] == h:
-                        frag = values[slot]
-                    else:
-                        frag = fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, scratch)
-                        keys[slot], values[slot] = h, frag
-            score = c + weight * frag
-            if best < 0 or before(score, i, best_score, best):
-                second, second_score = best, best_score
-                best, best_score = i, score
-            elif second < 0 or before(score, i, second_score, second):
-                second, second_score = i, score
-            if hub == origin and (local < 0 or before(score, i, local_score, local)):
-                local, local_score = i, score
-    unhealthy_elsewhere = 0
-    if best < 0:  # a rejection reports each node's first failing filter, and health comes before architecture
-        for i in range(ints.shape[0]):
-            if ints[i, Int.HEALTHY] == 0 and arch_ok[ints[i, Int.ARCH]] == 0:
-                unhealthy_elsewhere += 1
-    counts[Verdict.UNHEALTHY] += unhealthy_elsewhere
-    counts[Verdict.ARCHITECTURE] += ints.shape[0] - visited - unhealthy_elsewhere
+            if ints[i, Int.WHOLE_FREE] > 0 or ints[i, Int.BEST_SHARE] > 0:  # else nothing free to lose
+                # remembered per distinct state in a direct-mapped table; looked up here, not in a call
+                # taking the arrays, whose reference counting would cost more than the lookup
+                h = state_key(i, ints, cpu, mem, count, milli, version, top)
+                slot = np.int64(h & mask)
+                if keys[slot] == h:
+                    frag = values[slot]
+                else:
+                    # nor can it lose more than the node loses now (the workload's loss is never below 0)
+                    now = remembered(i, ints, acc_free, ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE], shapes, weights,
+                                     keys, values, version, top, sort)  # fmt: skip
+                    if weight > 0 and beaten(c - weight * min(freed, now), hub == origin, second, second_score,
+                                             local, local_score):  # fmt: skip
+                        continue
+                    frag = fragmentation(
+                        i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, scratch
+                    )
+                    keys[slot], values[slot] = h, frag
+        score = c + weight * frag
+        best, best_score, second, second_score = select(score, i, best, best_score, second, second_score)
+        following = links[i, Link.NEXT] if grouped else -1
+        if following >= 0:  # the group's next row is the runner-up, should its lowest be the best
+            best, best_score, second, second_score = select(score, following, best, best_score, second, second_score)
+        if hub == origin and (local < 0 or before(score, i, local_score, local)):
+            local, local_score = i, score
+    counts[Verdict.AVOIDED] += ints.shape[0] - visited
     picks[0], picks[1], picks[2] = best, second, local
     for k in range(3):
         costs[k] = 0.0
@@ -461,10 +569,10 @@ def summarise_accelerators(i, ints, acc_free):
 
 
 @njit(cache=True)
-def reserve(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen):
+def reserve(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, chosen):
     """Takes the task's resources on node i; writes the accelerator indices into `chosen`, returns their count.
     The accelerators are those `fragmentation` scored."""
-    fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, chosen)
+    fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, chosen)
     ints[i, Int.CPU_FREE] -= cpu
     ints[i, Int.MEM_FREE] -= mem
     taken = 0 if count == 0 else count

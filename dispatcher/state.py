@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from suanwang.clock import HOUR_MS, epoch_ms
+from suanwang.dispatcher import groups
 from suanwang.dispatcher import stages as s
 from suanwang.dispatcher.stages import Float, Int
 from suanwang.topology import PRECISIONS, Metering, Network
@@ -119,13 +121,12 @@ class Horizon:
             name: np.vstack([zero, np.cumsum(getattr(self, name), axis=0)]) for name in ("price", "green", "per_kwh")
         }
 
-    def mean(self, name: str, starts: np.ndarray | int, hours: float) -> np.ndarray:
-        """Average of figure `name` over `hours` from each start hour index (start x province, or province)."""
-        scalar = isinstance(starts, int)
-        span, whole, part = _span(starts if scalar else int(starts.max()), hours)
-        sums, hourly = self._sums[name], getattr(self, name)
-        last = min(starts + whole, HORIZON_HOURS - 1) if scalar else np.minimum(starts + whole, HORIZON_HOURS - 1)
-        return (sums[starts + whole] - sums[starts] + part * hourly[last]) / span
+    def mean(self, name: str, start: int, hours: float) -> np.ndarray:
+        """Average of figure `name` over `hours` from start hour index `start`, per province."""
+        span, whole, part = _span(start, hours)
+        last = min(start + whole, HORIZON_HOURS - 1)
+        sums = self._sums[name]
+        return (sums[start + whole] - sums[start] + part * getattr(self, name)[last]) / span
 
     def mean_at(self, name: str, start: int, hours: float, province: int) -> float:
         """`mean` for one start hour and one province: the explained event needs just that."""
@@ -133,6 +134,35 @@ class Horizon:
         sums, hourly = self._sums[name], getattr(self, name)
         last = min(start + whole, HORIZON_HOURS - 1)
         return float((sums[start + whole, province] - sums[start, province] + part * hourly[last, province]) / span)
+
+    def cheapest(
+        self, latest: int, hours: float, hold_price: float, now: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per province, the start hour index in 0..`latest` whose yuan per kWh over `hours`, plus `hold_price`
+        for each hour held before it, is least (ties: the earliest); its start time (`now` for 0) and its
+        yuan per kWh. Compiled: it runs once per decision."""
+        return _cheapest(self._sums["per_kwh"], self.per_kwh, latest, hours, hold_price, self.hour, now)
+
+
+@njit(cache=True)
+def _cheapest(sums, hourly, latest, hours, hold_price, hour, now):
+    """`Horizon.cheapest`'s loop: every start hour of every province, averaged over the same span."""
+    provinces = sums.shape[1]
+    start, start_ms, per_kwh = np.zeros(provinces, np.int64), np.zeros(provinces, np.int64), np.zeros(provinces)
+    span = min(max(hours, 1e-9), HORIZON_HOURS - latest)
+    whole = int(span)
+    part = span - whole
+    for p in range(provinces):
+        best, best_value = 0, np.inf
+        for k in range(latest + 1):
+            last = min(k + whole, HORIZON_HOURS - 1)
+            mean = (sums[k + whole, p] - sums[k, p] + part * hourly[last, p]) / span
+            value = mean + hold_price * k / hours
+            if value < best_value:
+                best, best_value, per_kwh[p] = k, value, mean
+        start[p] = best
+        start_ms[p] = now if best == 0 else hour + best * HOUR_MS
+    return start, start_ms, per_kwh
 
 
 def _span(top: int, hours: float) -> tuple[float, int, float]:
@@ -142,7 +172,9 @@ def _span(top: int, hours: float) -> tuple[float, int, float]:
 
 
 class NodeTable:
-    """Per-node figures in two node-major matrices, one row per node (a node's row is never reused)."""
+    """Per-node figures in two node-major matrices, one row per node (a node's row is never reused), and the
+    groups of nodes with equal figures (`dispatcher.groups`): every change of a row goes through a method
+    here, or is followed by `regroup`."""
 
     def __init__(self, network: Network, capacity: int = 1024) -> None:
         self.hubs = Vocabulary(network.hub_ids)
@@ -159,11 +191,13 @@ class NodeTable:
         self._ints = np.zeros((capacity, s.INT_FIELDS), dtype=np.int64)
         self._floats = np.zeros((capacity, s.FLOAT_FIELDS))
         self._acc = np.zeros((capacity, MAX_ACCELERATORS), dtype=np.int64)
+        self._links = np.full((capacity, groups.LINK_FIELDS), -1, dtype=np.int64)
+        self.tally = np.zeros(groups.TALLY_FIELDS, dtype=np.int64)
+        self.groups, self.slots, self.live_ints, self.live_floats = _group_rows(capacity)
         self.rtt = network.rtt_matrix()
         self.transfer_price = network.transfer_price_matrix()
         self.emission_kg_per_kwh = network.grid.emission_kg_per_kwh
         self.grid = GridSignals(network, self.provinces)
-        self._by_arch: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def ints(self) -> np.ndarray:
@@ -183,21 +217,36 @@ class NodeTable:
         """One integer figure of every live node (a view), e.g. `column(Int.CPU_FREE)`."""
         return self._ints[: self.size, field]
 
-    def by_arch(self) -> tuple[np.ndarray, np.ndarray]:
-        """Rows grouped by architecture: `rows[starts[a]:starts[a + 1]]` are those of architecture a."""
-        if self._by_arch is None:
-            arch = self._ints[: self.size, Int.ARCH]
-            rows = np.argsort(arch, kind="stable")
-            starts = np.searchsorted(arch[rows], np.arange(len(self.archs) + 1))
-            self._by_arch = rows.astype(np.int64), starts.astype(np.int64)
-        return self._by_arch
+    @property
+    def links(self) -> np.ndarray:
+        """Each live node's group and its neighbours there (columns: `stages.Link`)."""
+        return self._links[: self.size]
+
+    def regroup(self, row: int) -> None:
+        """Moves node `row` to the group of its figures, after they changed."""
+        if not groups.regroup(row, *self._group_arrays()):
+            self.rebuild_groups()
+
+    def rebuild_groups(self) -> None:
+        """Groups every node afresh, with room for twice as many groups as the table has rows."""
+        self.groups, self.slots, self.live_ints, self.live_floats = _group_rows(self._ints.shape[0])
+        groups.rebuild(self.size, *self._group_arrays())
+
+    def _group_arrays(self) -> tuple[np.ndarray, ...]:
+        return self.ints, self.floats, self.links, self.groups, self.slots, self.tally, self.live_ints, self.live_floats
+
+    def set_healthy(self, row: int, healthy: bool) -> None:
+        """Whether node `row` may take work: registered active, not paused, not declared offline."""
+        self._ints[row, Int.HEALTHY] = healthy
+        self.regroup(row)
 
     def _grow(self) -> None:
-        for name in ("_ints", "_floats", "_acc"):
+        for name in ("_ints", "_floats", "_acc", "_links"):
             old = getattr(self, name)
-            new = np.zeros((old.shape[0] * 2, old.shape[1]), dtype=old.dtype)
+            new = np.full((old.shape[0] * 2, old.shape[1]), -1 if name == "_links" else 0, dtype=old.dtype)
             new[: old.shape[0]] = old
             setattr(self, name, new)
+        self.rebuild_groups()
 
     def register(self, reg: dict[str, Any]) -> int | None:
         """Adds or updates a node from a NodeRegistration; None when its hub or province is unknown."""
@@ -222,10 +271,7 @@ class NodeTable:
             ints[i, Int.CPU_FREE] += reg["cpu_milli"] - ints[i, Int.CPU_TOTAL]
             ints[i, Int.MEM_FREE] += reg["memory_mib"] - ints[i, Int.MEM_TOTAL]
         ints[i, Int.HEALTHY] = reg.get("active", True) and not reg.get("paused", False)
-        arch = self.archs.add(reg["chip_arch"])
-        if ints[i, Int.ARCH] != arch or i == self.size - 1:
-            self._by_arch = None
-        ints[i, Int.ARCH] = arch
+        ints[i, Int.ARCH] = self.archs.add(reg["chip_arch"])
         ints[i, Int.MODEL] = self.models.add(reg["chip_model"])
         ints[i, Int.HUB] = self.hubs.ids[reg["hub"]]
         ints[i, Int.PROVINCE] = self.provinces.ids[reg["province"]]
@@ -238,6 +284,7 @@ class NodeTable:
         for p, precision in enumerate(PRECISIONS):
             floats[i, Float.CU + p] = reg["throughput"] * self.metering.factor(reg["chip_model"], precision)
         s.summarise_accelerators(i, ints, self._acc)
+        self.regroup(i)
         return i
 
     def set_price(self, hub: str, compute_class: str, index: float) -> int:
@@ -249,4 +296,19 @@ class NodeTable:
         self.price_index[key] = index
         rows = (self.column(Int.HUB) == key[0]) & (self.column(Int.CLASS) == key[1])
         self._floats[: self.size, Float.PRICE_INDEX][rows] = index
+        if rows.any():
+            self.rebuild_groups()
         return int(rows.sum())
+
+
+def _group_rows(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For a table of `capacity` rows: rows for twice as many groups, a slot table twice as large again, and
+    the figures of the groups with nodes (at most one per row), in the order of their list."""
+    rows = 2 * capacity
+    slots = 1 << (2 * rows - 1).bit_length()
+    return (
+        np.zeros((rows, groups.GROUP_FIELDS), dtype=np.int64),
+        np.full(slots, -1, dtype=np.int64),
+        np.zeros((capacity, s.INT_FIELDS), dtype=np.int64),
+        np.zeros((capacity, s.FLOAT_FIELDS)),
+    )

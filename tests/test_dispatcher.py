@@ -80,6 +80,11 @@ def _load(*shapes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([(*shape, -1)[: stages.SHAPE_FIELDS] for shape in shapes], dtype=np.int64), np.ones(len(shapes))
 
 
+def _memo() -> tuple[np.ndarray, np.ndarray, int]:
+    """An empty table of remembered answers, and a workload version."""
+    return np.zeros(64, dtype=np.uint64), np.zeros(64), 1
+
+
 def test_unusable_is_the_free_capacity_the_workload_cannot_use() -> None:
     ints, acc = _table([[W, 600, 400, 0]])
     halves = _load((0, 0, 1, 500))  # only 1000 and 600 can take a half: 400 is lost
@@ -101,9 +106,9 @@ def test_a_node_is_measured_against_the_shapes_that_may_run_on_its_model() -> No
     assert stages.unusable(0, ints, acc, 4000, 4000, *elsewhere_too) == 0.4
     ints[0, Int.MODEL] = stages.ANY_MODEL_BIT  # ids past the bits are in every set
     assert stages.unusable(0, ints, acc, 4000, 4000, *_load((0, 0, 1, 500, 1 << 3))) == 0.4
-    key = stages.state_key(0, ints, 0, 0, 1, 500, 1)
+    key = stages.state_key(0, ints, 0, 0, 1, 500, 1, (8, 8))
     ints[0, Int.MODEL] = 3
-    assert stages.state_key(0, ints, 0, 0, 1, 500, 1) != key  # the remembered answer is per model
+    assert stages.state_key(0, ints, 0, 0, 1, 500, 1, (8, 8)) != key  # the remembered answer is per model
 
 
 def test_a_request_naming_chip_models_is_learnt_as_a_shape_bound_to_them(network) -> None:
@@ -122,11 +127,12 @@ def test_fragmentation_puts_a_share_where_it_loses_least() -> None:
     ints, acc = _table([[W, 600, 300, 0]])
     chosen = np.zeros(1, dtype=np.int64)
     load = _load((0, 0, 1, 500), (0, 0, 1, W))
-    delta = stages.fragmentation(0, ints, acc, 0, 0, 1, 300, *load, chosen)
+    delta = stages.fragmentation(0, ints, acc, 0, 0, 1, 300, *load, *_memo(), chosen)
     assert chosen[0] == 2 and delta < 0  # filling the 300 removes a fragment; breaking the whole one adds one
     assert acc[0, :4].tolist() == [W, 600, 300, 0]  # scoring leaves the node as it was
     whole = np.zeros(1, dtype=np.int64)
-    assert stages.fragmentation(0, ints, acc, 0, 0, 1, W, *load, whole) == 0.0 and whole[0] == 0  # 0.6 either way
+    delta = stages.fragmentation(0, ints, acc, 0, 0, 1, W, *load, *_memo(), whole)
+    assert delta == 0.0 and whole[0] == 0  # 0.6 either way
 
 
 def test_a_placement_lowers_fragmentation_by_at_most_the_accelerators_it_takes() -> None:
@@ -143,7 +149,7 @@ def test_a_placement_lowers_fragmentation_by_at_most_the_accelerators_it_takes()
         if not stages.accelerators_fit(ints[0, Int.WHOLE_FREE], ints[0, Int.BEST_SHARE], count, milli):
             continue
         cpu = rng.randrange(0, int(ints[0, Int.CPU_FREE]) + 1)
-        delta = stages.fragmentation(0, ints, acc, cpu, 0, count, milli, *load, np.zeros(4, dtype=np.int64))
+        delta = stages.fragmentation(0, ints, acc, cpu, 0, count, milli, *load, *_memo(), np.zeros(4, dtype=np.int64))
         assert delta >= -count * milli / W - 1e-12
 
 
@@ -160,7 +166,7 @@ def test_reserve_best_fits_a_share_and_release_restores() -> None:
     ints, acc = _table([[W, 600, 400, 0]])
     assert (ints[0, Int.WHOLE_FREE], ints[0, Int.BEST_SHARE]) == (1, 600)
     chosen = np.zeros(1, dtype=np.int64)
-    n = stages.reserve(0, ints, acc, 1000, 10, 1, 400, *_load((0, 0, 1, 500)), chosen)
+    n = stages.reserve(0, ints, acc, 1000, 10, 1, 400, *_load((0, 0, 1, 500)), *_memo(), chosen)
     assert n == 1 and chosen[0] == 2  # the fullest accelerator that still holds 400
     assert acc[0, :4].tolist() == [W, 600, 0, 0] and ints[0, Int.CPU_FREE] == 3000
     stages.release(0, ints, acc, 1000, 10, 400, chosen, n)
@@ -171,7 +177,7 @@ def test_reserve_best_fits_a_share_and_release_restores() -> None:
 def test_reserve_takes_whole_accelerators_in_order() -> None:
     ints, acc = _table([[W, 300, W, W]])
     chosen = np.zeros(2, dtype=np.int64)
-    assert stages.reserve(0, ints, acc, 0, 0, 2, W, *_load((0, 0, 1, W)), chosen) == 2
+    assert stages.reserve(0, ints, acc, 0, 0, 2, W, *_load((0, 0, 1, W)), *_memo(), chosen) == 2
     assert chosen.tolist() == [0, 2] and ints[0, Int.WHOLE_FREE] == 1
 
 
