@@ -279,6 +279,7 @@ class Dispatcher:
         self.load = Shapes()  # the shapes of recent requests, that fragmentation is measured against
         self.reservations: dict[str, Reservation] = {}
         self.on_row: dict[int, set[str]] = {}  # node row -> the tasks holding capacity on it
+        self.rows_by_class: dict[str, dict[int, int]] = {name: {} for name in RANK}  # class -> row -> its tasks
         self.offline_since: dict[int, int] = {}  # node row -> when it was declared offline (ms), until back
         self.outbox: list[tuple[TopicSpec, dict[str, Any]]] = []  # events a decision caused beside its own
         # the newest decisions, to answer a redelivered request the same way; redelivery replays only the
@@ -296,6 +297,10 @@ class Dispatcher:
         if res is None:
             return False
         self.on_row[res.row].discard(task_id)
+        rows = self.rows_by_class[res.priority]
+        rows[res.row] -= 1
+        if not rows[res.row]:
+            del rows[res.row]
         self._give(res)
         return True
 
@@ -356,6 +361,8 @@ class Dispatcher:
         """Notes a reservation whose capacity is taken already, so release, preemption and fail-over find it."""
         self.reservations[task_id] = held
         self.on_row.setdefault(held.row, set()).add(task_id)
+        rows = self.rows_by_class[held.priority]
+        rows[held.row] = rows.get(held.row, 0) + 1
 
     def set_health(self, node_id: str, healthy: bool, now: int) -> None:
         """A node declared offline takes no new work at once; its tasks move once it stays offline (`fail_over`)."""
@@ -453,7 +460,8 @@ class Dispatcher:
         now = now_ms()
         best: tuple[tuple[int, int, int], int, list[str]] | None = None
         candidates = 0
-        for row, tasks in self.on_row.items():
+        for row in self._rows_below(priority):
+            tasks = self.on_row[row]
             victims = [
                 v
                 for v in tasks
@@ -479,6 +487,12 @@ class Dispatcher:
             detail = f"preempted by {priority} task {req['task_id']} of {req['tenant']}"
             self.outbox.extend(self.evict(victim, PREEMPTED, detail, now, preempted_by=req["task_id"]))
         return True
+
+    def _rows_below(self, priority: str) -> list[int]:
+        """The nodes holding work of a class below `priority`, the only ones a preemption may free: a rejection
+        must not scan every busy node."""
+        classes = [self.rows_by_class[name] for name, rank in RANK.items() if rank > RANK[priority]]
+        return list(dict.fromkeys(row for rows in classes for row in rows))
 
     def _victims(self, row: int, eligible: list[str], d: Demand, w: Timing, now: int) -> list[str] | None:
         """The fewest of `eligible` whose capacity lets the demand fit on `row`, or None; the table is left as

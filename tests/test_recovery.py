@@ -272,3 +272,26 @@ def test_a_tenants_book_with_a_bad_class_is_refused_at_start_naming_it(tmp_path,
     with pytest.raises(SuanwangError, match="tenants.yaml is invalid") as refused:
         load_book(book)
     assert names in str(refused.value) and "tenants.a" in str(refused.value)
+
+
+def test_a_preemption_search_looks_only_at_nodes_holding_lower_class_work(network) -> None:
+    """The index by class follows every placement and release, so a rejection does not scan every busy node."""
+    d = dispatcher(network, node("n1"), node("n2"), node("n3"))
+
+    def by_class() -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        for res in d.reservations.values():
+            rows = out.setdefault(res.priority, {})
+            rows[res.row] = rows.get(res.row, 0) + 1
+        return out
+
+    d.decide(request("prod", "shop"))
+    d.decide(request("low", "lab"))
+    assert {name: rows for name, rows in d.rows_by_class.items() if rows} == by_class()
+    d.release("low")
+    assert d.rows_by_class[BEST_EFFORT] == {} and {n: r for n, r in d.rows_by_class.items() if r} == by_class()
+    for task in ("second", "third"):
+        assert d.decide(request(task, "shop"))[0] is PLACEMENT
+    assert d._rows_below(PRODUCTION) == []  # production work on every node: a search has nothing to look at
+    assert sorted(d._rows_below(EMERGENCY)) == [0, 1, 2]
+    assert d.decide(request("fourth", "shop"))[0] is REJECTION
