@@ -329,6 +329,7 @@ def headroom(shapes, weights):
     return top_cpu, top_mem
 
 
+ROUNDING = 1e-9  # yuan: the bounds on fragmentation are exact in reals; floats are given this much room
 UNUSABLE = 0x756E757361626C65  # mixed into the keys of remembered `unusable` answers, apart from `state_key`'s
 
 
@@ -521,11 +522,18 @@ def choose(
                 if keys[slot] == h:
                     frag = values[slot]
                 else:
-                    # nor can it lose more than the node loses now (the workload's loss is never below 0)
+                    # nor can it lose more than the node loses now (the workload's loss is never below 0); taking
+                    # whole accelerators lowers only the loss of shapes that cannot run, by at most their share
                     now = remembered(i, ints, acc_free, ints[i, Int.CPU_FREE], ints[i, Int.MEM_FREE], shapes, weights,
                                      keys, values, version, top, sort)  # fmt: skip
-                    if weight > 0 and beaten(c - weight * min(freed, now), hub == origin, second, second_score,
-                                             local, local_score):  # fmt: skip
+                    gain = min(freed, now)
+                    if milli == WHOLE:
+                        free = 0
+                        for a in range(ints[i, Int.N_ACC]):
+                            free += acc_free[i, a]
+                        gain = min(gain, count * now * WHOLE / free)
+                    if weight > 0 and beaten(c - weight * gain - ROUNDING, hub == origin, second, second_score, local,
+                                             local_score):  # fmt: skip
                         continue
                     frag = fragmentation(
                         i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, scratch

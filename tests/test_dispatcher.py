@@ -136,7 +136,7 @@ def test_fragmentation_puts_a_share_where_it_loses_least() -> None:
 
 
 def test_a_placement_lowers_fragmentation_by_at_most_the_accelerators_it_takes() -> None:
-    """The floor `choose` prunes by: across random nodes, workloads and tasks, delta >= -count * milli."""
+    """The floors `choose` prunes by, across random nodes, workloads and tasks."""
     rng = random.Random(7)
     levels = [0, 100, 250, 500, 750, W]
     for _ in range(2000):
@@ -149,8 +149,12 @@ def test_a_placement_lowers_fragmentation_by_at_most_the_accelerators_it_takes()
         if not stages.accelerators_fit(ints[0, Int.WHOLE_FREE], ints[0, Int.BEST_SHARE], count, milli):
             continue
         cpu = rng.randrange(0, int(ints[0, Int.CPU_FREE]) + 1)
+        now = stages.unusable(0, ints, acc, int(ints[0, Int.CPU_FREE]), int(ints[0, Int.MEM_FREE]), *load)
         delta = stages.fragmentation(0, ints, acc, cpu, 0, count, milli, *load, *_memo(), np.zeros(4, dtype=np.int64))
         assert delta >= -count * milli / W - 1e-12
+        assert delta >= -now - 1e-12  # no node loses less than nothing
+        if milli == W and count:  # whole accelerators lower only the loss of the shapes that cannot run
+            assert delta >= -count * now * W / acc[0, :4].sum() - 1e-12
 
 
 def test_a_node_that_cannot_beat_the_runner_up_or_the_best_local_is_beaten() -> None:
