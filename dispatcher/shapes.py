@@ -11,6 +11,7 @@ two its answers per node state can be remembered.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from suanwang.dispatcher.stages import ANY_MODELS, CPU_STEP, MEM_STEP, SHAPE_FIELDS, WHOLE
 
@@ -74,16 +75,29 @@ class Shapes:
         """The heaviest shapes and their weights as shares of their sum (the scale cancels out); a new version.
         Only they are weighed on."""
         n = len(self._keys)
-        kept = np.arange(n)
+        kept = _keep_heaviest(n, self._live, self._live_shapes, self.shapes, self.weights)
         if n > MAX_SHAPES:
-            kept = np.sort(np.argpartition(self._live[:n], n - MAX_SHAPES)[n - MAX_SHAPES :])  # in the order seen
             self._keys = [self._keys[k] for k in kept]
             self._rows = {key: row for row, key in enumerate(self._keys)}
-            self._live_shapes[:MAX_SHAPES] = self._live_shapes[kept]
-            self._live[:MAX_SHAPES] = self._live[kept]
-        k = len(self._keys)
-        self.shapes[:] = 0
-        self.weights[:] = 0.0
-        self.shapes[:k] = self._live_shapes[:k]
-        self.weights[:k] = self._live[:k] / self._live[:k].sum()
         self.version += 1
+
+
+@njit(cache=True)
+def _keep_heaviest(n, live, live_shapes, shapes, weights):
+    """`Shapes._snapshot`'s arrays, compiled (it runs within a decision): moves the MAX_SHAPES heaviest of the
+    `n` shapes weighed to the front, in the order seen, publishes them as `shapes` and `weights`, and
+    returns which rows they were."""
+    kept = np.arange(n)
+    if n > MAX_SHAPES:
+        kept = np.sort(np.argsort(live[:n], kind="mergesort")[n - MAX_SHAPES :])  # ties: the latest seen
+        for row in range(MAX_SHAPES):
+            live[row] = live[kept[row]]
+            live_shapes[row] = live_shapes[kept[row]]
+    k = min(n, MAX_SHAPES)
+    total = live[:k].sum()
+    shapes[:] = 0
+    weights[:] = 0.0
+    for row in range(k):
+        shapes[row] = live_shapes[row]
+        weights[row] = live[row] / total
+    return kept

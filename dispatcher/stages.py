@@ -579,8 +579,15 @@ def summarise_accelerators(i, ints, acc_free):
 @njit(cache=True)
 def reserve(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, chosen):
     """Takes the task's resources on node i; writes the accelerator indices into `chosen`, returns their count.
-    The accelerators are those `fragmentation` scored."""
-    fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, chosen)
+    The accelerators are those `fragmentation` scored: a share's is the one it chose, whole ones the first free."""
+    if count == 1 and milli < WHOLE:
+        fragmentation(i, ints, acc_free, cpu, mem, count, milli, shapes, weights, keys, values, version, chosen)
+    else:
+        found = 0
+        for a in range(ints[i, Int.N_ACC]):
+            if found < count and acc_free[i, a] == WHOLE:
+                chosen[found] = a
+                found += 1
     ints[i, Int.CPU_FREE] -= cpu
     ints[i, Int.MEM_FREE] -= mem
     taken = 0 if count == 0 else count
