@@ -94,7 +94,9 @@ def _keep_heaviest(n, live, live_shapes, shapes, weights):
             live[row] = live[kept[row]]
             live_shapes[row] = live_shapes[kept[row]]
     k = min(n, MAX_SHAPES)
-    total = live[:k].sum()
+    total = 0.0
+    for row in range(k):  # in order, not NumPy's pairwise sum: the same weights with the JIT disabled
+        total += live[row]
     shapes[:] = 0
     weights[:] = 0.0
     for row in range(k):
