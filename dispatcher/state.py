@@ -228,11 +228,13 @@ class NodeTable:
             self.rebuild_groups()
 
     def rebuild_groups(self) -> None:
-        """Groups every node afresh, with room for twice as many groups as the table has rows."""
+        """Groups every node afresh, with room for twice as many groups as the table has rows (a rebuild needs
+        at most one per row, so it always fits)."""
         self.groups, self.slots, self.live_ints, self.live_floats = _group_rows(self._ints.shape[0])
         groups.rebuild(self.size, *self._group_arrays())
 
     def _group_arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays every function of `dispatcher.groups` takes after the row, in its order."""
         return self.ints, self.floats, self.links, self.groups, self.slots, self.tally, self.live_ints, self.live_floats
 
     def set_healthy(self, row: int, healthy: bool) -> None:
