@@ -503,9 +503,10 @@ def choose(
         m += 1
     for t in range(m + 3):  # score: the seeds first, so the runner-up's score rules most of the rest out
         q = seeds[t] if t < 3 else t - 3
-        if q < 0 or (t >= 3 and (q == seeds[0] or q == seeds[1] or q == seeds[2])):
-            continue
-        if t < 3 and ((t >= 1 and q == seeds[0]) or (t == 2 and q == seeds[1])):
+        offered = False  # each once: a seed is not offered again
+        for earlier in range(min(t, 3)):
+            offered = offered or seeds[earlier] == q
+        if q < 0 or offered:
             continue
         i, c = rows[q], row_costs[q]
         hub = ints[i, Int.HUB]
