@@ -171,7 +171,7 @@ def timing_of(
     hours = req["duration_s"] / 3600 if req["duration_s"] else HOURS_FOR_OPEN_ENDED
     horizon = t.grid.horizon(now, t.emission_kg_per_kwh * carbon_price)
     latest = 0
-    deadline = epoch_ms(req["deadline"]) if req["deadline"] is not None else None
+    deadline = epoch_ms(req["deadline"])
     if deadline is not None and req["duration_s"]:
         latest = int((deadline - horizon.hour) / HOUR_MS - hours)  # last whole start hour that meets it
         latest = max(0, min(latest, MAX_SHIFT_HOURS))

@@ -44,6 +44,18 @@ def same_figures(i, j, ints, floats):
 
 
 @njit(cache=True)
+def same_as_copy(i, pos, ints, floats, live_ints, live_floats):
+    """Whether node i's figures equal those copied for the group at `pos` of the list."""
+    for c in range(ints.shape[1]):
+        if ints[i, c] != live_ints[pos, c]:
+            return False
+    for c in range(floats.shape[1]):
+        if floats[i, c] != live_floats[pos, c]:
+            return False
+    return True
+
+
+@njit(cache=True)
 def leave(i, links, groups, tally, live_ints, live_floats):
     """Takes node i out of its group; a group left empty leaves the list of groups with nodes (the last of
     the list, and its figures, take its place)."""
@@ -136,10 +148,8 @@ def _insert(i, g, links, groups):
 def regroup(i, ints, floats, links, groups, slots, tally, live_ints, live_floats):
     """Moves node i to the group of its figures after they changed; False when the caller must rebuild."""
     g = links[i, Link.GROUP]
-    if g >= 0 and groups[g, Group.KEY] == np.int64(figures_key(i, ints, floats)):
-        other = groups[g, Group.HEAD] if groups[g, Group.HEAD] != i else links[i, Link.NEXT]
-        if other < 0 or same_figures(i, other, ints, floats):
-            return True  # still equal to its group
+    if g >= 0 and same_as_copy(i, groups[g, Group.POS], ints, floats, live_ints, live_floats):
+        return True  # still equal to its group's figures
     leave(i, links, groups, tally, live_ints, live_floats)
     return join(i, ints, floats, links, groups, slots, tally, live_ints, live_floats)
 
