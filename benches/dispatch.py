@@ -35,6 +35,7 @@ from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.stages import Tally
 from suanwang.dispatcher.state import NodeTable
 from suanwang.errors import SuanwangError
+from suanwang.lifeline import die_with_parent
 from suanwang.settings import Settings
 from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.topology import Network, load_network, scaled_nodes
@@ -173,6 +174,7 @@ def interpreted(nodes: int, seed: int, tasks: int, now: int) -> tuple[list[Decis
         capture_output=True,
         text=True,
         check=False,
+        preexec_fn=die_with_parent(),
     )
     if done.returncode != 0:
         raise SuanwangError(f"the interpreted kernel failed: {done.stderr.strip().splitlines()[-1:]}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from suanwang.devstack.broker import EmbeddedBroker
+from suanwang.lifeline import die_with_parent
 from suanwang.settings import Settings
 from suanwang.store import Store
 
@@ -90,4 +91,5 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240)
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=die_with_parent(),  # a test worker killed takes its `suanwang` with it
     )

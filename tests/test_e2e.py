@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from suanwang.devstack.broker import EmbeddedBroker
+from suanwang.lifeline import die_with_parent
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PLACEMENT, Topics
 from tests.conftest import run_cli
@@ -156,6 +157,7 @@ def _rows_of_each(data_dir: Path, queries: list[str]) -> list[list[dict]]:
         text=True,
         timeout=240,
         cwd=Path(__file__).parents[1],
+        preexec_fn=die_with_parent(),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)

@@ -18,6 +18,7 @@ from typing import Any
 
 from suanwang.bus import EventProducer, contract_consumer, ensure_topics
 from suanwang.clock import now_ms
+from suanwang.lifeline import die_with_parent
 from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics
@@ -34,8 +35,9 @@ def start_service(settings: Settings, *args: str) -> subprocess.Popen[str]:
     """A `suanwang` service in its own process, once it says it is serving."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUANWANG_")} | settings.to_env()
     process = subprocess.Popen(
-        [sys.executable, "-m", "suanwang", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+        [sys.executable, "-m", "suanwang", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent(),
+    )  # fmt: skip
     assert process.stdout is not None
     for line in process.stdout:
         if READY_MARK in line:

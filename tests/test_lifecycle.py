@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from suanwang.lifeline import RunFile
+from suanwang.lifeline import RunFile, die_with_parent
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +61,7 @@ def test_kill_9_of_up_leaves_nothing_running_and_a_second_up_names_the_first(tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=die_with_parent(),
     )
     try:
         pids = wait_for_pids(RunFile(data), 5, up)

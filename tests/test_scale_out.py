@@ -16,6 +16,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from suanwang.bus import EventProducer, ensure_topics
+from suanwang.lifeline import die_with_parent
 from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY, Topics
@@ -35,7 +36,7 @@ def start_worker(settings: Settings, data_dir: Path) -> subprocess.Popen[str]:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "suanwang", "worker", "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent(),
     )  # fmt: skip
 
 
