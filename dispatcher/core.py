@@ -767,11 +767,12 @@ class Dispatcher:
         self.keep(
             req["task_id"], Reservation(best, d.cpu, d.mem, d.acc_milli, chosen, req["tenant"], priority, None, req)
         )
-        start_at = int(w.start_ms[t.column(Int.PROVINCE)[best]])
+        node = t.ints[best].tolist()  # Python ints: cheap to read, unlike NumPy scalars
+        start_at = int(w.start_ms[node[Int.PROVINCE]])
         self.unstarted[req["task_id"]] = start_at + self.start_timeout_ms
         parts, quoted = explain(t, best, d.ask, w, self.carbon_price)
         local_cost = float(c.costs[2]) if local >= 0 else None
-        local_carbon = explain(t, local, d.ask, w, self.carbon_price)[0]["carbon_kg"] if local >= 0 else 0.0
+        local_carbon = carbon_kg(t, local, d.ask, w) if local >= 0 else 0.0
         record = event(
             task_id=req["task_id"],
             tenant=req["tenant"],
@@ -779,9 +780,9 @@ class Dispatcher:
             request_time=epoch_ms(req["event_time"]),
             scope=self.scope,
             node_id=t.node_ids[best],
-            hub=t.hubs.names[t.column(Int.HUB)[best]],
+            hub=t.hubs.names[node[Int.HUB]],
             cluster=t.clusters[best],
-            province=t.provinces.names[t.column(Int.PROVINCE)[best]],
+            province=t.provinces.names[node[Int.PROVINCE]],
             origin_hub=req["origin_hub"],
             accelerator_indices=[int(a) for a in chosen],
             accelerator_milli=d.acc_milli,
@@ -789,7 +790,7 @@ class Dispatcher:
             memory_mib=d.mem,
             **parts,
             total_cost=float(c.costs[0]),
-            est_latency_ms=float(t.rtt[int(d.ask[Ask.ORIGIN]), t.column(Int.HUB)[best]]),
+            est_latency_ms=float(t.rtt[int(d.ask[Ask.ORIGIN]), node[Int.HUB]]),
             runner_up_node_id=t.node_ids[second] if second >= 0 else None,
             runner_up_cost=float(c.costs[1]) if second >= 0 else None,
             local_node_id=t.node_ids[local] if local >= 0 else None,
@@ -799,8 +800,8 @@ class Dispatcher:
             feasible_nodes=c.feasible,
             decision_us=(time.perf_counter() - started) * 1e6,
             precision=req.get("precision", "fp32"),
-            compute_class=t.classes.names[t.column(Int.CLASS)[best]],
-            chip_model=t.models.names[t.column(Int.MODEL)[best]],
+            compute_class=t.classes.names[node[Int.CLASS]],
+            chip_model=t.models.names[node[Int.MODEL]],
             input_gb=req["input_gb"] or 0.0,
             priority=priority,
             retry_of=req.get("retry_of"),
@@ -850,6 +851,15 @@ def explain(t: NodeTable, row: int, ask: np.ndarray, w: Timing, carbon_price: fl
         "carbon_kg": carbon_kg,
     }
     return parts, quoted
+
+
+def carbon_kg(t: NodeTable, row: int, ask: np.ndarray, w: Timing) -> float:
+    """The carbon of the task on node `row`, as `explain` counts it: the counterfactual needs only that."""
+    node, a = t.ints[row].tolist(), ask.tolist()
+    node_share = stages.share(node[Int.N_ACC], node[Int.CPU_TOTAL], a[Ask.CPU], a[Ask.ACC_COUNT], a[Ask.ACC_MILLI])
+    green = w.horizon.mean_at("green", int(w.start[node[Int.PROVINCE]]), w.hours, node[Int.PROVINCE])
+    kwh = node_share * float(t.floats[row, Float.METER_KW]) * a[Ask.HOURS]
+    return kwh * (1.0 - green) * t.emission_kg_per_kwh
 
 
 def warm_up(network: Network) -> None:
