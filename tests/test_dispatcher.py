@@ -279,6 +279,20 @@ def test_offline_work_goes_where_it_is_cheapest_and_says_what_it_saved(network) 
     Codec().encode("Placement", out)  # the explained event fits the contract
 
 
+def test_the_counterfactuals_carbon_is_counted_as_the_placements_is(network) -> None:
+    from suanwang.dispatcher.core import carbon_kg, demand_of, explain, timing_of
+
+    d, now = _dispatcher(network, 200), now_ms()
+    req = _request(input_gb=1.0, deadline=now + 30 * 3_600_000, duration_s=7200.0)  # a deferred start too
+    dem, w = demand_of(d.nodes, req, 1.0), timing_of(d.nodes, req, now, d.carbon_price)
+    for row in range(0, d.nodes.size, 7):
+        assert carbon_kg(d.nodes, row, dem.ask, w) == explain(d.nodes, row, dem.ask, w, 0.1)[0]["carbon_kg"]
+    _, out = d.decide(req, now)
+    assert out["local_node_id"] is not None
+    local = d.nodes.row[out["local_node_id"]]
+    assert out["saved_carbon_kg"] == carbon_kg(d.nodes, local, dem.ask, w) - out["carbon_kg"]
+
+
 def test_redelivered_request_gets_the_same_decision_and_reserves_once(network) -> None:
     d = _dispatcher(network)
     first = d.decide(_request())
