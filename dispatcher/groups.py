@@ -32,25 +32,13 @@ def figures_key(i, ints, floats):
 
 
 @njit(cache=True)
-def same_figures(i, j, ints, floats):
-    """Whether nodes i and j have every figure equal."""
+def same_figures(i, ints, floats, j, other_ints, other_floats):
+    """Whether row i of `ints` and `floats` equals row j of the others (a node's, or a group's copy)."""
     for c in range(ints.shape[1]):
-        if ints[i, c] != ints[j, c]:
+        if ints[i, c] != other_ints[j, c]:
             return False
     for c in range(floats.shape[1]):
-        if floats[i, c] != floats[j, c]:
-            return False
-    return True
-
-
-@njit(cache=True)
-def same_as_copy(i, pos, ints, floats, live_ints, live_floats):
-    """Whether node i's figures equal those copied for the group at `pos` of the list."""
-    for c in range(ints.shape[1]):
-        if ints[i, c] != live_ints[pos, c]:
-            return False
-    for c in range(floats.shape[1]):
-        if floats[i, c] != live_floats[pos, c]:
+        if floats[i, c] != other_floats[j, c]:
             return False
     return True
 
@@ -95,7 +83,7 @@ def join(i, ints, floats, links, groups, slots, tally, live_ints, live_floats):
     g = slots[slot]
     while g >= 0:
         same_key = groups[g, Group.KEY] == np.int64(h) and groups[g, Group.SIZE] > 0
-        if same_key and same_figures(i, groups[g, Group.HEAD], ints, floats):
+        if same_key and same_figures(i, ints, floats, groups[g, Group.HEAD], ints, floats):
             break
         slot = (slot + 1) & mask
         g = slots[slot]
@@ -148,7 +136,7 @@ def _insert(i, g, links, groups):
 def regroup(i, ints, floats, links, groups, slots, tally, live_ints, live_floats):
     """Moves node i to the group of its figures after they changed; False when the caller must rebuild."""
     g = links[i, Link.GROUP]
-    if g >= 0 and same_as_copy(i, groups[g, Group.POS], ints, floats, live_ints, live_floats):
+    if g >= 0 and same_figures(i, ints, floats, groups[g, Group.POS], live_ints, live_floats):
         return True  # still equal to its group's figures
     leave(i, links, groups, tally, live_ints, live_floats)
     return join(i, ints, floats, links, groups, slots, tally, live_ints, live_floats)
