@@ -17,8 +17,7 @@ import psutil
 
 from suanwang.bus import Lag
 from suanwang.devstack.runtime import Monitor, Platform
-from suanwang.dispatcher.service import dispatcher_group
-from suanwang.dispatcher.tiers import Scope
+from suanwang.dispatcher.tiers import Scope, dispatcher_group
 from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, TASK_REQUEST, TELEMETRY, TELEMETRY_FRAME, Topics
 from suanwang.settings import Settings
 from suanwang.streams.app import worker_group

@@ -20,9 +20,9 @@ from rich.live import Live
 from rich.table import Table
 
 from suanwang.billing.run import BILLING_TABLES
-from suanwang.bus import consumer_kwargs, ensure_topics, make_codec
+from suanwang.bus import Lag, consumer_kwargs, ensure_topics, make_codec
 from suanwang.devstack.broker import EmbeddedBroker
-from suanwang.dispatcher.tiers import tier_request_topics
+from suanwang.dispatcher.tiers import dispatcher_group, parse_scope, tier_request_topics
 from suanwang.errors import SuanwangError
 from suanwang.lifeline import RunFile, die_with_parent
 from suanwang.process import READY_MARK, check_port_free, stop_on_signals
@@ -44,8 +44,10 @@ from suanwang.schemas.topics import (
 from suanwang.schemas.values import BATCH
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store, describe_url
+from suanwang.topology import load_network
 
 READY_TIMEOUT_S = 180.0
+DECIDE_BOUND_S = 60.0  # the longest a stop waits for the dispatcher to decide the requests it was sent
 COUNTED = {
     TELEMETRY: "telemetry_events",
     TASK_REQUEST: "task_requests",
@@ -315,7 +317,8 @@ class Platform:
             await self._supervise(stop, monitor)
         finally:
             await simulator.stop()
-            await asyncio.sleep(1.0)  # in-flight requests get their decisions
+            if dispatcher.alive and simulator.proc:
+                await self._decided(s)
             await dispatcher.stop()
             await worker.stop(timeout_s=s.worker_drain_s + 15)  # it drains first: every row stored
             if monitor_task:
@@ -323,6 +326,15 @@ class Platform:
                 await monitor_task
             run_file.remove()
         return self._summary(monitor)
+
+    async def _decided(self, s: Settings) -> None:
+        """Waits until the dispatcher has committed every request sent (within DECIDE_BOUND_S), so a stop leaves
+        none undecided however far a busy machine put it behind."""
+        scope = parse_scope(s.dispatcher_scope, load_network())
+        group, requests = dispatcher_group(scope), [Topics(s.topic_prefix).requests(scope.topic_suffix)]
+        async with Lag(s) as lag:
+            if not await lag.caught_up(group, requests, DECIDE_BOUND_S):
+                self._say(f"the dispatcher stops with {await lag.behind(group, requests)} requests not yet decided")
 
     def _pids(self) -> list[int]:
         """This process, the broker and every child started: what holds the data directory while it runs."""

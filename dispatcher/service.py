@@ -17,7 +17,7 @@ from suanwang.dispatcher import batch
 from suanwang.dispatcher.core import ESCALATED, NO_FEASIBLE_NODE, NODE_FAULT, UNKNOWN_ARCH, Dispatcher, warm_up
 from suanwang.dispatcher.market import PriceSetter
 from suanwang.dispatcher.priority import Priorities, TenantClass
-from suanwang.dispatcher.tiers import Scope, Tiers, parse_scope, tier_request_topics
+from suanwang.dispatcher.tiers import Tiers, dispatcher_group, parse_scope, tier_request_topics
 from suanwang.metrics import ServiceMetrics
 from suanwang.process import announce_ready, consume
 from suanwang.schemas.topics import (
@@ -41,11 +41,6 @@ NODE_DEPENDENT = {ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH}  # rejections a reg
 CATCH_UP_S = 5.0  # the longest a rejection waits for the state topics to be read to their end
 DECISION_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 0.1, 0.5, 2.5)
 TIMERS_EVERY_S = 1.0  # lapsed placements, fail-overs and retries whose back-off ended are looked at this often
-
-
-def dispatcher_group(scope: Scope) -> str:
-    """The consumer group of a tier's dispatcher (one active member: it owns the tier's capacity)."""
-    return f"suanwang-dispatcher{scope.topic_suffix.replace('.', '-') or '-national'}"
 
 
 class DispatchMetrics:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from suanwang.errors import SuanwangError
-from suanwang.topology import Network
+from suanwang.schemas.topics import Topics
+from suanwang.topology import Network, load_network
 
 NATIONAL = "national"
 
@@ -92,8 +93,10 @@ class Tiers:
 
 def tier_request_topics(settings: Any) -> list[str]:
     """Full names of the delegated tiers' request topics (the national one is a contract topic)."""
-    from suanwang.schemas.topics import Topics
-    from suanwang.topology import load_network
-
     topics = Topics(settings.topic_prefix)
     return [topics.requests(s.topic_suffix) for s in Tiers(settings.dispatch_tiers, load_network()).delegated]
+
+
+def dispatcher_group(scope: Scope) -> str:
+    """The consumer group of a tier's dispatcher (one active member: it owns the tier's capacity)."""
+    return f"suanwang-dispatcher{scope.topic_suffix.replace('.', '-') or '-national'}"

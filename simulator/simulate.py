@@ -252,9 +252,7 @@ class Simulator:
             await self._grid_hour(hour)
             await self.producer.flush()
             announce_ready("simulator")
-            await asyncio.gather(self._drive(stop, hour), self._follow_placements(stop))
-            for reg in self.registrations:  # a stop, not an outage: the worker does not call these nodes silent
-                await self._send(REGISTRY, {**reg, "event_time": now_ms(), "paused": True})
+            await asyncio.gather(self._drive_then_pause(stop, hour), self._follow_placements(stop))
         finally:
             for producer in (self.requests, self.producer):
                 await producer.flush()
@@ -272,6 +270,14 @@ class Simulator:
             await consume(placements, self.topics, self.producer, "simulator", self._on_dispatch, stop)
         finally:
             await placements.stop()
+
+    async def _drive_then_pause(self, stop: asyncio.Event, hour: int) -> None:
+        """Drives until `stop`, then says at once that every node is paused: a stop, not an outage, so the
+        worker calls none of them silent (it does not wait for the placement follower to end)."""
+        await self._drive(stop, hour)
+        for reg in self.registrations:
+            await self._send(REGISTRY, {**reg, "event_time": now_ms(), "paused": True})
+        await self.producer.flush()
 
     async def _drive(self, stop: asyncio.Event, hour: int) -> None:
         s = self.settings

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from suanwang.bus import make_codec
 from suanwang.clock import now_ms
@@ -14,6 +15,7 @@ from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import (
     DEADLETTER,
     NETWORK_PROBE,
+    TELEMETRY,
     TELEMETRY_FRAME,
     TELEMETRY_TOPICS,
     Topics,
@@ -74,6 +76,12 @@ class Context:
         if spec is None:
             return None
         return partition + (FRAME_SOURCES if spec is TELEMETRY_FRAME else 0)
+
+    def partition_of(self, source: int) -> TP:
+        """The telemetry partition a `source` id names."""
+        if source >= FRAME_SOURCES:
+            return TP(self.topics.name(TELEMETRY_FRAME), source - FRAME_SOURCES)
+        return TP(self.topics.name(TELEMETRY), source)
 
     def topic(self, *specs: TopicSpec) -> faust.TopicT:
         return self.app.topic(*(self.topics.name(s) for s in specs), value_serializer="raw", key_serializer="raw")

@@ -69,20 +69,21 @@ class Facts:
             hour = int(record["hour_start"].timestamp() * 1000)
             self.green[(record["province"], hour)] = record["green_share"]
 
-    async def caught_up(self, timeout_s: float = 2.0) -> None:
-        """Waits until every registration on the topic now has been read: a node's first telemetry may
-        overtake its registration, and must not be refused for that."""
+    async def caught_up(self, timeout_s: float = 2.0) -> bool:
+        """Waits until every registration on the topic now has been read (False when `timeout_s` ran out
+        first): a node's first telemetry may overtake its registration, and a stop its pause."""
         consumer = self._consumer
         if consumer is None:
-            return
+            return False
         name = self.topics.name(REGISTRY)
         parts = [tp for tp in consumer.assignment() if tp.topic == name]
         ends = await consumer.end_offsets(parts)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while any([await consumer.position(tp) < end for tp, end in ends.items()]):
             if asyncio.get_running_loop().time() > deadline:
-                return
+                return False
             await asyncio.sleep(0.02)
+        return True
 
     async def run(self, settings: Settings) -> None:
         """Reads both topics to their end (then `ready` is set) and follows them until cancelled."""

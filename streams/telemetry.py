@@ -25,7 +25,7 @@ def register(
     ctx: Context,
     sink: Sink,
     aggregate: Aggregate,
-    watch: Callable[[Readings, np.ndarray], Awaitable[None]],
+    watch: Callable[[Readings, np.ndarray, dict[int, int]], Awaitable[None]],
 ) -> None:
     @ctx.app.agent(ctx.topic(*TELEMETRY_TOPICS), name="telemetry_intake")
     async def telemetry_intake(stream: Any) -> None:
@@ -35,7 +35,8 @@ def register(
             valid = await sink.store_telemetry(events)
             by_event = np.array([ctx.source(ev.message.topic, ev.message.partition) for ev in events], dtype=np.int64)
             sources = by_event[valid.origin]
-            await watch(valid, sources)
+            read = {source: ev.message.offset + 1 for source, ev in zip(by_event.tolist(), events, strict=True)}
+            await watch(valid, sources, read)
             await aggregate(stream, events, by_event, valid, sources)  # acks the events, once their chunk is sent
 
         async for events in stream.noack_take(ctx.settings.sink_batch_size, within=ctx.settings.sink_flush_s):

@@ -4,6 +4,7 @@ subscriber. Each checks counts exactly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,7 @@ from suanwang.clock import now_ms
 from suanwang.lifeline import die_with_parent
 from suanwang.process import READY_MARK
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics
+from suanwang.schemas.topics import ALERT, PANE_CHUNK, PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, TELEMETRY, Topics
 from suanwang.settings import Settings
 from suanwang.simulator.workload import TaskGenerator, registration
 from suanwang.store import Store
@@ -282,6 +283,85 @@ def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(setti
     assert {k for k, *_ in published} == {"node", "cluster", "hub", "province"}
     wrong = wrong_windows(samples, published)
     assert not wrong, f"{len(wrong)} of {len(published)} windows wrong, e.g. {wrong[:3]}"
+
+
+class OfflineWatch:
+    """The nodes called offline on the alert topic, in order, read from the start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = contract_consumer(settings, [ALERT], None)
+        self.codec = Codec()
+        self.nodes: list[str] = []
+
+    async def until(self, done: Callable[[list[str]], bool], timeout_s: float = 60.0) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not done(self.nodes) and loop.time() < deadline:
+            for messages in (await self.consumer.getmany(timeout_ms=200)).values():
+                alerts = [self.codec.decode_as("Alert", m.value) for m in messages]
+                self.nodes += [a["scope_key"] for a in alerts if a["kind"] == "node_offline" and not a["resolved"]]
+        return done(self.nodes)
+
+
+def test_a_worker_frozen_mid_stream_calls_no_node_silent(settings: Settings, tmp_path: Path) -> None:
+    """SIGSTOP for twice the silence bound while 20 nodes keep reporting, then SIGCONT: the worker reads what
+    came meanwhile before it judges, so it calls no node offline. Then one node stops reporting, and then all:
+    exactly those are called offline, each once."""
+    regs = fleet(20)
+    everyone = {reg["node_id"] for reg in regs}
+    worker_settings = settings.model_copy(
+        update={"data_dir": tmp_path, "web_port": 0, "telemetry_interval_s": 0.5, "offline_after_intervals": 4}
+    )  # silent after 2 s
+    reporting, rounds = set(everyone), [0]
+    stored = (
+        f"SELECT count() FROM suanwang.telemetry WHERE kafka_topic = '{Topics(settings.topic_prefix).name(TELEMETRY)}'"
+    )
+
+    async def report(producer: EventProducer, stop: asyncio.Event) -> None:
+        """Every node still reporting sends a sample of now, twice a second, as a collector does."""
+        while not stop.is_set():
+            await send_telemetry(producer, [telemetry(reg, now_ms()) for reg in regs if reg["node_id"] in reporting])
+            rounds[0] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def scenario() -> tuple[list[str], str, list[str]]:
+        await ensure_topics(settings)
+        producer = EventProducer(settings)
+        await producer.start()
+        await register(producer, regs)
+        offline = OfflineWatch(settings)
+        await offline.consumer.start()
+        worker = start_service(worker_settings, "worker", "--api")
+        stop = asyncio.Event()
+        reporter = asyncio.create_task(report(producer, stop))
+        try:
+            assert await wait_for(lambda: _sql_through_api(tmp_path, stored)[0][0] > 0)  # the worker reads
+            worker.send_signal(signal.SIGSTOP)
+            frozen_at = rounds[0]
+            assert await wait_for(lambda: rounds[0] >= frozen_at + 8, timeout_s=30)  # 4 s of samples, unread
+            worker.send_signal(signal.SIGCONT)
+            sent = rounds[0] * len(regs)
+            assert await wait_for(lambda: _sql_through_api(tmp_path, stored)[0][0] >= sent)  # the backlog is read
+            quiet = sorted(everyone)[0]
+            reporting.discard(quiet)
+            assert await offline.until(lambda nodes: quiet in nodes), offline.nodes
+            one_quiet = list(offline.nodes)
+            reporting.clear()
+            assert await offline.until(lambda nodes: set(nodes) >= everyone), offline.nodes
+            return one_quiet, quiet, list(offline.nodes)
+        finally:
+            stop.set()
+            await reporter
+            worker.send_signal(signal.SIGCONT)
+            worker.terminate()
+            worker.wait(60)
+            await offline.consumer.stop()
+            await producer.stop()
+
+    one_quiet, quiet, in_the_end = asyncio.run(scenario())
+    assert one_quiet == [quiet]  # the node that stopped, and none that reported through the stall
+    assert sorted(in_the_end) == sorted(everyone)  # then every node, each once
 
 
 def test_a_slow_subscriber_of_the_dispatch_topic_does_not_hold_dispatch_back(

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
+import pytest
+from faust.types import TP
 
 from suanwang.settings import Settings
-from suanwang.streams import health
+from suanwang.streams import health, windows
 from suanwang.streams.alerts import Alerts
 from suanwang.streams.health import Silence
 from suanwang.streams.readings import Readings
@@ -63,6 +66,105 @@ def test_a_paused_node_is_quiet_not_silent() -> None:
     assert silence.newly_silent(paused=lambda node: False) == [("stopped", 29_000)]
 
 
+def _quiet_for(silence: Silence, stream: tuple[int, str], seconds: float) -> None:
+    """As if `seconds` of wall clock passed since the stream's newest event, with nothing read."""
+    silence.clocks[stream]._wall_at_max -= seconds
+
+
+def test_a_silence_on_the_wall_clock_alone_is_called_once_its_partition_is_read_to_where_it_then_ended() -> None:
+    """A whole stream quiet past the bound notes its partition's end offset and is called once the worker has
+    read that far without a sample of the node; a node its own stream's later samples prove silent is called at
+    once; a node that reports meanwhile is not called."""
+    silence = Silence(silence_ms=10 * S)
+    silence.read_to = {0: 40, 1: 7}
+    silence.saw("quiet-1", 5 * S, partition=0)
+    silence.saw("quiet-2", 5 * S, partition=0)
+    silence.saw("dead-1", 1 * S, partition=1)
+    silence.saw("live-1", 20 * S, partition=1)
+    _quiet_for(silence, (0, ""), 30)
+    overdue = silence.overdue()
+    assert [(o.node, o.proven) for o in overdue] == [("quiet-1", False), ("quiet-2", False), ("dead-1", True)]
+    assert silence.unconfirmed(overdue) == {0}
+    assert [node for node, _ in silence.newly_silent()] == ["dead-1"]  # proven; the others' end is not known yet
+    assert silence.newly_silent(ends={0: 52}) == []  # partition 0 holds 12 records not yet watched
+    assert silence.unconfirmed(silence.overdue()) == set()  # the offset is noted: no need to ask again
+    silence.saw("quiet-2", 33 * S, partition=0)  # among them, a sample of quiet-2
+    silence.read_to[0] = 52
+    assert [node for node, _ in silence.newly_silent()] == ["quiet-1"]  # read to there: quiet-1 sent nothing
+    assert silence.confirm_at == {}
+
+
+class _Worker(SimpleNamespace):
+    """The worker context as the health concern sees it, with a broker whose end offsets the test sets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.timers: dict[str, Any] = {}
+        self.ends: dict[int, int] = {}
+        self.asked = 0
+        self.facts_read = True
+
+        async def caught_up() -> bool:
+            return self.facts_read
+
+        async def highwaters(*partitions: Any) -> dict[Any, int]:
+            self.asked += 1
+            return {tp: self.ends.get(tp.partition, 0) for tp in partitions}
+
+        def timer(_every: float, name: str) -> Any:
+            return lambda f: self.timers.setdefault(name, f)
+
+        super().__init__(
+            settings=settings,
+            rules=Rules(settings),
+            alerts=Alerts(_Sent()),  # type: ignore[arg-type]
+            draining=False,
+            facts=SimpleNamespace(nodes={}, caught_up=caught_up),
+            app=SimpleNamespace(
+                on_partitions_revoked=SimpleNamespace(connect=lambda f: f),
+                timer=timer,
+                consumer=SimpleNamespace(highwaters=highwaters),
+            ),
+            contain=SimpleNamespace(timer=lambda _name: lambda f: f),
+            partition_of=lambda source: TP("telemetry.node", source),
+        )
+
+    def offline(self) -> list[str]:
+        return [r["scope_key"] for r in self.alerts.ctx.sent if r["kind"] == "node_offline" and not r["resolved"]]
+
+
+def test_a_quiet_stream_is_called_silent_once_read_to_where_it_ended_and_every_registration_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check reads the registrations (a stop's pauses), then asks the broker for the quiet partition's end
+    offset once, and calls the node when the intake has watched that far: a worker behind calls nothing."""
+    worker = _Worker(Settings(telemetry_interval_s=1, offline_after_intervals=2))
+    watch = health.register(worker)  # type: ignore[arg-type]
+    check = worker.timers["find_silent_nodes"]
+    wall = [100.0]
+    monkeypatch.setattr(windows, "time", SimpleNamespace(monotonic=lambda: wall[0]))  # the event clocks' wall
+
+    def batch(node: str, at: int) -> Readings:
+        return Readings.concat([Readings.of_sample(_sample(node, 20.0, at), 0)])
+
+    async def run() -> None:
+        await watch(batch("n1", 1), np.zeros(1, np.int64), {0: 7})
+        await check()
+        assert worker.offline() == [] and worker.asked == 0  # within the bound: nothing asked
+        wall[0] += 2.1  # the bound passes on the wall clock
+        worker.facts_read = False
+        await check()
+        assert worker.offline() == [] and worker.asked == 0  # registrations not yet read: a pause may be there
+        worker.facts_read, worker.ends[0] = True, 9  # two records the worker has not watched yet
+        await check()
+        assert worker.offline() == [] and worker.asked == 1  # behind, not quiet
+        worker.ends[0] = 12  # the partition moves on; what counts is where it ended when n1 was overdue
+        await watch(batch("n2", 2), np.ones(1, np.int64), {0: 9, 1: 1})  # partition 0's two were dead letters
+        await check()
+        assert worker.offline() == ["n1"] and worker.asked == 1
+
+    asyncio.run(run())
+
+
 def _sample(node: str, temp: float, at: int) -> dict:
     return dict(
         event_id=f"{node}-{at}", event_time=datetime.fromtimestamp(at, UTC), node_id=node, hub="h", cluster="c",
@@ -97,7 +199,7 @@ def test_overheating_is_judged_where_a_node_is_hot_or_was_even_within_one_batch(
             [_sample("n1", 36.0, 3), _sample("cool", 30.0, 3)],  # within the margin: still overheated
             [_sample("n1", 31.0, 4), _sample("n2", 41.0, 4), _sample("n2", 30.0, 5)],
         ]:
-            await watch(batch(*samples), np.zeros(len(samples), dtype=np.int64))
+            await watch(batch(*samples), np.zeros(len(samples), dtype=np.int64), {})
 
     asyncio.run(run())
     assert [(r["scope_key"], r["value"], r["resolved"]) for r in sent.sent] == [

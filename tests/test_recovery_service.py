@@ -13,7 +13,8 @@ import pytest
 from suanwang.billing.metering import HOUR_MS, meter
 from suanwang.bus import EventProducer, ensure_topics, event
 from suanwang.clock import now_ms
-from suanwang.dispatcher.service import DispatcherService, dispatcher_group
+from suanwang.dispatcher.service import DispatcherService
+from suanwang.dispatcher.tiers import dispatcher_group
 from suanwang.schemas.topics import ALERT, PLACEMENT, REGISTRY, REJECTION, TASK_LIFECYCLE, TASK_REQUEST
 from suanwang.settings import Settings
 from tests.evidence import caught_up, wait_for
