@@ -70,7 +70,7 @@ class Fanout:
         self.read_to: dict[TopicPartition, int] = {}  # the next offset of each partition, once handed out
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=True))
         await consumer.start()
         try:
             names = [self.topics.name(s) for s in (PLACEMENT, ALERT, ROLLUP)]

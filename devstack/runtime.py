@@ -196,7 +196,7 @@ class Monitor:
         self.consumer: AIOKafkaConsumer
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
+        self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=True))
         await self.consumer.start()
         await self.consumer.topics()
         names = [self.topics.name(spec) for spec in (*COUNTED, TELEMETRY_FRAME, GRID_SIGNAL)]

@@ -683,7 +683,8 @@ class Dispatcher:
         self, plan: BatchPlan, solution: batch.Solution
     ) -> list[tuple[dict[str, Any], tuple[TopicSpec, dict[str, Any]]]]:
         """Each request with its decision: binds each assignment through the table, which the greedy path may have
-        changed meanwhile; a task whose node no longer fits it (or that the MILP left out) is decided greedily."""
+        changed meanwhile; a task whose node no longer fits it (or that the MILP left out) is then placed alone,
+        still on the batch path."""
         out = list(plan.refused)
         chosen = solution.chosen
         share_s = (plan.prepare_s + solution.seconds) / max(len(plan.requests), 1)  # each task's part of the window
@@ -710,7 +711,7 @@ class Dispatcher:
             req = plan.requests[j]
             if not self.has_decided(req["task_id"]):
                 started = time.perf_counter() - share_s
-                decision = self._place_demand(req, plan.priorities[j], plan.demands[j], plan.windows[j], started)
+                decision = self._place_demand(req, plan.priorities[j], plan.demands[j], plan.windows[j], started, BATCH)
                 self._remember(req["task_id"], decision)
                 out.append((req, decision))
         return out
@@ -737,14 +738,14 @@ class Dispatcher:
         return self._place_demand(req, priority, d, timing_of(t, req, now, self.carbon_price, self.hold_price), started)
 
     def _place_demand(
-        self, req: dict[str, Any], priority: str, d: Demand, w: Timing, started: float
+        self, req: dict[str, Any], priority: str, d: Demand, w: Timing, started: float, path: str = GREEDY
     ) -> tuple[TopicSpec, dict[str, Any]]:
-        """Filter, score, select (and, when nothing fits, preempt), then reserve and bind; or the rejection."""
+        """Filter, score, select (and, when nothing fits, preempt), then reserve and bind; or the rejection.
+        `path` is BATCH for what a window's solve left to be placed alone: it waited for the window all the same."""
         t = self.nodes
         c = choose(t, d, self._choice, w, self.load)
         # a tier passes on what it cannot place, and preempts only for emergency work, which cannot wait
         may_preempt_here = priority != BEST_EFFORT and (self.scope == "national" or priority == EMERGENCY)
-        path = GREEDY
         if c.picks[0] < 0 and may_preempt_here and self._preempt(req, priority, d, w):
             c, path = choose(t, d, self._choice, w, self.load), PREEMPTION
         best, second, local = (int(x) for x in c.picks)

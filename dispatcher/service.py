@@ -38,7 +38,7 @@ from suanwang.topology import load_network
 
 STATE_TOPICS = (REGISTRY, GRID_SIGNAL, MARKET_PRICE)  # read whole at start, then followed
 NODE_DEPENDENT = {ESCALATED, NO_FEASIBLE_NODE, UNKNOWN_ARCH}  # rejections a registration not yet read could undo
-CATCH_UP_S = 5.0  # the longest a rejection waits for the state topics to be read to their end
+CATCH_UP_S = 5.0  # the longest a rejection waits for the registry to be read to its end
 DECISION_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 0.1, 0.5, 2.5)
 TIMERS_EVERY_S = 1.0  # lapsed placements, fail-overs and retries whose back-off ended are looked at this often
 
@@ -172,12 +172,15 @@ class DispatcherService:
         self._state_moved.set()
 
     async def _catch_up(self) -> bool:
-        """Waits until the state topics are applied up to their current end; whether any record was applied.
+        """Waits until the registry is applied up to its current end; whether any record was applied.
 
         Requests and registrations come on different consumers, so a request sent just after its nodes'
-        registrations can arrive first: a rejection that names the nodes is only final once the table is current."""
+        registrations can arrive first: a rejection that names the nodes is only final once the table is current.
+        Only the registry can make a node fit; waiting for grid signals and prices too would hold every request
+        behind this one for a fetch of theirs."""
         applied_before = sum(self._applied.values())
-        ends = await self.state.end_offsets(list(self.state.assignment()))
+        registry = self.topics.name(REGISTRY)
+        ends = await self.state.end_offsets([tp for tp in self.state.assignment() if tp.topic == registry])
         deadline = asyncio.get_running_loop().time() + CATCH_UP_S
         while any(self._applied.get(tp, 0) < end for tp, end in ends.items()):
             self._state_moved.clear()
@@ -292,7 +295,9 @@ class DispatcherService:
         self.state = state = AIOKafkaConsumer(**consumer_kwargs(self.settings, None))
         group = dispatcher_group(self.scope)
         names = [self._request_topic, *(self.topics.name(s) for s in (TASK_LIFECYCLE, ALERT))]
-        events = AIOKafkaConsumer(*names, **consumer_kwargs(self.settings, group, auto_commit=False))
+        events = AIOKafkaConsumer(
+            *names, **consumer_kwargs(self.settings, group, auto_commit=False, dispatch_path=True)
+        )
         self.metrics.service.serve(self.settings.metrics_port)
         lag = self.metrics.service.keep_lag(self.settings, group, names, stop)
         try:

@@ -46,18 +46,21 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.kafka_bootstrap, "client_id": "suanwang", **kafka_security(settings)}
 
 
-def consumer_kwargs(settings: Settings, group_id: str | None, auto_commit: bool = True) -> dict[str, Any]:
-    """Low-latency consumer settings: fetches return as soon as a record is there.
+def consumer_kwargs(
+    settings: Settings, group_id: str | None, auto_commit: bool = True, dispatch_path: bool = False
+) -> dict[str, Any]:
+    """Low-latency consumer settings: fetches return as soon as a record is there (on Kafka).
 
     `auto_commit=False` for a consumer whose offsets `consume` commits only after what it produced is
-    delivered: a crash then redelivers, and never loses, the requests whose answers were still unsent."""
+    delivered: a crash then redelivers, and never loses, the requests whose answers were still unsent.
+    `dispatch_path` for a consumer a request's latency waits on: it fetches with the shorter wait."""
     return {
         **client_kwargs(settings),
         "group_id": group_id,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 6),
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "fetch_max_wait_ms": settings.dispatch_fetch_max_wait_ms if dispatch_path else settings.fetch_max_wait_ms,
         "enable_auto_commit": group_id is not None and auto_commit,
     }
 

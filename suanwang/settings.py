@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         "data arrives, so it costs nothing there; the embedded tansu waits it out, and a shorter wait polls it "
         "harder (docs/benchmarks.md).",
     )
+    dispatch_fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="The fetch wait of the consumers on the dispatch path: the dispatcher's requests, and the "
+        "placements `up` and the live dashboard follow. Each request may wait it out on the embedded broker, so it "
+        "is short; the other consumers keep SUANWANG_FETCH_MAX_WAIT_MS and poll the broker less.",
+    )
     metrics_port: int = Field(
         0,
         ge=0,

@@ -117,6 +117,7 @@ def test_work_bound_after_the_greedy_path_took_its_node_goes_elsewhere(network) 
     assert urgent["node_id"] == "cheap"  # the greedy path took it while the window was being solved
     [(_, (spec, bound))] = d.bind_batch(plan, solution)
     assert spec is PLACEMENT and bound["node_id"] == "dear" and int(d.nodes.acc_free.sum()) == 0
+    assert urgent["decided_by"] == "greedy" and bound["decided_by"] == "batch"  # placed alone, but after its window
 
 
 def test_a_request_decided_meanwhile_is_not_bound_again(network) -> None:

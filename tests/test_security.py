@@ -105,3 +105,11 @@ def test_secrets_reach_child_services_but_never_print() -> None:
     settings = sasl_ssl()
     assert settings.to_env()["SUANWANG_KAFKA_SASL_PASSWORD"] == "s3cret"
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+
+
+def test_only_the_consumers_on_the_dispatch_path_fetch_with_its_short_wait() -> None:
+    """On the embedded broker a fetch waits its wait out: the consumers a request waits on use the dispatch
+    path's, every other keeps the longer one and polls the broker less."""
+    settings = Settings(fetch_max_wait_ms=100, dispatch_fetch_max_wait_ms=20)
+    assert consumer_kwargs(settings, "g")["fetch_max_wait_ms"] == 100
+    assert consumer_kwargs(settings, "g", dispatch_path=True)["fetch_max_wait_ms"] == 20
