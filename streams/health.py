@@ -64,25 +64,33 @@ class Silence:
     def overdue(self, paused: Callable[[str], bool] = lambda _node: False) -> list[Overdue]:
         """Nodes silent longer than the bound on their own stream's clock, not yet offline, and for how long;
         a node `paused` (its collector stopped on purpose) is quiet, not silent."""
-        found = []
-        for node, (ms, stream) in self.last_seen.items():
-            clock = self.clocks[stream]
-            silent = clock.now_ms() - ms
-            if node not in self.offline and silent > self.silence_ms and not paused(node):
-                found.append(Overdue(node, silent, stream[0], clock.max_event_ms - ms > self.silence_ms))
-        return found
+        return [late for node in self.last_seen if (late := self._late(node, paused)) is not None]
+
+    def _late(self, node: str, paused: Callable[[str], bool]) -> Overdue | None:
+        ms, stream = self.last_seen[node]
+        clock = self.clocks[stream]
+        silent = clock.now_ms() - ms
+        if node in self.offline or silent <= self.silence_ms or paused(node):
+            return None
+        return Overdue(node, silent, stream[0], clock.max_event_ms - ms > self.silence_ms)
 
     def unconfirmed(self, overdue: list[Overdue]) -> set[int]:
         """The sources whose end offsets `newly_silent` needs: those of wall-clock silences not yet noted."""
         return {late.source for late in overdue if not late.proven and late.node not in self.confirm_at}
 
     def newly_silent(
-        self, paused: Callable[[str], bool] = lambda _node: False, ends: Mapping[int, int] | None = None
+        self,
+        paused: Callable[[str], bool] = lambda _node: False,
+        ends: Mapping[int, int] | None = None,
+        overdue: list[Overdue] | None = None,
     ) -> list[tuple[str, int]]:
-        """The overdue nodes now called offline, and for how long. A wall-clock silence first notes its
-        partition's end offset (from `ends`, read from the broker now), and is called once read to there."""
+        """The overdue nodes (`overdue`, when just found) now called offline, and for how long. A wall-clock
+        silence first notes its partition's end offset (from `ends`, read from the broker now), and is called
+        once read to there."""
         found, confirm_at = [], {}
-        for late in self.overdue(paused):
+        if overdue is not None:  # found before the broker was asked: judged again, as a node may have reported since
+            overdue = [late for o in overdue if o.node in self.last_seen and (late := self._late(o.node, paused))]
+        for late in self.overdue(paused) if overdue is None else overdue:
             if not late.proven:
                 at = self.confirm_at.get(late.node, (ends or {}).get(late.source))
                 if at is None:
@@ -148,7 +156,7 @@ def register(ctx: Context) -> Callable[[Readings, np.ndarray, dict[int, int]], A
         if not overdue or not await ctx.facts.caught_up():  # a stop's pauses are read before its quiet is judged
             return
         ends = await end_offsets(needed) if (needed := silence.unconfirmed(overdue)) else {}
-        for node, silent_ms in silence.newly_silent(paused, ends):
+        for node, silent_ms in silence.newly_silent(paused, ends, overdue):
             await alert(node, True, silent_ms)
 
     def paused(node: str) -> bool:

@@ -94,6 +94,20 @@ def test_a_silence_on_the_wall_clock_alone_is_called_once_its_partition_is_read_
     assert silence.confirm_at == {}
 
 
+def test_a_node_that_reports_while_the_broker_is_asked_is_not_called_silent() -> None:
+    """The overdue nodes are found before the check asks the broker for end offsets; one that reports meanwhile
+    is judged again, and is not called."""
+    silence = Silence(silence_ms=10 * S)
+    silence.read_to = {0: 40}
+    silence.saw("back-1", 5 * S, partition=0)
+    silence.saw("gone-1", 5 * S, partition=0)
+    _quiet_for(silence, (0, ""), 30)
+    overdue = silence.overdue()
+    assert {o.node for o in overdue} == {"back-1", "gone-1"}
+    silence.saw("back-1", 36 * S, partition=0)  # read while the broker was asked
+    assert [node for node, _ in silence.newly_silent(ends={0: 40}, overdue=overdue)] == ["gone-1"]
+
+
 class _Worker(SimpleNamespace):
     """The worker context as the health concern sees it, with a broker whose end offsets the test sets."""
 
