@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from suanwang.clock import HOUR_MS
 
 PANE_MS = 10_000
 HOPPING_MS: tuple[tuple[int, int], ...] = ((60_000, 10_000), (300_000, 60_000))  # (length, hop)
+LONGEST_MS = max(length for length, _hop in HOPPING_MS)
 SCOPE_KINDS = ("node", "cluster", "hub", "province")
 _SUMS = ("samples", "cpu_sum", "mem_sum", "acc_sum", "power_sum", "facility_sum", "green_sum")
 _MAXES = ("cpu_max", "mem_max", "acc_max")
@@ -240,14 +241,18 @@ class Runs:
 class PaneParts:
     """One scope's pane as its partials, kept apart by chunk: a chunk delivered twice counts once."""
 
+    __slots__ = ("_total", "nodes", "parts")  # a worker keeps ten minutes of panes of every node it holds
+
     def __init__(self) -> None:
         self.parts: dict[Chunk, Pane] = {}
-        self.nodes: set[str] = set()  # a node's samples may span chunks: counted once in the union
+        self.nodes: set[str] | None = None  # a node's samples may span chunks: counted once in the union
         self._total: Pane | None = None
 
     def put(self, chunk: Chunk, part: Pane, node_ids: str) -> None:
         self.parts[chunk] = part
-        if node_ids:
+        if node_ids:  # a node scope's parts carry none: no set for it
+            if self.nodes is None:
+                self.nodes = set()
             self.nodes.update(node_ids.split(NODE_ID_SEPARATOR))
         self._total = None
 
@@ -256,12 +261,16 @@ class PaneParts:
             del self.parts[chunk]
         self._total = None
 
+    def forget_total(self) -> None:
+        """Drops the merged copy once no open window needs it (a late partial makes it again)."""
+        self._total = None
+
     def total(self) -> Pane:
         if self._total is None:
             total = Pane(load_min=1.0)
             for part in self.parts.values():
                 total.merge(part)
-            total.nodes = len(self.nodes) or min(total.samples, 1)  # a node scope sends no ids: it is its node
+            total.nodes = len(self.nodes or ()) or min(total.samples, 1)  # a node scope sends no ids: it is its node
             self._total = total
         return self._total
 
@@ -294,7 +303,8 @@ class HoppingWindows:
         self.runs = Runs()
         self.panes: dict[tuple[str, str], dict[int, PaneParts]] = defaultdict(dict)
         self.partition_of: dict[tuple[str, str], int] = {}
-        self.pending: set[tuple[str, str, int, int]] = set()
+        self.pending: dict[int, set[tuple[str, str, int]]] = defaultdict(set)  # end -> (kind, key, length) due
+        self._evicted_before = 0  # panes starting before this are gone
 
     def oldest_kept_ms(self, now_ms: int) -> int:
         """The lateness bound: panes before this start are dropped, so a late one never half-rewrites a window.
@@ -326,7 +336,7 @@ class HoppingWindows:
             scope[start] = PaneParts()
         scope[start].put(chunk, part, node_ids)
         for length, end in windows_of(start):
-            self.pending.add((kind, key, length, end))
+            self.pending[end].add((kind, key, length))
         return "added"
 
     def _drop_superseded(self, partition: int) -> None:
@@ -343,37 +353,54 @@ class HoppingWindows:
         for scope in gone:
             del self.partition_of[scope]
             self.panes.pop(scope, None)
-        self.pending = {w for w in self.pending if w[:2] not in gone}
+        self._keep_pending(lambda _end, w: w[:2] not in gone)
 
     def settle(self, partitions: set[int], published_by_ms: int) -> None:
         """After reading a partition back: its windows due by `published_by_ms` went out before, whole."""
-        self.pending = {
-            w
-            for w in self.pending
-            if self.partition_of.get(w[:2]) not in partitions or w[3] + self.grace_ms > published_by_ms
-        }
+        self._keep_pending(
+            lambda end, w: self.partition_of.get(w[:2]) not in partitions or end + self.grace_ms > published_by_ms
+        )
+
+    def _keep_pending(self, keep: Callable[[int, tuple[str, str, int]], bool]) -> None:
+        for end in list(self.pending):
+            kept = {w for w in self.pending[end] if keep(end, w)}
+            if kept:
+                self.pending[end] = kept
+            else:
+                del self.pending[end]
 
     def close(self, now_ms: int) -> list[Window]:
-        """Windows due for publication, oldest first; panes no window can need any more are dropped."""
-        due = sorted((w for w in self.pending if w[3] + self.grace_ms <= now_ms), key=lambda w: (w[3], w[2]))
+        """Windows due for publication, oldest first; panes no window can need any more are dropped. Only the
+        ends due are looked at: a worker holds every node's windows, and this runs each second."""
         out = []
-        for kind, key, length, end in due:
-            self.pending.discard((kind, key, length, end))
-            scope = self.panes[(kind, key)]
-            starts = [s for s in scope if end - length <= s < end]
-            total = Pane(load_min=1.0)
-            for s in starts:
-                total.merge(scope[s].total())
-            out.append(Window(kind, key, length, end, len(starts), total))
+        for end in sorted(e for e in self.pending if e + self.grace_ms <= now_ms):
+            for kind, key, length in sorted(self.pending.pop(end), key=lambda w: w[2]):
+                out.append(self._window(kind, key, length, end))
         self._evict(now_ms)
         return out
 
+    def _window(self, kind: str, key: str, length: int, end: int) -> Window:
+        scope = self.panes[(kind, key)]
+        starts = [s for s in scope if end - length <= s < end]
+        total = Pane(load_min=1.0)
+        for s in starts:
+            total.merge(scope[s].total())
+        return Window(kind, key, length, end, len(starts), total)
+
     def _evict(self, now_ms: int) -> None:
+        """Drops the panes before the lateness bound, once per pane it moves: each pass visits every scope."""
         oldest_needed = self.oldest_kept_ms(now_ms)
+        if oldest_needed - self._evicted_before < PANE_MS:
+            return
+        self._evicted_before = oldest_needed
+        past_windows = now_ms - self.grace_ms - LONGEST_MS - PANE_MS  # panes every window of has closed
         for scope_key in list(self.panes):
             scope = self.panes[scope_key]
             for start in [s for s in scope if s < oldest_needed]:
                 del scope[start]
+            for start, pane in scope.items():
+                if start < past_windows:
+                    pane.forget_total()
             if not scope:
                 del self.panes[scope_key]
                 self.partition_of.pop(scope_key, None)
@@ -381,7 +408,7 @@ class HoppingWindows:
 
 def keep_ms(grace_ms: int) -> int:
     """How far behind the event clock a pane is still kept: twice the longest window, the grace and a pane."""
-    return grace_ms + 2 * max(length for length, _hop in HOPPING_MS) + PANE_MS
+    return grace_ms + 2 * LONGEST_MS + PANE_MS
 
 
 def rollup_fields(window: Window, nodes_total: int) -> dict[str, Any]:

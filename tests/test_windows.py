@@ -17,6 +17,7 @@ from suanwang.streams.windows import (
     Pane,
     Run,
     Samples,
+    keep_ms,
     pane_sums,
     percentiles,
     rollup_fields,
@@ -140,13 +141,46 @@ def test_windows_let_go_of_a_partition_and_settle_what_went_out() -> None:
     windows = HoppingWindows(grace_ms=0)
     add(windows, 0, Pane(samples=1), now_ms=0)
     windows.forget({0})
-    assert windows.panes == {} and windows.pending == set() and windows.close(now_ms=60_000) == []
+    assert windows.panes == {} and windows.pending == {} and windows.close(now_ms=60_000) == []
     for start in (0, 60_000):
         add(windows, start, Pane(samples=1), now_ms=start)
     windows.settle({0}, published_by_ms=65_000)  # read back: windows due by then went out before the crash
-    assert {(length, end) for _k, _key, length, end in windows.pending} == {
+    assert {(length, end) for end, due in windows.pending.items() for _k, _key, length in due} == {
         (60_000, end) for end in range(70_000, 130_000, 10_000)
     } | {(300_000, end) for end in range(120_000, 420_000, 60_000)}
+
+
+def test_windows_close_oldest_first_and_panes_no_window_needs_are_dropped() -> None:
+    """`close` publishes what is due in end order, shorter first at one end, keeps what is not yet due, and
+    drops the panes past the lateness bound once that bound has moved a pane on."""
+    windows = HoppingWindows(grace_ms=0)
+    for start in (0, 10_000):
+        add(windows, start, Pane(samples=1), now_ms=start)
+    closed = [(w.end_ms, w.length_ms) for w in windows.close(now_ms=60_000)]
+    assert closed == sorted(closed) and closed[0] == (10_000, 60_000) and closed[-1] == (60_000, 300_000)
+    assert min(windows.pending) == 70_000 and set(windows.panes[("hub", "h")]) == {0, 10_000}
+    bound = keep_ms(0)
+    assert windows.close(now_ms=bound + 5_000) != [] and set(windows.panes[("hub", "h")]) == {0, 10_000}
+    windows.close(now_ms=bound + 10_000)  # the bound passed the first pane, and has moved a whole pane
+    assert set(windows.panes[("hub", "h")]) == {10_000}
+    windows.close(now_ms=bound + 20_001)
+    assert windows.panes == {} and windows.pending == {}
+
+
+def test_a_pane_past_its_windows_keeps_no_merged_copy_and_a_late_partial_still_counts_whole() -> None:
+    """Ten minutes of every node's panes are kept for late partials; once all windows of a pane have closed,
+    its merged copy is dropped, and a late partial republishes windows that count every part."""
+    base = 1_800_000_000_000  # the event clock's epoch milliseconds: the lateness bound is past zero
+    windows = HoppingWindows(grace_ms=0)
+    add(windows, base, Pane(samples=3), now_ms=base)
+    assert len(windows.close(now_ms=base + 60_000)) == 6 + 1  # the six minutes it ends, one five-minute window
+    pane = windows.panes[("hub", "h")][base]
+    assert pane._total is not None  # the windows still open need it
+    windows.close(now_ms=base + 330_000)  # every window of the pane has closed, and the bound moved a pane on
+    assert pane._total is None
+    late = Chunk(0, FIRST_RUN, base + 1)
+    assert add(windows, base, Pane(samples=2), now_ms=base + 330_000, chunk=late) == "added"
+    assert {w.total.samples for w in windows.close(now_ms=base + 330_000)} == {5}
 
 
 def test_rollup_fields_scale_power_by_nodes_and_weight_pue_and_green_by_power() -> None:
