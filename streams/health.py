@@ -120,7 +120,7 @@ def register(ctx: Context) -> Callable[[Readings, np.ndarray, dict[int, int]], A
 
     @ctx.app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: set[Any], **_: Any) -> None:
-        silence.forget({ctx.source(tp.topic, tp.partition) for tp in revoked} - {None})  # type: ignore[arg-type]
+        silence.forget({ctx.source(tp.topic, tp.partition) for tp in revoked} - {None})
 
     async def alert(node: str, is_offline: bool, silent_ms: int) -> None:
         await ctx.alerts.apply(ctx.rules.silence(node, is_offline, silent_ms))

@@ -46,6 +46,15 @@ def start_service(settings: Settings, *args: str) -> subprocess.Popen[str]:
     raise AssertionError(f"suanwang {' '.join(args)} exited ({process.wait()}) before it was ready")
 
 
+async def registered(settings: Settings, regs: list[dict[str, Any]]) -> EventProducer:
+    """A started producer, once the contract's topics exist and `regs` are registered."""
+    await ensure_topics(settings)
+    producer = EventProducer(settings)
+    await producer.start()
+    await register(producer, regs)
+    return producer
+
+
 class Decisions:
     """Every placement and rejection on the dispatch topics, read from the start."""
 
@@ -97,10 +106,7 @@ def test_a_dispatcher_killed_mid_stream_decides_every_request_exactly_once(setti
     kills = []
 
     async def scenario() -> Decisions:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        await register(producer, list(regs.values()))
+        producer = await registered(settings, list(regs.values()))
         decisions = Decisions(settings)
         await decisions.consumer.start()
         dispatcher = start_service(service_settings, "dispatcher")
@@ -147,10 +153,7 @@ def test_the_sink_waits_out_clickhouse_and_then_stores_everything_once(settings:
         return store.query(sql, {"t": topic})[1][0]
 
     async def scenario() -> int:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        await register(producer, regs)
+        producer = await registered(settings, regs)
         await send_telemetry(producer, samples[:100])
         app, ctx = create_app(settings, store)
         store.client.command("DETACH TABLE suanwang.telemetry")
@@ -238,10 +241,7 @@ def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(setti
     kills = []
 
     async def scenario() -> tuple[list[Any], list[Any], list[list[Any]], ChunkWatch]:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        await register(producer, regs)
+        producer = await registered(settings, regs)
         chunks = ChunkWatch(settings)
         await chunks.consumer.start()
         worker = start_service(worker_settings, "worker", "--api")
@@ -326,10 +326,7 @@ def test_a_worker_frozen_mid_stream_calls_no_node_silent(settings: Settings, tmp
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     async def scenario() -> tuple[list[str], str, list[str]]:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        await register(producer, regs)
+        producer = await registered(settings, regs)
         offline = OfflineWatch(settings)
         await offline.consumer.start()
         worker = start_service(worker_settings, "worker", "--api")
@@ -388,10 +385,7 @@ def test_a_slow_subscriber_of_the_dispatch_topic_does_not_hold_dispatch_back(
             await consumer.stop()
 
     async def scenario() -> Decisions:
-        await ensure_topics(settings)
-        producer = EventProducer(settings)
-        await producer.start()
-        await register(producer, regs)
+        producer = await registered(settings, regs)
         stop = asyncio.Event()
         slow = asyncio.create_task(slow_subscriber(stop))
         decisions = Decisions(settings)
