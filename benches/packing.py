@@ -308,11 +308,12 @@ def run_policy(name: str, cluster: TraceCluster, pods: Pods, order: np.ndarray, 
     ours = Ours(cluster) if name == "suanwang" else None
     pick = random_fit(np.random.default_rng(seed)) if name == "random" else BASELINES.get(name)
     capacity = int(cluster.gpus.sum()) * WHOLE
-    shares, violations, placed = [], 0, 0
+    shares, violations, placed, refused = [], 0, 0, 0
     marks = set(checkpoints)
     for k, p in enumerate(order):
         if ours is not None:
             answer = ours(pods, int(p))
+            refused += answer is None and bool(free.feasible(pods, int(p)).any())
         else:
             ok = free.feasible(pods, int(p))
             answer = None
@@ -327,7 +328,7 @@ def run_policy(name: str, cluster: TraceCluster, pods: Pods, order: np.ndarray, 
                 placed += 1
         if k + 1 in marks:
             shares.append(free.allocated / capacity)
-    return {"allocated": shares, "violations": violations, "placed": placed}
+    return {"allocated": shares, "violations": violations, "placed": placed, "refused_though_it_fit": refused}
 
 
 POLICIES = ("suanwang", "best_fit", "first_fit", "dot_product", "gpu_packing", "random")
@@ -367,6 +368,7 @@ def bench_packing(
             row[f"{label}_min"] = round(float(min(values)), 4)
             row[f"{label}_max"] = round(float(max(values)), 4)
         row["violations"] = sum(r["violations"] for r in results)
+        row["refused_though_it_fit"] = sum(r["refused_though_it_fit"] for r in results)
         policies[name] = row
     return {
         "nodes": len(cluster.names),

@@ -557,7 +557,7 @@ class Dispatcher:
                 raise Invalid("INVALID_RESOURCES", f"{name}={req[name]} is negative or absurd")
         if req["accelerators"] > MAX_ACCELERATORS:
             raise Invalid("INVALID_RESOURCES", f"accelerators={req['accelerators']} exceeds {MAX_ACCELERATORS}")
-        if not 1 <= req["accelerator_milli"] <= stages.WHOLE:
+        if req["accelerators"] and not 1 <= req["accelerator_milli"] <= stages.WHOLE:  # a share only with one
             raise Invalid("INVALID_RESOURCES", f"accelerator_milli={req['accelerator_milli']} is not in 1..1000")
         duration = req["duration_s"]
         if duration is not None and not 0 < duration <= MAX_TASK_HOURS * 3600:

@@ -331,6 +331,9 @@ def bench_packing(
     broken = {name: row["violations"] for name, row in figures["policies"].items() if row["violations"]}
     if broken:
         raise SuanwangError(f"placements that broke a rule: {broken}")
+    refused = {name: row["refused_though_it_fit"] for name, row in figures["policies"].items()}
+    if any(refused.values()):  # a policy that turns work away that fits would buy its figure with the work
+        raise SuanwangError(f"tasks refused though the bench's cluster had room for them: {refused}")
 
 
 @bench_app.command("e2e")

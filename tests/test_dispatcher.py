@@ -240,6 +240,13 @@ def test_bad_requests_are_rejected_with_a_reason_code(network, over, code) -> No
     assert out["reason"]
 
 
+def test_work_without_an_accelerator_needs_no_share(network) -> None:
+    """A CPU-only task (openb's pods without a GPU carry gpu_milli=0) is placed and holds no accelerator."""
+    spec, out = _dispatcher(network, 100).decide(_request(accelerators=0, accelerator_milli=0, chip_archs=["x86_64"]))
+    assert spec is PLACEMENT, out.get("reason")
+    assert out["accelerator_indices"] == [] and out["cpu_milli"] == 8000
+
+
 def test_rejection_counts_what_each_filter_removed(network) -> None:
     d = _dispatcher(network, 200)
     spec, out = d.decide(_request(latency_tier_ms=1, allowed_provinces=["Gansu"]))

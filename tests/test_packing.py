@@ -57,6 +57,7 @@ def test_every_policy_places_within_the_rules(tmp_path: Path, policy: str) -> No
     order = sample(pods, int(cluster.gpus.sum()), 1.3, np.random.default_rng(1))
     result = run_policy(policy, cluster, pods, order, [len(order)], seed=1)
     assert result["violations"] == 0 and result["placed"] > 0
+    assert result["refused_though_it_fit"] == 0  # the pod without a GPU included
     assert 0 < result["allocated"][0] <= 1
 
 
@@ -95,7 +96,7 @@ def test_on_openb_our_policy_allocates_more_than_every_baseline() -> None:
     assert figures["gpus"] == 6212 and set(policies) == set(POLICIES)
     ours = policies.pop("suanwang")["at_130_median"]
     assert all(ours > p["at_130_median"] for p in policies.values()), (ours, policies)
-    assert all(p["violations"] == 0 for p in figures["policies"].values())
+    assert all(p["violations"] == 0 and p["refused_though_it_fit"] == 0 for p in figures["policies"].values())
 
 
 @pytest.mark.parametrize(
