@@ -1,10 +1,11 @@
 """`suanwang bench soak`: the whole platform for minutes on end, sampled at intervals for what degrades slowly.
 
 Each sample records every service's resident memory, the consumer lag of the workers and the dispatcher
-(newest offset minus committed offset, summed over the topics they read), and the dispatch latency of
+(newest offset minus committed offset, summed over the topics they read, and in seconds: the age of the
+oldest message not committed), and the dispatch latency of
 the interval (request produced to placement consumed). The summary gives each figure's trend: memory
 growth in MB per minute (a least-squares slope over the samples after the first minute), lag at the end
-and at its worst, and the p99 of each half of the run.
+and at its worst (in messages and in seconds), and the p99 of each half of the run.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Sampler:
             {
                 "t_s": round(now - self._started, 1),
                 "rss_mb": {c.name: _rss_mb(c.proc.pid) for c in platform.children if c.alive and c.proc},
-                "lag": await consumer_lag(platform.settings),
+                **await consumer_lag(platform.settings),
                 "placements": len(latencies),
                 "dispatch_p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else None,
             }
@@ -60,16 +61,19 @@ def _rss_mb(pid: int) -> float:
     return round(total / 2**20, 1)
 
 
-async def consumer_lag(settings: Settings) -> dict[str, int]:
-    """Messages not yet committed by the workers' group and by the national dispatcher's group."""
+async def consumer_lag(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Messages not yet committed by the workers' group and by the national dispatcher's group (`lag`), and
+    how long ago the oldest of them was written (`lag_s`)."""
     topics = Topics(settings.topic_prefix)
     groups = {
         "worker": (worker_group(settings), [TELEMETRY, TELEMETRY_FRAME, PLACEMENT, TASK_REQUEST]),
         "dispatcher": (dispatcher_group(Scope("national")), [TASK_REQUEST, TASK_LIFECYCLE]),
     }
+    named = {name: (group, [topics.name(s) for s in specs]) for name, (group, specs) in groups.items()}
     async with Lag(settings) as lag:
         return {
-            name: await lag.behind(group, [topics.name(s) for s in specs]) for name, (group, specs) in groups.items()
+            "lag": {name: await lag.behind(*read) for name, read in named.items()},
+            "lag_s": {name: round(await lag.behind_s(*read), 1) for name, read in named.items()},
         }
 
 
@@ -94,6 +98,7 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
         "memory": growth,
         "lag_final": samples[-1]["lag"] if samples else {},
         "lag_max": {k: max(s["lag"][k] for s in samples) for k in (samples[0]["lag"] if samples else {})},
+        "lag_s_max": {k: max(s["lag_s"][k] for s in samples) for k in (samples[0]["lag_s"] if samples else {})},
         "dispatch_p99_ms_first_half": round(float(np.median(p99[0])), 2) if p99[0] else None,
         "dispatch_p99_ms_second_half": round(float(np.median(p99[1])), 2) if p99[1] else None,
         "run": run,

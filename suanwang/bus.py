@@ -199,6 +199,26 @@ class Lag:
         # an end offset read from another broker view can trail a commit made a moment before: never below 0
         return {tp: max(0, latest[tp] - done[tp]) for tp in parts}
 
+    async def behind_s(self, group: str, topic_names: list[str]) -> float:
+        """How long ago the oldest message `group` has not committed was written: its lag in time (0 when none),
+        read from that message's own timestamp."""
+        behind = {tp: n for tp, n in (await self.by_partition(group, topic_names)).items() if n}
+        if not behind:
+            return 0.0
+        ends = await self.ends.end_offsets(list(behind))
+        self.ends.assign(list(behind))
+        for tp, n in behind.items():
+            self.ends.seek(tp, max(0, ends[tp] - n))
+        oldest_ms: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + 5.0
+        while len(oldest_ms) < len(behind) and time.monotonic() < deadline:
+            for tp, messages in (await self.ends.getmany(timeout_ms=500)).items():
+                if messages and tp not in oldest_ms:
+                    oldest_ms[tp] = messages[0].timestamp
+                    self.ends.pause(tp)
+        self.ends.assign([])
+        return max(0.0, time.time() - min(oldest_ms.values()) / 1000) if oldest_ms else 0.0
+
     async def caught_up(self, group: str, topic_names: list[str], timeout_s: float) -> bool:
         """Waits until `group` has committed every partition to its end; False when `timeout_s` ran out first."""
         deadline = time.monotonic() + timeout_s

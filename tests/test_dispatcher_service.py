@@ -226,6 +226,7 @@ def test_a_request_just_after_its_nodes_registration_is_placed_once_the_registry
         service = DispatcherService(settings)
         running = asyncio.create_task(service.run(stop))
         await asyncio.wait_for(service.ready.wait(), 60)
+        assert not service.ends.assignment()  # it only asks end offsets: no fetch of its own to wait behind
         gate, apply, catch_up = asyncio.Event(), service._on_state, service._catch_up
 
         async def held_apply(topic: str, msg) -> None:  # the registry's consumer holds what it reads

@@ -21,7 +21,8 @@ def test_a_short_soak_samples_memory_lag_and_dispatch_latency(tmp_path: Path) ->
     for sample in series:
         assert set(sample["rss_mb"]) == {"worker", "dispatcher", "simulator"}
         assert all(50 < mb < 4000 for mb in sample["rss_mb"].values())
-        assert set(sample["lag"]) == {"worker", "dispatcher"}
+        assert set(sample["lag"]) == set(sample["lag_s"]) == {"worker", "dispatcher"}
+        assert all(0 <= seconds < 300 for seconds in sample["lag_s"].values())
     assert sum(s["placements"] for s in series) > 0 and figures["dispatch_p99_ms_second_half"] > 0
     assert set(figures["memory"]) == {"worker", "dispatcher", "simulator"}
     run = figures["run"]
