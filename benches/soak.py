@@ -17,13 +17,17 @@ import numpy as np
 import psutil
 
 from suanwang.bus import Lag
+from suanwang.ddl import DATABASE
 from suanwang.devstack.runtime import Monitor, Platform
 from suanwang.dispatcher.tiers import Scope, dispatcher_group
 from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, TASK_REQUEST, TELEMETRY, TELEMETRY_FRAME, Topics
 from suanwang.settings import Settings
+from suanwang.store import Store
 from suanwang.streams.app import worker_group
+from suanwang.streams.rules import Rules
 
 SETTLE_S = 60.0  # memory grows while caches and numba warm up: the slope starts after this
+AROUND_ALERT_MS = (120_000, 60_000)  # where a node_offline alert's silence must show in the node's own samples
 
 
 class Sampler:
@@ -106,7 +110,44 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
     }
 
 
+def offline_alerts(store: Store, silence_ms: int) -> dict[str, int]:
+    """The `node_offline` alerts raised in the store, and how many the nodes' own stored samples contradict."""
+    _, alerts = store.query(
+        f"SELECT scope_key, toUnixTimestamp64Milli(event_time) FROM {DATABASE}.alerts "
+        "WHERE kind = 'node_offline' AND NOT resolved"
+    )
+    if not alerts:
+        return {"raised": 0, "false": 0}
+    _, rows = store.query(
+        f"SELECT node_id, groupArray(toUnixTimestamp64Milli(event_time)) FROM {DATABASE}.telemetry "
+        "WHERE node_id IN {nodes:Array(String)} GROUP BY node_id",
+        {"nodes": sorted({node for node, _at in alerts})},
+    )
+    samples = {node: np.sort(np.array(times, dtype=np.int64)) for node, times in rows}
+    return {"raised": len(alerts), "false": contradicted(alerts, samples, silence_ms)}
+
+
+def contradicted(alerts: list[tuple[str, int]], samples: dict[str, np.ndarray], silence_ms: int) -> int:
+    """The (node, ms) offline alerts none of whose node's gaps between samples (`samples`: sorted ms), from 2
+    minutes before the alert to 1 minute after, is as long as the silence bound. A real failure (the
+    simulator's last a minute or more) leaves such a gap; a worker that merely fell behind does not."""
+    before, after = AROUND_ALERT_MS
+    count = 0
+    for node, at in alerts:
+        times = samples.get(node, np.zeros(0, dtype=np.int64))
+        near = times[(times >= at - before) & (times <= at + after)]
+        edges = np.concatenate(([at - before], near, [at + after]))
+        count += bool(np.diff(edges).max() < silence_ms)
+    return count
+
+
 def soak(settings: Settings, minutes: float, every_s: float) -> dict[str, Any]:
     sampler = Sampler(every_s)
     run = Platform(settings, live=False, on_tick=sampler).run(minutes * 60)
-    return summarise(sampler.samples, run)
+    figures = summarise(sampler.samples, run)
+    store = Store(settings)
+    try:
+        figures["node_offline"] = offline_alerts(store, Rules(settings).silence_ms)
+    finally:
+        store.close()
+    return figures

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
+from suanwang.benches.soak import contradicted
 from tests.conftest import run_cli
 
 
@@ -25,5 +28,17 @@ def test_a_short_soak_samples_memory_lag_and_dispatch_latency(tmp_path: Path) ->
         assert all(0 <= seconds < 300 for seconds in sample["lag_s"].values())
     assert sum(s["placements"] for s in series) > 0 and figures["dispatch_p99_ms_second_half"] > 0
     assert set(figures["memory"]) == {"worker", "dispatcher", "simulator"}
+    assert figures["node_offline"]["false"] == 0 <= figures["node_offline"]["raised"]
     run = figures["run"]
     assert run["placements"] > 0 and run["clickhouse_rows"]["placements"] == run["placements"]
+
+
+def test_an_offline_alert_is_false_when_the_nodes_own_samples_show_no_silence() -> None:
+    every_5s = np.arange(0, 600_000, 5_000, dtype=np.int64)
+    failed = every_5s[(every_5s < 200_000) | (every_5s > 290_000)]  # silent 90 s from 200 s on
+    samples = {"steady": every_5s, "failed": failed}
+    alerts = [("steady", 300_000), ("failed", 220_000), ("unknown", 300_000), ("failed", 500_000)]
+    # the steady node never went quiet; the failed node did, around its first alert but not its second; a node
+    # with no sample stored at all cannot be contradicted
+    assert contradicted(alerts, samples, silence_ms=15_000) == 2
+    assert contradicted(alerts[1:3], samples, silence_ms=15_000) == 0
