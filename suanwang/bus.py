@@ -191,33 +191,39 @@ class Lag:
 
     async def by_partition(self, group: str, topic_names: list[str]) -> dict[TopicPartition, int]:
         """What `group` has not committed yet, per partition of the topics."""
-        await self.ends.topics()
-        parts = [TopicPartition(n, p) for n in topic_names for p in self.ends.partitions_for_topic(n) or ()]
-        committed = await self.admin.list_consumer_group_offsets(group, partitions=parts)
-        latest = await self.ends.end_offsets(parts)
-        done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}
+        committed, latest = await self._offsets(group, topic_names)
         # an end offset read from another broker view can trail a commit made a moment before: never below 0
-        return {tp: max(0, latest[tp] - done[tp]) for tp in parts}
+        return {tp: max(0, latest[tp] - done) for tp, done in committed.items()}
 
     async def behind_s(self, group: str, topic_names: list[str]) -> float:
         """How long ago the oldest message `group` has not committed was written: its lag in time (0 when none),
         read from that message's own timestamp."""
-        behind = {tp: n for tp, n in (await self.by_partition(group, topic_names)).items() if n}
-        if not behind:
+        committed, latest = await self._offsets(group, topic_names)
+        waiting = {tp: done for tp, done in committed.items() if latest[tp] > done}
+        if not waiting:
             return 0.0
-        ends = await self.ends.end_offsets(list(behind))
-        self.ends.assign(list(behind))
-        for tp, n in behind.items():
-            self.ends.seek(tp, max(0, ends[tp] - n))
+        self.ends.assign(list(waiting))
+        for tp, done in waiting.items():
+            self.ends.seek(tp, done)
         oldest_ms: dict[TopicPartition, int] = {}
         deadline = time.monotonic() + 5.0
-        while len(oldest_ms) < len(behind) and time.monotonic() < deadline:
+        while len(oldest_ms) < len(waiting) and time.monotonic() < deadline:
             for tp, messages in (await self.ends.getmany(timeout_ms=500)).items():
                 if messages and tp not in oldest_ms:
                     oldest_ms[tp] = messages[0].timestamp
                     self.ends.pause(tp)
         self.ends.assign([])
         return max(0.0, time.time() - min(oldest_ms.values()) / 1000) if oldest_ms else 0.0
+
+    async def _offsets(
+        self, group: str, topic_names: list[str]
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """Per partition of the topics, the offset `group` committed (0 when none) and the end offset."""
+        await self.ends.topics()
+        parts = [TopicPartition(n, p) for n in topic_names for p in self.ends.partitions_for_topic(n) or ()]
+        committed = await self.admin.list_consumer_group_offsets(group, partitions=parts)
+        latest = await self.ends.end_offsets(parts)
+        return {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}, latest
 
     async def caught_up(self, group: str, topic_names: list[str], timeout_s: float) -> bool:
         """Waits until `group` has committed every partition to its end; False when `timeout_s` ran out first."""
