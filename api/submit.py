@@ -6,7 +6,7 @@ Every problem is reported at once, each naming its field, so a client fixes its 
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastavro.validation import validate
@@ -48,7 +48,11 @@ def task_request(body: Any) -> dict[str, Any]:
             elif "default" in field:
                 record[name] = field["default"]
             continue
-        value = _timestamp(body[name]) if name == "deadline" else body[name]
+        try:
+            value = _timestamp(body[name]) if name == "deadline" else body[name]
+        except ValueError as exc:
+            problems[name] = f"{body[name]!r} {exc}"
+            continue
         if isinstance(value, float) and value.is_integer() and _wants_integer(parsed[name]):
             value = int(value)
         if isinstance(value, bool) and _wants_integer(parsed[name]):
@@ -64,12 +68,19 @@ def task_request(body: Any) -> dict[str, Any]:
 
 
 def _timestamp(value: Any) -> Any:
-    """Deadlines may be epoch milliseconds or ISO 8601 text."""
+    """Deadlines may be epoch milliseconds or ISO 8601 text; ValueError for a time no Avro reader can give back
+    as a date (before year 1 or after 9999 in UTC), which the writer would take all the same."""
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value)
+            value = datetime.fromisoformat(value)
         except ValueError:
             return value  # reported as not fitting
+    if isinstance(value, datetime) or (isinstance(value, int | float) and not isinstance(value, bool)):
+        try:
+            ms = value.timestamp() * 1000 if isinstance(value, datetime) else value
+            datetime.fromtimestamp(ms / 1000, tz=UTC)
+        except (OverflowError, ValueError, OSError):
+            raise ValueError("is not a time between the years 1 and 9999") from None
     return value
 
 

@@ -227,10 +227,10 @@ class Monitor:
             (self.batched_ms if record["decided_by"] == BATCH else self.latency_ms).append(waited)
             self.decision_us.append(record["decision_us"])
         elif spec is TELEMETRY_FRAME:  # its samples count as telemetry events, and show like them
-            samples = samples_of(record) if frame_problem(record) is None else []  # the worker reports a bad one
-            self.counts[COUNTED[TELEMETRY]] += len(samples)
-            for sample in samples if self.watch_hubs else ():
-                self.hubs.telemetry(sample)
+            if frame_problem(record) is None:  # the worker reports a bad one
+                self.counts[COUNTED[TELEMETRY]] += len(record["node_ids"])
+                for sample in samples_of(record) if self.watch_hubs else ():  # made only to be shown
+                    self.hubs.telemetry(sample)
         elif spec is TELEMETRY:
             self.hubs.telemetry(record)
         elif spec is TASK_REQUEST:

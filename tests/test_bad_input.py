@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +99,14 @@ def test_a_task_request_passes_the_api_only_if_avro_can_encode_it(changes: dict[
         assert bad.problems and all(isinstance(v, str) and v for v in bad.problems.values())
         return
     assert CODEC.decode_as("TaskRequest", CODEC.encode("TaskRequest", record))["task_id"] == record["task_id"]
+
+
+@pytest.mark.parametrize("deadline", [2**62, -(2**62), "9999-12-31T23:59:59-14:00", float("inf")])
+def test_a_deadline_avro_could_write_but_not_read_back_is_refused_naming_it(deadline: Any) -> None:
+    """A long the writer takes but no reader can turn back into a date (hypothesis found 2**62-odd ms)."""
+    with pytest.raises(BadRequest) as bad:
+        task_request(GOOD_TASK | {"deadline": deadline})
+    assert bad.value.problems == {"deadline": f"{deadline!r} is not a time between the years 1 and 9999"}
 
 
 CELL = st.text(alphabet=string.ascii_letters + string.digits + " -.,|\"'\n", max_size=10)
