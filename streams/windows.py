@@ -239,17 +239,34 @@ class Runs:
 
 
 class PaneParts:
-    """One scope's pane as its partials, kept apart by chunk: a chunk delivered twice counts once."""
+    """One scope's pane as its partials, kept apart by chunk: a chunk delivered twice counts once.
 
-    __slots__ = ("_total", "nodes", "parts")  # a worker keeps ten minutes of panes of every node it holds
+    Chunks close at pane boundaries, so nearly every pane has one partial: it is kept without a dict and is
+    itself the pane's total, and only a pane with several keeps them by chunk and a merged copy."""
+
+    __slots__ = ("_chunk", "_part", "_more", "_total", "nodes")  # a worker keeps ten minutes of every node's
 
     def __init__(self) -> None:
-        self.parts: dict[Chunk, Pane] = {}
+        self._chunk: Chunk | None = None  # the one partial, while there is one
+        self._part: Pane | None = None
+        self._more: dict[Chunk, Pane] | None = None  # every partial by chunk, once there are several
         self.nodes: set[str] | None = None  # a node's samples may span chunks: counted once in the union
         self._total: Pane | None = None
 
+    @property
+    def chunks(self) -> list[Chunk]:
+        if self._more is not None:
+            return list(self._more)
+        return [] if self._chunk is None else [self._chunk]
+
     def put(self, chunk: Chunk, part: Pane, node_ids: str) -> None:
-        self.parts[chunk] = part
+        if self._more is None and self._chunk in (None, chunk):
+            self._chunk, self._part = chunk, part
+        else:
+            if self._more is None:
+                self._more = {self._chunk: self._part}
+                self._chunk = self._part = None
+            self._more[chunk] = part
         if node_ids:  # a node scope's parts carry none: no set for it
             if self.nodes is None:
                 self.nodes = set()
@@ -258,7 +275,10 @@ class PaneParts:
 
     def drop(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
-            del self.parts[chunk]
+            if self._more is not None:
+                del self._more[chunk]
+            elif chunk == self._chunk:
+                self._chunk = self._part = None
         self._total = None
 
     def forget_total(self) -> None:
@@ -267,9 +287,12 @@ class PaneParts:
 
     def total(self) -> Pane:
         if self._total is None:
-            total = Pane(load_min=1.0)
-            for part in self.parts.values():
-                total.merge(part)
+            if self._more is None and self._part is not None:
+                total = self._part  # no copy: windows merge it into their own sums, never into it
+            else:
+                total = Pane(load_min=1.0)
+                for part in (self._more or {}).values():
+                    total.merge(part)
             total.nodes = len(self.nodes or ()) or min(total.samples, 1)  # a node scope sends no ids: it is its node
             self._total = total
         return self._total
@@ -343,7 +366,7 @@ class HoppingWindows:
         """Parts a newer run will send again. Their windows are not marked: the parts coming again will."""
         for scope in self.panes.values():
             for pane in scope.values():
-                stale = [c for c in pane.parts if c.partition == partition and self.runs.superseded(c)]
+                stale = [c for c in pane.chunks if c.partition == partition and self.runs.superseded(c)]
                 if stale:
                     pane.drop(stale)
 

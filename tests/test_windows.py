@@ -15,6 +15,7 @@ from suanwang.streams.windows import (
     Chunk,
     HoppingWindows,
     Pane,
+    PaneParts,
     Run,
     Samples,
     keep_ms,
@@ -116,6 +117,25 @@ def test_a_chunk_delivered_twice_counts_once_and_its_nodes_once() -> None:
     )
     total = hub_window(windows, now_ms=60_000)
     assert total is not None and (total.samples, total.cpu_sum, total.nodes) == (4, 1.5, 2)
+
+
+def test_a_pane_keeps_one_partial_as_its_total_and_several_by_chunk() -> None:
+    """The common case costs no dict and no copy; a second chunk, a chunk again and a drop stay exact."""
+    first, second = Chunk(0, FIRST_RUN, 0), Chunk(0, FIRST_RUN, 10)
+    pane = PaneParts()
+    part = Pane(samples=2, cpu_sum=1.0, load_min=0.4)
+    pane.put(first, part, "")
+    assert pane.total() is part and (part.samples, part.nodes) == (2, 1)
+    pane.put(first, Pane(samples=3, cpu_sum=2.0, load_min=0.3), "")  # the same chunk again replaces it
+    assert (pane.total().samples, pane.chunks) == (3, [first])
+    pane.put(second, Pane(samples=1, cpu_sum=0.5, load_min=0.2), "")
+    total = pane.total()
+    assert (total.samples, total.cpu_sum, total.load_min, total.nodes) == (4, 2.5, 0.2, 1)
+    assert pane.chunks == [first, second]
+    pane.drop([first])
+    assert (pane.total().samples, pane.chunks) == (1, [second])
+    pane.drop([second])
+    assert (pane.total().samples, pane.chunks) == (0, [])
 
 
 def test_a_newer_run_supersedes_the_chunks_it_reads_again() -> None:
