@@ -361,7 +361,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     client = Client(view.accepts)
-    fanout.clients.add(client)
+    fanout.join(client)
     try:
         await fanout.ready.wait()
         await response.write(sse("ready", {"scope": str(view.scope)}, default=json_default))
@@ -371,7 +371,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away
     finally:
-        fanout.clients.discard(client)
+        fanout.leave(client)
     return response
 
 

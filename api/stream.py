@@ -59,7 +59,9 @@ class Client:
 
 
 class Fanout:
-    """Reads the three topics from their end and hands each event to every client that accepts it."""
+    """Reads the three topics from their end and hands each event to every client that accepts it; it reads
+    only while a client is connected, as every fetch that returns data costs the embedded broker more as its
+    log grows."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -68,9 +70,18 @@ class Fanout:
         self.clients: set[Client] = set()
         self.ready = asyncio.Event()  # reading from the end of every partition
         self.read_to: dict[TopicPartition, int] = {}  # the next offset of each partition, once handed out
+        self._wanted = asyncio.Event()  # a client is connected
+        self.consumer: AIOKafkaConsumer | None = None
+
+    def join(self, client: Client) -> None:
+        self.clients.add(client)
+        self._wanted.set()
+
+    def leave(self, client: Client) -> None:
+        self.clients.discard(client)
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=True))
+        consumer = self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=True))
         await consumer.start()
         try:
             names = [self.topics.name(s) for s in (PLACEMENT, ALERT, ROLLUP)]
@@ -78,20 +89,32 @@ class Fanout:
             while not all(consumer.partitions_for_topic(n) for n in names):  # topics not created yet
                 await asyncio.sleep(1.0)
                 await consumer.topics()
-            consumer.assign([TopicPartition(n, p) for n in names for p in consumer.partitions_for_topic(n) or ()])
-            await consumer.seek_to_end()
-            for tp in consumer.assignment():
-                await consumer.position(tp)  # resolves the end offsets now, before any client is told it is on
-            self.ready.set()
+            parts = [TopicPartition(n, p) for n in names for p in consumer.partitions_for_topic(n) or ()]
+            consumer.assign(parts)
+            consumer.pause(*parts)
             while True:
-                for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
-                    kind = KINDS[self.topics.spec(tp.topic).name]
-                    for msg in messages:
-                        with contextlib.suppress(DecodeError):  # the sink reports it
-                            self.publish(kind, {**self.codec.decode(msg.value)[1], "_kafka_ms": msg.timestamp})
-                    self.read_to[tp] = messages[-1].offset + 1
+                await self._wanted.wait()
+                consumer.resume(*parts)
+                await consumer.seek_to_end(*parts)
+                for tp in parts:
+                    await consumer.position(tp)  # resolves the end offsets now, before any client is told it is on
+                self.ready.set()
+                while self.clients:
+                    self._hand_out(await consumer.getmany(timeout_ms=200))
+                self.ready.clear()
+                consumer.pause(*parts)
+                if not self.clients:
+                    self._wanted.clear()
         finally:
             await consumer.stop()
+
+    def _hand_out(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        for tp, messages in fetched.items():
+            kind = KINDS[self.topics.spec(tp.topic).name]
+            for msg in messages:
+                with contextlib.suppress(DecodeError):  # the sink reports it
+                    self.publish(kind, {**self.codec.decode(msg.value)[1], "_kafka_ms": msg.timestamp})
+            self.read_to[tp] = messages[-1].offset + 1
 
     def publish(self, kind: str, record: dict[str, Any]) -> None:
         for client in list(self.clients):

@@ -39,6 +39,7 @@ class Sampler:
         self._next = 0.0
         self._seen_latencies = 0
         self._started = time.monotonic()
+        self._broker_cpu: tuple[float, float] | None = None  # (monotonic, CPU seconds) of the broker at the last sample
 
     async def __call__(self, platform: Platform, monitor: Monitor) -> None:
         now = time.monotonic()
@@ -51,11 +52,22 @@ class Sampler:
             {
                 "t_s": round(now - self._started, 1),
                 "rss_mb": {c.name: _rss_mb(c.proc.pid) for c in platform.children if c.alive and c.proc},
+                **self._broker(platform, now),
                 **await consumer_lag(platform.settings),
                 "placements": len(latencies),
                 "dispatch_p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else None,
             }
         )
+
+    def _broker(self, platform: Platform, now: float) -> dict[str, Any]:
+        """The embedded broker's memory, and its CPU since the last sample in cores: its cost grows with its log."""
+        pid = platform.broker.pid if platform.broker and platform.broker.alive() else None
+        if pid is None:
+            return {}
+        times = psutil.Process(pid).cpu_times()
+        last, self._broker_cpu = self._broker_cpu, (now, times.user + times.system)
+        cores = round((self._broker_cpu[1] - last[1]) / (now - last[0]), 2) if last else None
+        return {"broker_mb": _rss_mb(pid), "broker_cores": cores}
 
 
 def _rss_mb(pid: int) -> float:
@@ -103,6 +115,10 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
         "lag_final": samples[-1]["lag"] if samples else {},
         "lag_max": {k: max(s["lag"][k] for s in samples) for k in (samples[0]["lag"] if samples else {})},
         "lag_s_max": {k: max(s["lag_s"][k] for s in samples) for k in (samples[0]["lag_s"] if samples else {})},
+        "broker_cores_first_last": [
+            next((s["broker_cores"] for s in samples if s.get("broker_cores")), None),
+            samples[-1].get("broker_cores") if samples else None,
+        ],
         "dispatch_p99_ms_first_half": round(float(np.median(p99[0])), 2) if p99[0] else None,
         "dispatch_p99_ms_second_half": round(float(np.median(p99[1])), 2) if p99[1] else None,
         "run": run,

@@ -193,22 +193,39 @@ class Monitor:
         self.batched_ms: list[float] = []  # request to placement, for work that waited for its batch window
         self.decision_us: list[float] = []  # the dispatcher's own time per decision, from each placement
         self.hubs = HubView()
-        self.consumer: AIOKafkaConsumer
+        self.placements: AIOKafkaConsumer  # on the dispatch path, for the latency
+        self.consumer: AIOKafkaConsumer  # the other counted topics, the frames and what the hub view shows
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=True))
-        await self.consumer.start()
-        await self.consumer.topics()
-        names = [self.topics.name(spec) for spec in (*COUNTED, TELEMETRY_FRAME, GRID_SIGNAL)]
-        parts = [TopicPartition(t, p) for t in names for p in self.consumer.partitions_for_topic(t) or ()]
-        self.consumer.assign(parts)
-        await self.consumer.seek_to_end(*parts)  # only this run's events
+        others = [spec for spec in (*COUNTED, TELEMETRY_FRAME, GRID_SIGNAL) if spec is not PLACEMENT]
+        self.consumer = await self._following(others, dispatch_path=False)
+        self.placements = await self._following([PLACEMENT], dispatch_path=True)
+
+    async def _following(self, specs: list[TopicSpec], dispatch_path: bool) -> AIOKafkaConsumer:
+        """A consumer of the topics from their end (only this run's events). Only the placements are read on
+        the dispatch path's short fetch wait: on the embedded broker, each fetch that returns data costs more
+        the more batches the log holds."""
+        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=dispatch_path))
+        await consumer.start()
+        await consumer.topics()
+        names = [self.topics.name(spec) for spec in specs]
+        parts = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
         for tp in parts:
-            await self.consumer.position(tp)
+            await consumer.position(tp)
+        return consumer
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.gather(self._read(self.placements, stop), self._read(self.consumer, stop))
+        finally:
+            await self.placements.stop()
+            await self.consumer.stop()
+
+    async def _read(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            for tp, messages in (await self.consumer.getmany(timeout_ms=100)).items():
+            for tp, messages in (await consumer.getmany(timeout_ms=100)).items():
                 now = time.time() * 1000
                 spec = self.topics.spec(tp.topic)
                 if spec in COUNTED:
@@ -219,7 +236,6 @@ class Monitor:
                     for msg in messages:
                         with contextlib.suppress(ValueError):
                             self._observe(spec, self.codec.decode_as(spec.schema, msg.value), now)
-        await self.consumer.stop()
 
     def _observe(self, spec: TopicSpec, record: dict[str, Any], now: float) -> None:
         if spec is PLACEMENT:

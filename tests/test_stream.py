@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from suanwang.api.scopes import ScopeView
 from suanwang.api.server import FANOUT, create_api
-from suanwang.api.stream import Client
+from suanwang.api.stream import Client, Fanout
 from suanwang.bus import EventProducer, ensure_topics
 from suanwang.dispatcher.tiers import parse_scope
 from suanwang.schemas.topics import PLACEMENT, Topics
@@ -100,6 +100,32 @@ def test_stream_sends_a_provinces_placements_live(settings: Settings, store: Sto
     got, bad_status = asyncio.run(scenario())
     assert [p["task_id"] for p in got] == ["gs0"]
     assert bad_status == 422
+
+
+def test_the_fanout_reads_the_broker_only_while_a_client_listens(settings: Settings) -> None:
+    async def scenario() -> None:
+        await ensure_topics(settings)
+        fanout, producer = Fanout(settings), EventProducer(settings)
+        await producer.start()
+        reading = asyncio.create_task(fanout.run())
+        try:
+            assert await wait_for(lambda: fanout.consumer is not None and bool(fanout.consumer.assignment()))
+            assert fanout.consumer.paused() == fanout.consumer.assignment() and not fanout.ready.is_set()
+            client = Client(lambda kind, record: True)
+            fanout.join(client)
+            assert await wait_for(fanout.ready.is_set) and not fanout.consumer.paused()
+            await producer.send(PLACEMENT, sample_record("Placement") | {"task_id": "listened"})
+            await producer.flush()
+            assert await wait_for(lambda: client.accepted == 1)
+            fanout.leave(client)
+            assert await wait_for(lambda: not fanout.ready.is_set())
+            assert fanout.consumer.paused() == fanout.consumer.assignment()
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            await producer.stop()
+
+    asyncio.run(scenario())
 
 
 def test_stream_without_kafka_says_so(store: Store) -> None:
