@@ -116,7 +116,7 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
         "lag_max": {k: max(s["lag"][k] for s in samples) for k in (samples[0]["lag"] if samples else {})},
         "lag_s_max": {k: max(s["lag_s"][k] for s in samples) for k in (samples[0]["lag_s"] if samples else {})},
         "broker_cores_first_last": [
-            next((s["broker_cores"] for s in samples if s.get("broker_cores")), None),
+            next((s["broker_cores"] for s in samples if s.get("broker_cores") is not None), None),
             samples[-1].get("broker_cores") if samples else None,
         ],
         "dispatch_p99_ms_first_half": round(float(np.median(p99[0])), 2) if p99[0] else None,

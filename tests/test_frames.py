@@ -12,7 +12,7 @@ from suanwang.clock import now_ms
 from suanwang.devstack.runtime import Monitor
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.frames import frame_of, frame_problem, samples_of
-from suanwang.schemas.topics import PANE_CHUNK, ROLLUP, TELEMETRY_FRAME, Topics
+from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, ROLLUP, TASK_REQUEST, TELEMETRY_FRAME, Topics
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
@@ -39,6 +39,30 @@ def test_up_counts_a_frames_samples_and_passes_over_a_frame_it_cannot_take_apart
     monitor._observe(TELEMETRY_FRAME, frame, 3_000.0)
     monitor._observe(TELEMETRY_FRAME, {**frame, "cpu_util": frame["cpu_util"][:2]}, 3_000.0)
     assert monitor.counts["telemetry_events"] == 6 and monitor.hubs.load
+
+
+def test_up_follows_only_the_placements_on_the_short_fetch_wait(settings: Settings) -> None:
+    """The embedded broker's cost of a fetch that returns data grows with its log: `up`'s monitor reads on the
+    dispatch path's wait only what the latency needs."""
+
+    async def followed() -> dict[int, set[str]]:
+        await ensure_topics(settings)
+        monitor = Monitor(settings, watch_hubs=False)
+        await monitor.start()
+        try:
+            return {
+                c._fetcher._fetch_max_wait_ms: {tp.topic for tp in c.assignment()}
+                for c in (monitor.placements, monitor.consumer)
+            }
+        finally:
+            await monitor.placements.stop()
+            await monitor.consumer.stop()
+
+    topics = Topics(settings.topic_prefix)
+    by_wait = asyncio.run(followed())
+    assert by_wait[settings.dispatch_fetch_max_wait_ms] == {topics.name(PLACEMENT)}
+    assert topics.name(TASK_REQUEST) in by_wait[settings.fetch_max_wait_ms]
+    assert topics.name(PLACEMENT) not in by_wait[settings.fetch_max_wait_ms]
 
 
 def test_frames_are_stored_windowed_and_their_bad_samples_dead_lettered_alone(settings: Settings, store: Store) -> None:
