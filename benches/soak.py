@@ -20,7 +20,15 @@ from suanwang.bus import Lag
 from suanwang.ddl import DATABASE
 from suanwang.devstack.runtime import Monitor, Platform
 from suanwang.dispatcher.tiers import Scope, dispatcher_group
-from suanwang.schemas.topics import PLACEMENT, TASK_LIFECYCLE, TASK_REQUEST, TELEMETRY, TELEMETRY_FRAME, Topics
+from suanwang.schemas.topics import (
+    PANE_CHUNK,
+    PLACEMENT,
+    TASK_LIFECYCLE,
+    TASK_REQUEST,
+    TELEMETRY,
+    TELEMETRY_FRAME,
+    Topics,
+)
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import worker_group
@@ -82,7 +90,7 @@ async def consumer_lag(settings: Settings) -> dict[str, dict[str, Any]]:
     how long ago the oldest of them was written (`lag_s`)."""
     topics = Topics(settings.topic_prefix)
     groups = {
-        "worker": (worker_group(settings), [TELEMETRY, TELEMETRY_FRAME, PLACEMENT, TASK_REQUEST]),
+        "worker": (worker_group(settings), [TELEMETRY, TELEMETRY_FRAME, PANE_CHUNK, PLACEMENT, TASK_REQUEST]),
         "dispatcher": (dispatcher_group(Scope("national")), [TASK_REQUEST, TASK_LIFECYCLE]),
     }
     named = {name: (group, [topics.name(s) for s in specs]) for name, (group, specs) in groups.items()}
@@ -140,19 +148,29 @@ def offline_alerts(store: Store, silence_ms: int) -> dict[str, int]:
         {"nodes": sorted({node for node, _at in alerts})},
     )
     samples = {node: np.sort(np.array(times, dtype=np.int64)) for node, times in rows}
-    return {"raised": len(alerts), "false": contradicted(alerts, samples, silence_ms)}
+    _, span = store.query(
+        "SELECT toUnixTimestamp64Milli(min(event_time)), toUnixTimestamp64Milli(max(event_time)) "
+        f"FROM {DATABASE}.telemetry"
+    )
+    return {"raised": len(alerts), "false": contradicted(alerts, samples, silence_ms, span[0])}
 
 
-def contradicted(alerts: list[tuple[str, int]], samples: dict[str, np.ndarray], silence_ms: int) -> int:
+def contradicted(
+    alerts: list[tuple[str, int]], samples: dict[str, np.ndarray], silence_ms: int, span: tuple[int, int] | None = None
+) -> int:
     """The (node, ms) offline alerts none of whose node's gaps between samples (`samples`: sorted ms), from 2
     minutes before the alert to 1 minute after, is as long as the silence bound. A real failure (the
-    simulator's last a minute or more) leaves such a gap; a worker that merely fell behind does not."""
+    simulator's last a minute or more) leaves such a gap; a worker that merely fell behind does not. The
+    window is cut to the run's `span` (its first and last sample of any node): the quiet before a run starts
+    or after it stops is no node's silence, and would pass every alert of its first or last minute."""
     before, after = AROUND_ALERT_MS
+    first, last = span if span is not None else (-np.inf, np.inf)
     count = 0
     for node, at in alerts:
         times = samples.get(node, np.zeros(0, dtype=np.int64))
-        near = times[(times >= at - before) & (times <= at + after)]
-        edges = np.concatenate(([at - before], near, [at + after]))
+        start, end = max(at - before, first), min(at + after, max(last, at))
+        near = times[(times >= start) & (times <= end)]
+        edges = np.concatenate(([start], near, [end]))
         count += bool(np.diff(edges).max() < silence_ms)
     return count
 

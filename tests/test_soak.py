@@ -45,3 +45,7 @@ def test_an_offline_alert_is_false_when_the_nodes_own_samples_show_no_silence() 
     # with no sample stored at all cannot be contradicted
     assert contradicted(alerts, samples, silence_ms=15_000) == 2
     assert contradicted(alerts[1:3], samples, silence_ms=15_000) == 0
+    # at the end of a run: the quiet after the last sample is no node's silence
+    near_the_end = [("steady", 590_000), ("failed", 220_000)]
+    assert contradicted(near_the_end, samples, silence_ms=15_000) == 0  # the window runs past the data
+    assert contradicted(near_the_end, samples, silence_ms=15_000, span=(0, 595_000)) == 1
