@@ -86,8 +86,9 @@ def _rss_mb(pid: int) -> float:
 
 
 async def consumer_lag(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Messages not yet committed by the workers' group and by the national dispatcher's group (`lag`), and
-    how long ago the oldest of them was written (`lag_s`)."""
+    """Messages not yet committed by the workers' group (telemetry, the pane chunks its windows merge, and
+    what it stores of dispatch) and by the national dispatcher's group (`lag`), and how long ago the oldest
+    of them was written (`lag_s`)."""
     topics = Topics(settings.topic_prefix)
     groups = {
         "worker": (worker_group(settings), [TELEMETRY, TELEMETRY_FRAME, PANE_CHUNK, PLACEMENT, TASK_REQUEST]),
