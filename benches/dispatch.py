@@ -102,14 +102,21 @@ class KernelDecisions:
 
 
 def bench_dispatch(
-    nodes: int, tasks: int, python_tasks: int, seed: int, console: Console, window: int = 25
+    nodes: int,
+    tasks: int,
+    python_tasks: int,
+    seed: int,
+    console: Console,
+    window: int = 25,
+    numpy_tasks: int | None = None,
 ) -> dict[str, Any]:
     """Decision time of the compiled pass, of the NumPy oracle and of the pass's own source in the interpreter
     (JIT disabled, in a process of its own) on one workload, decisions compared.
 
     Each implementation starts from the same table and reserves what it places, so a difference in any
-    one decision shows up in every later one. A decision is timed from the request record to the
-    reserved node: building the request's masks, filter, score, select and reserve.
+    one decision shows up in every later one. The oracles decide the first `numpy_tasks` (all by default) and
+    `python_tasks` requests: at 100,000 nodes NumPy takes about 0.3 s a decision. A decision is timed from
+    the request record to the reserved node: building the request's masks, filter, score, select and reserve.
     """
     now = now_ms()
     network, table, requests = workload(nodes, seed, tasks, now)
@@ -129,11 +136,11 @@ def bench_dispatch(
         taken = reserve_numpy(np_ints, np_acc, best, d.cpu, d.mem, d.acc_count, d.acc_milli, load.shapes, load.weights)
         return best, tuple(taken)
 
-    by_numpy, numpy_s = _timed(requests, numpy_decide, "numpy", console)
+    by_numpy, numpy_s = _timed(requests[:numpy_tasks], numpy_decide, "numpy", console)
     by_python, python_s = interpreted(nodes, seed, python_tasks, now)
     full_s = _full_decisions(network, nodes, requests, console)
     by_numba, numba_s = _timed(requests, KernelDecisions(table, now), "numba", console)
-    identical = by_numba == by_numpy and by_numba[: len(by_python)] == by_python
+    identical = by_numba[: len(by_numpy)] == by_numpy and by_numba[: len(by_python)] == by_python
     numba_p50, numba_p99 = _percentiles(numba_s)
     numpy_p50, numpy_p99 = _percentiles(numpy_s)
     python_p50, python_p99 = _percentiles(python_s)
@@ -142,6 +149,7 @@ def bench_dispatch(
     return {
         "nodes": nodes,
         "tasks": tasks,
+        "numpy_tasks": len(by_numpy),
         "python_tasks": len(by_python),
         "placed": placed,
         "rejected": tasks - placed,

@@ -29,6 +29,7 @@ from suanwang.schemas.topics import (
     TELEMETRY_FRAME,
     Topics,
 )
+from suanwang.schemas.values import COLLECTOR_SILENT, NODE_OFFLINE
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import worker_group
@@ -135,20 +136,22 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
     }
 
 
-def offline_alerts(store: Store, silence_ms: int) -> dict[str, int]:
-    """The `node_offline` alerts raised in the store, and how many the nodes' own stored samples contradict."""
+def offline_alerts(store: Store, silence_ms: int, kind: str = NODE_OFFLINE, scope: str = "node_id") -> dict[str, int]:
+    """The alerts of `kind` (`node_offline`, or `collector_silent` by cluster) raised in the store, and how many
+    their scope's own stored samples contradict: samples stamped through the silence, that came late."""
     _, alerts = store.query(
         f"SELECT scope_key, toUnixTimestamp64Milli(event_time) FROM {DATABASE}.alerts "
-        "WHERE kind = 'node_offline' AND NOT resolved"
+        "WHERE kind = {kind:String} AND NOT resolved",
+        {"kind": kind},
     )
     if not alerts:
         return {"raised": 0, "false": 0}
     _, rows = store.query(
-        f"SELECT node_id, groupArray(toUnixTimestamp64Milli(event_time)) FROM {DATABASE}.telemetry "
-        "WHERE node_id IN {nodes:Array(String)} GROUP BY node_id",
-        {"nodes": sorted({node for node, _at in alerts})},
+        f"SELECT {scope}, groupUniqArray(toUnixTimestamp64Milli(event_time)) FROM {DATABASE}.telemetry "
+        f"WHERE {scope} IN {{keys:Array(String)}} GROUP BY {scope}",
+        {"keys": sorted({key for key, _at in alerts})},
     )
-    samples = {node: np.sort(np.array(times, dtype=np.int64)) for node, times in rows}
+    samples = {key: np.sort(np.array(times, dtype=np.int64)) for key, times in rows}
     _, span = store.query(
         "SELECT toUnixTimestamp64Milli(min(event_time)), toUnixTimestamp64Milli(max(event_time)) "
         f"FROM {DATABASE}.telemetry"
@@ -182,7 +185,9 @@ def soak(settings: Settings, minutes: float, every_s: float) -> dict[str, Any]:
     figures = summarise(sampler.samples, run)
     store = Store(settings)
     try:
-        figures["node_offline"] = offline_alerts(store, Rules(settings).silence_ms)
+        silence_ms = Rules(settings).silence_ms
+        figures["node_offline"] = offline_alerts(store, silence_ms)
+        figures["collector_silent"] = offline_alerts(store, silence_ms, COLLECTOR_SILENT, "cluster")
     finally:
         store.close()
     return figures

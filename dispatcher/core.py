@@ -26,7 +26,7 @@ from suanwang.dispatcher.shapes import Shapes
 from suanwang.dispatcher.stages import Ask, Float, Int, Verdict
 from suanwang.dispatcher.state import HOUR_MS, MAX_ACCELERATORS, Horizon, NodeTable
 from suanwang.schemas.topics import PLACEMENT, REJECTION, TASK_LIFECYCLE, TASK_REQUEST, TopicSpec
-from suanwang.schemas.values import BATCH, GREEDY, PREEMPTION
+from suanwang.schemas.values import BATCH, GREEDY, NODE_OFFLINE, PREEMPTION
 from suanwang.settings import default_of
 from suanwang.topology import PRECISIONS, Network
 
@@ -37,7 +37,7 @@ UNKNOWN_ARCH = "UNKNOWN_ARCH"  # no registered node has any of the architectures
 HOURS_FOR_OPEN_ENDED = 1.0  # open-ended tasks are costed per hour of running
 MAX_SHIFT_HOURS = 24  # a task with a deadline may start up to this many hours later
 RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"  # a task that failed or was preempted too often is not re-dispatched
-NODE_OFFLINE, NODE_FAULT, PREEMPTED = "node_offline", "node_fault", "preempted"  # TaskLifecycle.cause
+NODE_FAULT, PREEMPTED = "node_fault", "preempted"  # TaskLifecycle.cause, beside NODE_OFFLINE
 PREEMPTION_CANDIDATES = 256  # nodes holding preemptible work examined for one preemptor, at most
 
 
@@ -282,6 +282,7 @@ class Dispatcher:
         self.on_row: dict[int, set[str]] = {}  # node row -> the tasks holding capacity on it
         self.rows_by_class: dict[str, dict[int, int]] = {name: {} for name in RANK}  # class -> row -> its tasks
         self.offline_since: dict[int, int] = {}  # node row -> when it was declared offline (ms), until back
+        self.silent_clusters: set[str] = set()  # clusters whose collector is silent: no new work, nothing moved
         self.outbox: list[tuple[TopicSpec, dict[str, Any]]] = []  # events a decision caused beside its own
         # the newest decisions, to answer a redelivered request the same way; redelivery replays only the
         # tail a consumer had not committed, so older ones are forgotten (capacity is tracked apart). Each is
@@ -371,11 +372,25 @@ class Dispatcher:
         row = self.nodes.row.get(node_id)
         if row is None:
             return
-        self.nodes.set_healthy(row, healthy)
         if healthy:
             self.offline_since.pop(row, None)
         else:
             self.offline_since.setdefault(row, now)
+        self._judge_health(row)
+
+    def set_collector(self, cluster: str, reporting: bool) -> None:
+        """A cluster whose collector went silent takes no new work until it reports again, but its tasks stay:
+        a collector or its link down is far likelier than a whole data centre (kube's zone-disruption rule)."""
+        if reporting:
+            self.silent_clusters.discard(cluster)
+        else:
+            self.silent_clusters.add(cluster)
+        for row in [row for row, name in enumerate(self.nodes.clusters) if name == cluster]:
+            self._judge_health(row)
+
+    def _judge_health(self, row: int) -> None:
+        reporting = self.nodes.clusters[row] not in self.silent_clusters
+        self.nodes.set_healthy(row, row not in self.offline_since and reporting)
 
     # ---- recovery: work whose node failed, or which was preempted, is dispatched again
 

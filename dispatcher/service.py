@@ -32,7 +32,7 @@ from suanwang.schemas.topics import (
     Topics,
     TopicSpec,
 )
-from suanwang.schemas.values import STARTED, TASK_ENDS
+from suanwang.schemas.values import COLLECTOR_SILENT, NODE_OFFLINE, STARTED, TASK_ENDS
 from suanwang.settings import Settings
 from suanwang.topology import load_network
 
@@ -223,8 +223,10 @@ class DispatcherService:
             self.core.release(record["task_id"])
         elif spec is TASK_LIFECYCLE and record["state"] == STARTED:
             self.core.started(record["task_id"], epoch_ms(record["event_time"]))
-        elif spec is ALERT and record["kind"] == "node_offline":
+        elif spec is ALERT and record["kind"] == NODE_OFFLINE:
             self.core.set_health(record["scope_key"], healthy=record["resolved"], now=now_ms())
+        elif spec is ALERT and record["kind"] == COLLECTOR_SILENT:
+            self.core.set_collector(record["scope_key"], reporting=record["resolved"])
 
     def _window_for(self, record: dict[str, Any]) -> float:
         """Seconds this request may wait to be placed with others (0: decided at once): work with no latency

@@ -20,3 +20,4 @@ STARTED = TASK_STATES[0]
 TASK_ENDS = TASK_STATES[1:]  # every state after STARTED ends the task and frees what it held
 COMPUTE_CLASSES = enum_symbols("NodeRegistration", "compute_class")
 GREEDY, PREEMPTION, BATCH = DECISION_PATHS = enum_symbols("Placement", "decided_by")
+NODE_OFFLINE, COLLECTOR_SILENT = "node_offline", "collector_silent"  # the Alert kinds the dispatcher reads as health

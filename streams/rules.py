@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from suanwang.schemas.values import COLLECTOR_SILENT, NODE_OFFLINE
 from suanwang.settings import Settings
 from suanwang.streams.windows import PANE_MS
 
 OVERHEATING = "overheating"
 SEVERITY = {
-    "node_offline": "CRITICAL",
+    NODE_OFFLINE: "CRITICAL",
+    COLLECTOR_SILENT: "CRITICAL",
     OVERHEATING: "CRITICAL",
     "overload": "WARNING",
     "imbalance": "WARNING",
@@ -107,8 +109,16 @@ class Rules:
     def silence(self, node: str, offline: bool, silent_ms: int) -> Check:
         """A node silent past `silence_ms` is offline until it reports again."""
         return Check(
-            "node_offline", "node", node, silent_ms / 1000, self.silence_ms / 1000,
+            NODE_OFFLINE, "node", node, silent_ms / 1000, self.silence_ms / 1000,
             f"{node} silent for {silent_ms / 1000:.0f} s", firing=offline,
+        )  # fmt: skip
+
+    def collector(self, cluster: str, quiet: bool, silent_ms: int) -> Check:
+        """A cluster whose whole stream went quiet past `silence_ms`: one alert for its collector, not one per
+        node, until its samples come again."""
+        return Check(
+            COLLECTOR_SILENT, "cluster", cluster, silent_ms / 1000, self.silence_ms / 1000,
+            f"every node of {cluster} silent for {silent_ms / 1000:.0f} s: its collector or its link", firing=quiet,
         )  # fmt: skip
 
     @property

@@ -237,7 +237,10 @@ def _report(figures: dict[str, Any], json_out: bool, title: str) -> None:
 @bench_app.command("dispatch")
 def bench_dispatch(
     nodes: Annotated[int, typer.Option(min=10, help="Nodes in the table.")] = 10_000,
-    tasks: Annotated[int, typer.Option(min=1, help="Requests decided by numba and NumPy.")] = 2_000,
+    tasks: Annotated[int, typer.Option(min=1, help="Requests decided by numba.")] = 2_000,
+    numpy_tasks: Annotated[
+        int | None, typer.Option(min=1, help="The first requests also decided by NumPy (all by default).")
+    ] = None,
     python_tasks: Annotated[int, typer.Option(min=1, help="The first requests also decided in pure Python.")] = 100,
     window: Annotated[
         int, typer.Option(min=1, help="Requests that can wait per window of the batch path (1 s at 50 tasks/s).")
@@ -249,7 +252,7 @@ def bench_dispatch(
     path's time per task for windows of work that can wait."""
     from suanwang.benches.dispatch import bench_dispatch as run
 
-    figures = run(nodes, tasks, min(python_tasks, tasks), seed, err, window)
+    figures = run(nodes, tasks, min(python_tasks, tasks), seed, err, window, numpy_tasks)
     _report(figures, json_out, f"dispatch: {nodes:,} nodes, {tasks:,} tasks")
     if not figures["identical"]:
         raise SuanwangError("the numba, NumPy and Python implementations decided differently")

@@ -375,6 +375,19 @@ def test_the_numpy_oracle_and_the_interpreted_kernel_decide_exactly_as_the_compi
     assert figures["identical"] is True
     assert figures["python_tasks"] == 400 and 0 < figures["placed"] < 400  # the table fills: rejections too
     assert figures["numba_p50_us"] > 0 and figures["python_over_numba_p50"] > 0
+    assert figures["numpy_tasks"] == 400
+
+
+def test_the_dispatch_bench_can_check_only_the_first_decisions_by_numpy(network) -> None:
+    from rich.console import Console
+
+    from suanwang.benches.dispatch import bench_dispatch
+
+    figures = bench_dispatch(
+        nodes=200, tasks=120, python_tasks=5, seed=3, console=Console(quiet=True), window=10, numpy_tasks=30
+    )
+    assert figures["numpy_tasks"] == 30 and figures["python_tasks"] == 5 and figures["tasks"] == 120
+    assert figures["identical"] is True
 
 
 def test_references_break_ties_to_the_lowest_row(network) -> None:

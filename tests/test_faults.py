@@ -286,12 +286,14 @@ def test_a_worker_killed_mid_stream_stores_every_row_and_every_window_once(setti
 
 
 class OfflineWatch:
-    """The nodes called offline on the alert topic, in order, read from the start."""
+    """The nodes called offline, and the clusters whose collector was called silent, on the alert topic, in
+    order, read from the start."""
 
     def __init__(self, settings: Settings) -> None:
         self.consumer = contract_consumer(settings, [ALERT], None)
         self.codec = Codec()
         self.nodes: list[str] = []
+        self.clusters: list[str] = []
 
     async def until(self, done: Callable[[list[str]], bool], timeout_s: float = 60.0) -> bool:
         loop = asyncio.get_running_loop()
@@ -299,14 +301,17 @@ class OfflineWatch:
         while not done(self.nodes) and loop.time() < deadline:
             for messages in (await self.consumer.getmany(timeout_ms=200)).values():
                 alerts = [self.codec.decode_as("Alert", m.value) for m in messages]
-                self.nodes += [a["scope_key"] for a in alerts if a["kind"] == "node_offline" and not a["resolved"]]
+                raised = [a for a in alerts if not a["resolved"]]
+                self.nodes += [a["scope_key"] for a in raised if a["kind"] == "node_offline"]
+                self.clusters += [a["scope_key"] for a in raised if a["kind"] == "collector_silent"]
         return done(self.nodes)
 
 
 def test_a_worker_frozen_mid_stream_calls_no_node_silent(settings: Settings, tmp_path: Path) -> None:
     """SIGSTOP for twice the silence bound while 20 nodes keep reporting, then SIGCONT: the worker reads what
     came meanwhile before it judges, so it calls no node offline. Then one node stops reporting, and then all:
-    exactly those are called offline, each once."""
+    that node is called offline, then every other node once, or the collector of its stream (its cluster in
+    its partition) when the stream carried several."""
     regs = fleet(20)
     everyone = {reg["node_id"] for reg in regs}
     worker_settings = settings.model_copy(
@@ -325,7 +330,9 @@ def test_a_worker_frozen_mid_stream_calls_no_node_silent(settings: Settings, tmp
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
-    async def scenario() -> tuple[list[str], str, list[str]]:
+    cluster_of = {reg["node_id"]: reg["cluster"] for reg in regs}
+
+    async def scenario() -> tuple[list[str], str, list[str], list[str]]:
         producer = await registered(settings, regs)
         offline = OfflineWatch(settings)
         await offline.consumer.start()
@@ -345,8 +352,12 @@ def test_a_worker_frozen_mid_stream_calls_no_node_silent(settings: Settings, tmp
             assert await offline.until(lambda nodes: quiet in nodes), offline.nodes
             one_quiet = list(offline.nodes)
             reporting.clear()
-            assert await offline.until(lambda nodes: set(nodes) >= everyone), offline.nodes
-            return one_quiet, quiet, list(offline.nodes)
+
+            def all_called(nodes: list[str]) -> bool:
+                return set(nodes) | {n for n, c in cluster_of.items() if c in offline.clusters} >= everyone
+
+            assert await offline.until(all_called), (offline.nodes, offline.clusters)
+            return one_quiet, quiet, list(offline.nodes), list(offline.clusters)
         finally:
             stop.set()
             await reporter
@@ -356,9 +367,10 @@ def test_a_worker_frozen_mid_stream_calls_no_node_silent(settings: Settings, tmp
             await offline.consumer.stop()
             await producer.stop()
 
-    one_quiet, quiet, in_the_end = asyncio.run(scenario())
+    one_quiet, quiet, nodes, clusters = asyncio.run(scenario())
     assert one_quiet == [quiet]  # the node that stopped, and none that reported through the stall
-    assert sorted(in_the_end) == sorted(everyone)  # then every node, each once
+    assert len(nodes) == len(set(nodes)) and len(clusters) == len(set(clusters))  # each called once
+    assert clusters  # 20 nodes over 3 partitions: some streams carry several nodes
 
 
 def test_a_slow_subscriber_of_the_dispatch_topic_does_not_hold_dispatch_back(

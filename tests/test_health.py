@@ -28,10 +28,10 @@ def test_a_partition_read_behind_the_others_does_not_make_its_nodes_silent() -> 
     silence.saw("a-1", 10 * S, partition=1)
     for t in range(10, 101, 5):  # partition 0 is read far ahead
         silence.saw("b-1", t * S, partition=0)
-    assert silence.newly_silent() == []  # a-1 is 90 s behind b-1, but not behind its own partition
+    assert silence.newly_silent().nodes == []  # a-1 is 90 s behind b-1, but not behind its own partition
     silence.saw("a-2", 30 * S, partition=1)  # partition 1 moves on, a-1 stays quiet
-    assert [(node, ms // S) for node, ms in silence.newly_silent()] == [("a-1", 20)]
-    assert silence.newly_silent() == []  # raised once
+    assert [(node, ms // S) for node, ms in silence.newly_silent().nodes] == [("a-1", 20)]
+    assert silence.newly_silent().nodes == []  # raised once
     assert silence.saw("a-1", 40 * S, partition=1) == 30 * S  # back, after 30 s
     assert silence.offline == set()
 
@@ -51,9 +51,9 @@ def test_a_collector_catching_up_beside_current_ones_does_not_make_its_nodes_sil
         silence.saw("live-1", t * S, partition=0, cluster="live")
     silence.saw("late-1", 10 * S, partition=0, cluster="late")
     silence.saw("late-2", 10 * S, partition=0, cluster="late")
-    assert silence.newly_silent() == []  # 90 s behind the partition, but not behind its own collector
+    assert silence.newly_silent().nodes == []  # 90 s behind the partition, but not behind its own collector
     silence.saw("late-2", 30 * S, partition=0, cluster="late")  # the backlog goes on; late-1 stays quiet
-    assert [(node, ms // S) for node, ms in silence.newly_silent()] == [("late-1", 20)]
+    assert [(node, ms // S) for node, ms in silence.newly_silent().nodes] == [("late-1", 20)]
 
 
 def test_a_paused_node_is_quiet_not_silent() -> None:
@@ -62,8 +62,8 @@ def test_a_paused_node_is_quiet_not_silent() -> None:
     silence.saw("stopped", 1_000, 0)
     silence.saw("silent", 1_000, 0)
     silence.saw("busy", 30_000, 0)
-    assert [n for n, _ in silence.newly_silent(paused=lambda node: node == "stopped")] == ["silent"]
-    assert silence.newly_silent(paused=lambda node: False) == [("stopped", 29_000)]
+    assert [n for n, _ in silence.newly_silent(paused=lambda node: node == "stopped").nodes] == ["silent"]
+    assert silence.newly_silent(paused=lambda node: False).nodes == [("stopped", 29_000)]
 
 
 def _quiet_for(silence: Silence, stream: tuple[int, str], seconds: float) -> None:
@@ -85,12 +85,12 @@ def test_a_silence_on_the_wall_clock_alone_is_called_once_its_partition_is_read_
     overdue = silence.overdue()
     assert [(o.node, o.proven) for o in overdue] == [("quiet-1", False), ("quiet-2", False), ("dead-1", True)]
     assert silence.unconfirmed(overdue) == {0}
-    assert [node for node, _ in silence.newly_silent()] == ["dead-1"]  # proven; the others' end is not known yet
-    assert silence.newly_silent(ends={0: 52}) == []  # partition 0 holds 12 records not yet watched
+    assert [node for node, _ in silence.newly_silent().nodes] == ["dead-1"]  # proven; the others' end is not known yet
+    assert silence.newly_silent(ends={0: 52}).nodes == []  # partition 0 holds 12 records not yet watched
     assert silence.unconfirmed(silence.overdue()) == set()  # the offset is noted: no need to ask again
     silence.saw("quiet-2", 33 * S, partition=0)  # among them, a sample of quiet-2
     silence.read_to[0] = 52
-    assert [node for node, _ in silence.newly_silent()] == ["quiet-1"]  # read to there: quiet-1 sent nothing
+    assert [node for node, _ in silence.newly_silent().nodes] == ["quiet-1"]  # read to there: quiet-1 sent nothing
     assert silence.confirm_at == {}
 
 
@@ -105,7 +105,37 @@ def test_a_node_that_reports_while_the_broker_is_asked_is_not_called_silent() ->
     overdue = silence.overdue()
     assert {o.node for o in overdue} == {"back-1", "gone-1"}
     silence.saw("back-1", 36 * S, partition=0)  # read while the broker was asked
-    assert [node for node, _ in silence.newly_silent(ends={0: 40}, overdue=overdue)] == ["gone-1"]
+    assert [node for node, _ in silence.newly_silent(ends={0: 40}, overdue=overdue).nodes] == ["gone-1"]
+
+
+def test_a_stream_of_several_nodes_quiet_together_is_its_collectors_silence_not_each_nodes() -> None:
+    """Cluster c's collector goes quiet: one call for the cluster, none for its nodes. When it reports again
+    without c-2, c-2's clock starts from that sample, so it is called offline one bound later, not at once."""
+    silence = Silence(silence_ms=10 * S)
+    silence.read_to = {0: 40}
+    for node in ("c-1", "c-2", "c-3"):
+        silence.saw(node, 5 * S, partition=0, cluster="c")
+    _quiet_for(silence, (0, "c"), 30)
+    assert silence.newly_silent(ends={0: 40}) == ([], [("c", 30 * S)])
+    assert silence.newly_silent(ends={0: 40}) == ([], [])  # called once; its nodes are not judged meanwhile
+    silence.saw("c-1", 36 * S, partition=0, cluster="c")
+    silence.saw("c-3", 36 * S, partition=0, cluster="c")
+    assert silence.take_back() == [("c", 31 * S)] and silence.take_back() == []
+    assert silence.newly_silent() == ([], [])  # c-2 is 31 s behind, but its clock restarted at 36 s
+    silence.saw("c-1", 47 * S, partition=0, cluster="c")
+    silence.saw("c-3", 47 * S, partition=0, cluster="c")
+    assert silence.newly_silent() == ([("c-2", 42 * S)], [])  # proven by its stream, 11 s after the restart
+
+
+def test_a_stream_with_one_live_node_calls_that_node_not_a_collector() -> None:
+    """A stream whose other node is offline already, or alone: its quiet is the node's."""
+    silence = Silence(silence_ms=10 * S)
+    silence.read_to = {0: 40}
+    silence.saw("dead", 1 * S, partition=0, cluster="c")
+    silence.saw("last", 20 * S, partition=0, cluster="c")
+    assert silence.newly_silent().nodes == [("dead", 19 * S)]
+    _quiet_for(silence, (0, "c"), 30)
+    assert silence.newly_silent(ends={0: 40}) == ([("last", 30 * S)], [])
 
 
 class _Worker(SimpleNamespace):
@@ -175,6 +205,35 @@ def test_a_quiet_stream_is_called_silent_once_read_to_where_it_ended_and_every_r
         await watch(batch("n2", 2), np.ones(1, np.int64), {0: 9, 1: 1})  # partition 0's two were dead letters
         await check()
         assert worker.offline() == ["n1"] and worker.asked == 1
+
+    asyncio.run(run())
+
+
+def test_a_collector_gone_quiet_raises_one_alert_for_its_cluster_resolved_when_it_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two nodes of cluster c in one partition stop together: the check raises `collector_silent` for c and
+    no `node_offline`; the next sample of c resolves it."""
+    worker = _Worker(Settings(telemetry_interval_s=1, offline_after_intervals=2))
+    watch = health.register(worker)  # type: ignore[arg-type]
+    check = worker.timers["find_silent_nodes"]
+    wall = [100.0]
+    monkeypatch.setattr(windows, "time", SimpleNamespace(monotonic=lambda: wall[0]))
+    both = Readings.concat([Readings.of_sample(_sample(node, 20.0, 1), 0) for node in ("n1", "n2")])
+
+    def collector_alerts() -> list[tuple[str, bool]]:
+        return [(r["scope_key"], r["resolved"]) for r in worker.alerts.ctx.sent if r["kind"] == "collector_silent"]
+
+    async def run() -> None:
+        await watch(both, np.zeros(2, np.int64), {0: 2})
+        wall[0] += 2.1
+        worker.ends[0] = 2
+        await check()
+        assert collector_alerts() == [("c", False)] and worker.offline() == []
+        await check()
+        assert collector_alerts() == [("c", False)]  # once
+        await watch(Readings.concat([Readings.of_sample(_sample("n1", 20.0, 4), 0)]), np.zeros(1, np.int64), {0: 3})
+        assert collector_alerts() == [("c", False), ("c", True)] and worker.offline() == []
 
     asyncio.run(run())
 

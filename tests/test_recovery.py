@@ -181,6 +181,25 @@ def test_the_tasks_of_a_node_offline_past_the_grace_are_dispatched_again_once(ne
     assert int(d.nodes.acc_free[d.nodes.row["n1"]].sum()) == 4 * W  # nothing held on the failed node
 
 
+def test_a_cluster_whose_collector_is_silent_takes_no_new_work_and_keeps_its_tasks(network) -> None:
+    """While guizhou-c's collector is silent its nodes take nothing and nothing moves, however long; once it
+    reports, they take work again, except a node declared offline meanwhile."""
+    d = dispatcher(network, node("n1", gpus=4), node("n2", gpus=4), node("far", gpus=4, hub="gansu", province="Gansu"))
+    here = {"allowed_provinces": ["Guizhou"]}
+    held_on = d.decide(request("held", "shop", **here))[1]["node_id"]
+    t0 = now_ms()
+    d.set_collector("guizhou-c", reporting=False)
+    assert d.fail_over(t0 + 3_600_000, grace_ms=10_000) == 0 and d.take_outbox() == []
+    assert set(d.reservations) == {"held"} and d.nodes.node_ids[d.reservations["held"].row] == held_on
+    assert d.decide(request("anywhere", "shop"))[1]["node_id"] == "far"
+    assert d.decide(request("refused", "shop", **here))[0] is REJECTION
+    d.set_health(held_on, False, t0)
+    d.set_collector("guizhou-c", reporting=True)
+    other = ({"n1", "n2"} - {held_on}).pop()
+    assert [d.decide(request(f"back{k}", "shop", **here))[1]["node_id"] for k in range(4)] == [other] * 4
+    assert d.decide(request("full", "shop", **here))[0] is REJECTION  # the offline node stays out
+
+
 def test_a_retry_is_kept_off_every_node_that_failed_it_even_once_that_node_is_back(network) -> None:
     d = dispatcher(network, node("n1"), node("n2"), node("n3"))
     spec, first = d.decide(request("job", "shop"))
