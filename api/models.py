@@ -13,7 +13,7 @@ from suanwang.schemas.values import COMPUTE_CLASSES
 from suanwang.streams.windows import HOPPING_MS, SCOPE_KINDS
 from suanwang.topology import load_network
 
-HEALTH = ("healthy", "offline")  # a node is offline while its node_offline alert is open
+HEALTH = ("healthy", "offline", "unreported")  # open alerts: its own node_offline, its cluster's collector_silent
 WINDOW_LENGTHS = tuple(str(length // 1000) for length, _hop in HOPPING_MS)  # window_s of the rolling windows
 NETWORK = load_network()
 
@@ -38,7 +38,9 @@ class NodesQuery(Listing):
     hub: Literal[tuple(NETWORK.hubs)] | None = None  # type: ignore[valid-type]
     province: Literal[tuple(NETWORK.provinces)] | None = None  # type: ignore[valid-type]
     compute_class: Literal[COMPUTE_CLASSES] | None = Field(None, alias="class")  # type: ignore[valid-type]
-    health: Literal[HEALTH] | None = Field(None, description="offline: its node_offline alert is open.")  # type: ignore[valid-type]
+    health: Literal[HEALTH] | None = Field(
+        None, description="offline: its node_offline alert is open; unreported: its cluster's collector_silent is."
+    )  # type: ignore[valid-type]
 
 
 class RollupsQuery(Listing):

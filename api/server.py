@@ -45,6 +45,7 @@ from suanwang.schemas.topics import (
     TASK_REQUEST,
     TELEMETRY,
 )
+from suanwang.schemas.values import COLLECTOR_SILENT, NODE_OFFLINE
 from suanwang.settings import Settings
 from suanwang.store import DATABASE, Store
 from suanwang.topology import load_network
@@ -274,19 +275,26 @@ async def task_status(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
-    """Registered nodes, filtered by hub, province, compute class and health (offline: an open alert)."""
+    """Registered nodes, filtered by hub, province, compute class and health: offline (its own open alert) or
+    unreported (an open alert that its cluster's collector is silent)."""
     q = query_of(request, NodesQuery)
     filters = {"hub": q.hub, "province": q.province, "compute_class": q.compute_class}
-    health = q.health
     in_scope, params = scope_of(request).where("cluster")
     where = " AND ".join(["active", in_scope] + [f"n.{k} = {{{k}:String}}" for k, v in filters.items() if v])
-    if health:
-        where += f" AND {'' if health == 'offline' else 'NOT '}has(o.offline, n.node_id)"
+    offline, unreported = "has(o.offline, n.node_id)", "has(o.unreported, n.cluster)"
+    where += {
+        "offline": f" AND {offline}",
+        "unreported": f" AND {unreported}",
+        "healthy": f" AND NOT {offline} AND NOT {unreported}",
+        None: "",
+    }[q.health]
     sql = (
-        f"SELECT n.*, has(o.offline, n.node_id) AS offline FROM {DATABASE}.nodes AS n FINAL "
-        f"CROSS JOIN (SELECT groupArrayIf(scope_key, NOT open) AS offline FROM (SELECT scope_key, "
-        f"argMax(resolved, event_time) AS open FROM {DATABASE}.alerts WHERE kind = 'node_offline' "
-        f"GROUP BY scope_key)) AS o WHERE {where} ORDER BY n.node_id LIMIT {{n:UInt32}}"
+        f"SELECT n.*, {offline} AS offline, {unreported} AS unreported FROM {DATABASE}.nodes AS n FINAL "
+        f"CROSS JOIN (SELECT groupArrayIf(scope_key, kind = '{NODE_OFFLINE}' AND NOT resolved) AS offline, "
+        f"groupArrayIf(scope_key, kind = '{COLLECTOR_SILENT}' AND NOT resolved) AS unreported FROM (SELECT kind, "
+        f"scope_key, argMax(alerts.resolved, event_time) AS resolved FROM {DATABASE}.alerts "
+        f"WHERE kind IN ('{NODE_OFFLINE}', '{COLLECTOR_SILENT}') GROUP BY kind, scope_key)) AS o "
+        f"WHERE {where} ORDER BY n.node_id LIMIT {{n:UInt32}}"
     )
     values = {k: v for k, v in filters.items() if v}
     return reply(await rows_of(request, sql, {**params, **values, "n": q.limit}))
@@ -489,7 +497,8 @@ ROUTES: list[Route] = [
     Route(
         "GET", "/api/nodes", nodes, READERS,
         Operation(
-            "Registered nodes, each with `offline` (an open node_offline alert)", {200: LISTED, 422: BAD_QUERY},
+            "Registered nodes, each with `offline` (an open node_offline alert) and `unreported` (an open "
+            "collector_silent alert of its cluster)", {200: LISTED, 422: BAD_QUERY},
             NodesQuery, returns="array", rows="NodeRegistration",
         ),
     ),

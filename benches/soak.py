@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import psutil
 
-from suanwang.bus import Lag
+from suanwang.bus import Lag, batches_held
 from suanwang.ddl import DATABASE
 from suanwang.devstack.runtime import Monitor, Platform
 from suanwang.dispatcher.tiers import Scope, dispatcher_group
 from suanwang.schemas.topics import (
+    ALL_TOPICS,
     PANE_CHUNK,
     PLACEMENT,
     TASK_LIFECYCLE,
@@ -40,10 +41,13 @@ AROUND_ALERT_MS = (120_000, 60_000)  # where a node_offline alert's silence must
 
 
 class Sampler:
-    """Called on every tick of the platform; takes a sample every `every_s` seconds."""
+    """Called on every tick of the platform; takes a sample every `every_s` seconds, and once `count_after_s`
+    has passed counts the batches each topic's log holds (`batches`)."""
 
-    def __init__(self, every_s: float) -> None:
+    def __init__(self, every_s: float, count_after_s: float = float("inf")) -> None:
         self.every_s = every_s
+        self.count_after_s = count_after_s
+        self.batches: dict[str, int] = {}
         self.samples: list[dict[str, Any]] = []
         self._next = 0.0
         self._seen_latencies = 0
@@ -52,6 +56,11 @@ class Sampler:
 
     async def __call__(self, platform: Platform, monitor: Monitor) -> None:
         now = time.monotonic()
+        if not self.batches and now - self._started >= self.count_after_s:  # after the last sample: it reads it all
+            topics = Topics(platform.settings.topic_prefix)
+            held = await batches_held(platform.settings, [topics.name(spec) for spec in ALL_TOPICS])
+            self.batches = {spec.name: held[topics.name(spec)] for spec in ALL_TOPICS}
+            return
         if now < self._next:
             return
         self._next = now + self.every_s
@@ -180,9 +189,10 @@ def contradicted(
 
 
 def soak(settings: Settings, minutes: float, every_s: float) -> dict[str, Any]:
-    sampler = Sampler(every_s)
+    sampler = Sampler(every_s, count_after_s=minutes * 60 - every_s)
     run = Platform(settings, live=False, on_tick=sampler).run(minutes * 60)
     figures = summarise(sampler.samples, run)
+    figures["batches_held"] = sampler.batches  # by topic, near the end: what the embedded broker's cost grows with
     store = Store(settings)
     try:
         silence_ms = Rules(settings).silence_ms

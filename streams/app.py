@@ -9,7 +9,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from suanwang.bus import make_codec
+from suanwang.bus import BULK_BATCH_BYTES, make_codec
 from suanwang.clock import now_ms
 from suanwang.schemas.codec import Codec, DecodeError
 from suanwang.schemas.topics import (
@@ -147,6 +147,7 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
         broker_max_poll_records=settings.sink_batch_size,
         consumer_max_fetch_size=8 * 1024 * 1024,
         producer_linger=settings.bulk_linger_ms / 1000,  # rollups, chunks, alerts and bills: fewer batches
+        producer_max_batch_size=BULK_BATCH_BYTES,  # a 10-s pane's thousands of rollups in a few batches, not 16-kB ones
     )
 
 

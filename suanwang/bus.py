@@ -11,7 +11,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 from suanwang.clock import now_ms
 from suanwang.errors import SuanwangError
@@ -103,6 +106,9 @@ async def ensure_topics(settings: Settings, also: Sequence[str] = (), timeout_s:
         await admin.close()
 
 
+BULK_BATCH_BYTES = 512 * 1024  # a bulk producer's batch: a burst of rollups whole, under Kafka's 1-MB message limit
+
+
 class EventProducer:
     """Publishes contract records: Avro-encoded, keyed by the topic's key field. A bulk stream's producer
     lingers (`linger_ms`) to send fewer, larger batches: the broker's cost grows with the batches it holds."""
@@ -115,7 +121,12 @@ class EventProducer:
         self._producer: AIOKafkaProducer
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(**client_kwargs(self._settings), linger_ms=self._linger_ms, acks=1)
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(self._settings),
+            linger_ms=self._linger_ms,
+            max_batch_size=BULK_BATCH_BYTES if self._linger_ms else 16384,  # 16 kB: aiokafka's own default
+            acks=1,
+        )
         try:
             await self._producer.start()
         except KafkaConnectionError as exc:
@@ -233,3 +244,36 @@ class Lag:
                 return False
             await asyncio.sleep(0.2)
         return True
+
+
+HELD_FETCH_BYTES = 64 * 1024 * 1024  # one read of a partition's log by `batches_held`
+
+
+async def batches_held(settings: Settings, topic_names: list[str]) -> dict[str, int]:
+    """How many record batches each topic's log holds now, counted by reading it whole with raw fetches (a
+    consumer hides batches): the embedded broker's cost grows with them, not with records or bytes."""
+    client = AIOKafkaClient(**client_kwargs(settings))
+    await client.bootstrap()
+    try:
+        client.set_topics(topic_names)
+        await client.force_metadata_update()
+        held = dict.fromkeys(topic_names, 0)
+        for name in topic_names:
+            for partition in sorted(client.cluster.partitions_for_topic(name) or ()):
+                held[name] += await _partition_batches(client, TopicPartition(name, partition))
+        return held
+    finally:
+        await client.close()
+
+
+async def _partition_batches(client: AIOKafkaClient, tp: TopicPartition) -> int:
+    leader, offset, end, count = client.cluster.leader_for_partition(tp), 0, None, 0
+    while end is None or offset < end:
+        request = FetchRequest(100, 1, HELD_FETCH_BYTES, 0, [(tp.topic, [(tp.partition, offset, HELD_FETCH_BYTES)])])
+        ((_topic, ((_p, error, end, *_, raw),)),) = (await client.send(leader, request)).topics
+        if error:
+            raise SuanwangError(f"reading {tp.topic}[{tp.partition}] at offset {offset}: Kafka error {error}")
+        records = MemoryRecords(raw)
+        while (batch := records.next_batch()) is not None:
+            count, offset = count + 1, batch.next_offset
+    return count

@@ -158,8 +158,15 @@ def test_nodes_hubs_rollups_latency_and_metrics(store: Store) -> None:
     }
     silent = gansu | {"node_id": "api-n2", "event_id": "api-n2"}
     store.insert_records("nodes", [gansu, silent])
+    elsewhere = gansu | {"node_id": "api-n3", "event_id": "api-n3", "cluster": "api-dark"}
+    store.insert_records("nodes", [elsewhere])
+    alert = sample_record("Alert") | {"resolved": False}
     store.insert_records(
-        "alerts", [sample_record("Alert") | {"kind": "node_offline", "scope_key": "api-n2", "resolved": False}]
+        "alerts",
+        [
+            alert | {"kind": "node_offline", "scope_key": "api-n2"},
+            alert | {"kind": "collector_silent", "scope_key": "api-dark"},
+        ],
     )
     rollup = sample_record("Rollup") | {"scope_kind": "hub", "scope_key": "gansu", "window_s": 60, "green_share": 0.9}
     store.insert_records("rollups", [rollup])
@@ -175,6 +182,10 @@ def test_nodes_hubs_rollups_latency_and_metrics(store: Store) -> None:
     assert status == 200 and {"api-n1", "api-n2"} <= {r["node_id"] for r in rows}
     offline = call(store, "GET", "/api/nodes?health=offline&limit=1000")[1]
     assert "api-n2" in {r["node_id"] for r in offline} and "api-n1" not in {r["node_id"] for r in offline}
+    unreported = {r["node_id"]: r for r in call(store, "GET", "/api/nodes?health=unreported&limit=1000")[1]}
+    assert set(unreported) == {"api-n3"} and unreported["api-n3"]["unreported"] and not unreported["api-n3"]["offline"]
+    healthy = {r["node_id"] for r in call(store, "GET", "/api/nodes?health=healthy&limit=1000")[1]}
+    assert "api-n1" in healthy and not healthy & {"api-n2", "api-n3"}
     status, body = call(store, "GET", "/api/nodes?class=TPU")
     assert status == 422 and body["error"] == "class='TPU' is not one of CPU, GPU, HPC, NPU"
     status, body = call(store, "GET", "/api/hubs")

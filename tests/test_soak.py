@@ -33,6 +33,8 @@ def test_a_short_soak_samples_memory_lag_and_dispatch_latency(tmp_path: Path) ->
     assert set(figures["memory"]) == {"worker", "dispatcher", "simulator"}
     assert figures["node_offline"]["false"] == 0 <= figures["node_offline"]["raised"]
     assert figures["collector_silent"]["false"] == 0 <= figures["collector_silent"]["raised"]
+    held = figures["batches_held"]  # counted near the end, by topic
+    assert held["tasks.request"] > 0 and held["telemetry.frame"] > 0 and all(n >= 0 for n in held.values())
     run = figures["run"]
     assert run["placements"] > 0 and run["clickhouse_rows"]["placements"] == run["placements"]
 
