@@ -77,7 +77,7 @@ class Silence:
         if stream in self.quiet:
             self.quiet.discard(stream)
             self.restart[stream] = event_ms
-            self.back.append((cluster, event_ms - clock.max_event_ms))
+            self.back.append((cluster, clock.now_ms() - clock.max_event_ms))  # quiet this long, on the wall clock
         clock.saw(event_ms)
         previous, was_on = self.last_seen.get(node, (0, None))
         if was_on != stream:

@@ -234,14 +234,22 @@ class ScopeRollups:
         self.clock.saw(record["watermark"])
         run = Run(record["run_offset"], record["run_started"])
         chunk = Chunk(record["source_partition"], run, record["chunk_offset"])
+        of_nodes: dict[int, list[dict[str, Any]]] = defaultdict(list)  # by pane start: kept as columns
         for p in record["panes"]:
             kind = p["scope_kind"]
+            if kind == "node":
+                of_nodes[p["pane_start"]].append(p)
+                continue
             outcome = self.windows.add(
                 kind, p["scope_key"], p["pane_start"], chunk, Pane.from_record(p), p["node_ids"],
                 self.clock.now_ms(), partition,
             )  # fmt: skip
             if outcome != "added":
                 self.ctx.counts[f"panes_{outcome}:{kind}"] += 1
+        for start, panes in of_nodes.items():
+            outcome = self.windows.add_nodes(start, chunk, record["bucket"], panes, self.clock.now_ms(), partition)
+            if outcome != "added":
+                self.ctx.counts[f"panes_{outcome}:node"] += len(panes)
 
     # read-back: partitions taken up and let go
 

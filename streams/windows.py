@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from suanwang.clock import HOUR_MS
+from suanwang.streams.node_panes import COLUMNS, NodeBlock, NodePanes
 
 PANE_MS = 10_000
 HOPPING_MS: tuple[tuple[int, int], ...] = ((60_000, 10_000), (300_000, 60_000))  # (length, hop)
@@ -244,13 +245,15 @@ class PaneParts:
     Chunks close at pane boundaries, so nearly every pane has one partial: it is kept without a dict and is
     itself the pane's total, and only a pane with several keeps them by chunk and a merged copy."""
 
-    __slots__ = ("_chunk", "_part", "_more", "_total", "nodes")  # a worker keeps ten minutes of every node's
+    __slots__ = ("_chunk", "_part", "_more", "_total", "nodes")  # ten minutes of every cluster, hub and province
 
     def __init__(self) -> None:
         self._chunk: Chunk | None = None  # the one partial, while there is one
         self._part: Pane | None = None
         self._more: dict[Chunk, Pane] | None = None  # every partial by chunk, once there are several
-        self.nodes: set[str] | None = None  # a node's samples may span chunks: counted once in the union
+        # the codes of the nodes summed: a node's samples may span chunks, so it is counted once in the union;
+        # codes, not their ids, as a hub's pane names a thousand nodes and ten minutes of panes are kept
+        self.nodes: np.ndarray | None = None
         self._total: Pane | None = None
 
     @property
@@ -259,7 +262,8 @@ class PaneParts:
             return list(self._more)
         return [] if self._chunk is None else [self._chunk]
 
-    def put(self, chunk: Chunk, part: Pane, node_ids: str) -> None:
+    def put(self, chunk: Chunk, part: Pane, nodes: np.ndarray | None = None) -> None:
+        """Keeps a partial by its chunk; `nodes`: the codes of the nodes it sums (sorted, distinct)."""
         if self._more is None and self._chunk in (None, chunk):
             self._chunk, self._part = chunk, part
         else:
@@ -267,10 +271,8 @@ class PaneParts:
                 self._more = {self._chunk: self._part}
                 self._chunk = self._part = None
             self._more[chunk] = part
-        if node_ids:  # a node scope's parts carry none: no set for it
-            if self.nodes is None:
-                self.nodes = set()
-            self.nodes.update(node_ids.split(NODE_ID_SEPARATOR))
+        if nodes is not None:  # a node scope's parts carry none
+            self.nodes = nodes if self.nodes is None else np.union1d(self.nodes, nodes)
         self._total = None
 
     def drop(self, chunks: list[Chunk]) -> None:
@@ -293,7 +295,8 @@ class PaneParts:
                 total = Pane(load_min=1.0)
                 for part in (self._more or {}).values():
                     total.merge(part)
-            total.nodes = len(self.nodes or ()) or min(total.samples, 1)  # a node scope sends no ids: it is its node
+            named = 0 if self.nodes is None else len(self.nodes)
+            total.nodes = named or min(total.samples, 1)  # a node scope sends no ids: it is its node
             self._total = total
         return self._total
 
@@ -327,6 +330,9 @@ class HoppingWindows:
         self.panes: dict[tuple[str, str], dict[int, PaneParts]] = defaultdict(dict)
         self.partition_of: dict[tuple[str, str], int] = {}
         self.pending: dict[int, set[tuple[str, str, int]]] = defaultdict(set)  # end -> (kind, key, length) due
+        self.node_panes = NodePanes()  # the node scope's panes, as columns: most of what a worker keeps
+        # end -> (length, chunk partition) -> the codes of the nodes whose window of that length is due then
+        self.node_pending: dict[int, dict[tuple[int, int], list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
         self._evicted_before = 0  # panes starting before this are gone
 
     def oldest_kept_ms(self, now_ms: int) -> int:
@@ -347,23 +353,48 @@ class HoppingWindows:
         partition: int,
     ) -> Outcome:
         """Keeps a partial pane by its chunk, replacing an earlier delivery of the same chunk."""
+        refused = self._refused(start, chunk, now_ms)
+        if refused:
+            return refused
+        self.partition_of[(kind, key)] = partition
+        scope = self.panes[(kind, key)]
+        if start not in scope:
+            scope[start] = PaneParts()
+        scope[start].put(chunk, part, self._codes(node_ids) if node_ids else None)
+        for length, end in windows_of(start):
+            self.pending[end].add((kind, key, length))
+        return "added"
+
+    def add_nodes(
+        self, start: int, chunk: Chunk, bucket: str, panes: list[dict[str, Any]], now_ms: int, partition: int
+    ) -> Outcome:
+        """Keeps the partial panes of nodes a chunk sent in one bucket (ScopePane records, all starting at
+        `start`) as one block, as `add` keeps each of another scope's."""
+        refused = self._refused(start, chunk, now_ms)
+        if refused:
+            return refused
+        block = NodeBlock.of(panes, self.node_panes.nodes, self.node_panes.classes)
+        self.node_panes.put(start, (chunk, bucket), partition, block)
+        for length, end in windows_of(start):
+            self.node_pending[end][(length, partition)].append(block.codes)
+        return "added"
+
+    def _codes(self, node_ids: str) -> np.ndarray:
+        names = self.node_panes.nodes
+        return np.unique(np.fromiter(map(names.of, node_ids.split(NODE_ID_SEPARATOR)), np.int32))
+
+    def _refused(self, start: int, chunk: Chunk, now_ms: int) -> Outcome | None:
         if start < self.oldest_kept_ms(now_ms):
             return "too_late"
         if self.runs.see(chunk.partition, chunk.run):
             self._drop_superseded(chunk.partition)
         if self.runs.superseded(chunk):  # also the first chunk of a run older than one seen (a zombie's)
             return "superseded"
-        self.partition_of[(kind, key)] = partition
-        scope = self.panes[(kind, key)]
-        if start not in scope:
-            scope[start] = PaneParts()
-        scope[start].put(chunk, part, node_ids)
-        for length, end in windows_of(start):
-            self.pending[end].add((kind, key, length))
-        return "added"
+        return None
 
     def _drop_superseded(self, partition: int) -> None:
         """Parts a newer run will send again. Their windows are not marked: the parts coming again will."""
+        self.node_panes.drop(lambda part, _p: part[0].partition == partition and self.runs.superseded(part[0]))
         for scope in self.panes.values():
             for pane in scope.values():
                 stale = [c for c in pane.chunks if c.partition == partition and self.runs.superseded(c)]
@@ -377,12 +408,15 @@ class HoppingWindows:
             del self.partition_of[scope]
             self.panes.pop(scope, None)
         self._keep_pending(lambda _end, w: w[:2] not in gone)
+        self.node_panes.drop(lambda _chunk, p: p in partitions)
+        self._keep_node_pending(lambda _end, p: p not in partitions)
 
     def settle(self, partitions: set[int], published_by_ms: int) -> None:
         """After reading a partition back: its windows due by `published_by_ms` went out before, whole."""
         self._keep_pending(
             lambda end, w: self.partition_of.get(w[:2]) not in partitions or end + self.grace_ms > published_by_ms
         )
+        self._keep_node_pending(lambda end, p: p not in partitions or end + self.grace_ms > published_by_ms)
 
     def _keep_pending(self, keep: Callable[[int, tuple[str, str, int]], bool]) -> None:
         for end in list(self.pending):
@@ -392,23 +426,50 @@ class HoppingWindows:
             else:
                 del self.pending[end]
 
+    def _keep_node_pending(self, keep: Callable[[int, int], bool]) -> None:
+        for end in list(self.node_pending):
+            due = self.node_pending[end]
+            for length, partition in [w for w in due if not keep(end, w[1])]:
+                del due[(length, partition)]
+            if not due:
+                del self.node_pending[end]
+
     def close(self, now_ms: int) -> list[Window]:
         """Windows due for publication, oldest first; panes no window can need any more are dropped. Only the
         ends due are looked at: a worker holds every node's windows, and this runs each second."""
         out = []
-        for end in sorted(e for e in self.pending if e + self.grace_ms <= now_ms):
-            for kind, key, length in sorted(self.pending.pop(end), key=lambda w: w[2]):
+        for end in sorted(e for e in {*self.pending, *self.node_pending} if e + self.grace_ms <= now_ms):
+            for kind, key, length in sorted(self.pending.pop(end, ()), key=lambda w: w[2]):
                 out.append(self._window(kind, key, length, end))
+            codes_by_length: dict[int, list[np.ndarray]] = defaultdict(list)
+            for (length, _partition), codes in self.node_pending.pop(end, {}).items():
+                codes_by_length[length] += codes
+            for length in sorted(codes_by_length):
+                out += self._node_windows(length, end, np.unique(np.concatenate(codes_by_length[length])))
         self._evict(now_ms)
         return out
 
     def _window(self, kind: str, key: str, length: int, end: int) -> Window:
         scope = self.panes[(kind, key)]
-        starts = [s for s in scope if end - length <= s < end]
+        starts = [s for s in scope if end - length <= s < end and scope[s].chunks]  # not a pane all dropped
         total = Pane(load_min=1.0)
         for s in starts:
             total.merge(scope[s].total())
         return Window(kind, key, length, end, len(starts), total)
+
+    def _node_windows(self, length: int, end: int, codes: np.ndarray) -> list[Window]:
+        """The windows of the nodes `codes` (those with samples in it), summed as columns."""
+        totals = self.node_panes.totals([s for s in self.node_panes.blocks if end - length <= s < end], codes)
+        names, classes = self.node_panes.nodes.names, self.node_panes.classes.names
+        out = []
+        rows = zip(totals.codes.tolist(), totals.figures.tolist(), totals.panes.tolist(), strict=True)
+        for (code, figures, panes), cpu, acc in zip(rows, totals.free_cpu, totals.free_acc, strict=True):
+            total = Pane(**dict(zip(COLUMNS, figures, strict=True)), nodes=panes)
+            total.samples = int(total.samples)
+            total.free_cpu = {classes[c]: v for c, v in cpu.items()}
+            total.free_acc = {classes[c]: v for c, v in acc.items()}
+            out.append(Window("node", names[code], length, end, panes, total))
+        return out
 
     def _evict(self, now_ms: int) -> None:
         """Drops the panes before the lateness bound, once per pane it moves: each pass visits every scope."""
@@ -416,6 +477,7 @@ class HoppingWindows:
         if oldest_needed - self._evicted_before < PANE_MS:
             return
         self._evicted_before = oldest_needed
+        self.node_panes.evict(oldest_needed)
         past_windows = now_ms - self.grace_ms - LONGEST_MS - PANE_MS  # panes every window of has closed
         for scope_key in list(self.panes):
             scope = self.panes[scope_key]

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         "the three this port and the next two; the API serves its own at /metrics.",
     )
     bulk_linger_ms: int = Field(
-        50,
+        250,
         ge=0,
         le=1000,
         description="How long producers of bulk streams (telemetry, probes, the worker's rollups, alerts and "

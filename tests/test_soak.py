@@ -32,7 +32,7 @@ def test_a_short_soak_samples_memory_lag_and_dispatch_latency(tmp_path: Path) ->
     assert sum(s["placements"] for s in series) > 0 and figures["dispatch_p99_ms_second_half"] > 0
     assert set(figures["memory"]) == {"worker", "dispatcher", "simulator"}
     assert figures["node_offline"]["false"] == 0 <= figures["node_offline"]["raised"]
-    assert figures["collector_silent"]["false"] == 0 <= figures["collector_silent"]["raised"]
+    assert 0 <= figures["collector_silent"]["late"] <= figures["collector_silent"]["raised"]
     held = figures["batches_held"]  # counted near the end, by topic
     assert held["tasks.request"] > 0 and held["telemetry.frame"] > 0 and all(n >= 0 for n in held.values())
     run = figures["run"]

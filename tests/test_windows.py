@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from suanwang.streams.windows import (
     PaneParts,
     Run,
     Samples,
+    Window,
     keep_ms,
     pane_sums,
     percentiles,
@@ -124,11 +126,11 @@ def test_a_pane_keeps_one_partial_as_its_total_and_several_by_chunk() -> None:
     first, second = Chunk(0, FIRST_RUN, 0), Chunk(0, FIRST_RUN, 10)
     pane = PaneParts()
     part = Pane(samples=2, cpu_sum=1.0, load_min=0.4)
-    pane.put(first, part, "")
+    pane.put(first, part)
     assert pane.total() is part and (part.samples, part.nodes) == (2, 1)
-    pane.put(first, Pane(samples=3, cpu_sum=2.0, load_min=0.3), "")  # the same chunk again replaces it
+    pane.put(first, Pane(samples=3, cpu_sum=2.0, load_min=0.3))  # the same chunk again replaces it
     assert (pane.total().samples, pane.chunks) == (3, [first])
-    pane.put(second, Pane(samples=1, cpu_sum=0.5, load_min=0.2), "")
+    pane.put(second, Pane(samples=1, cpu_sum=0.5, load_min=0.2))
     total = pane.total()
     assert (total.samples, total.cpu_sum, total.load_min, total.nodes) == (4, 2.5, 0.2, 1)
     assert pane.chunks == [first, second]
@@ -201,6 +203,82 @@ def test_a_pane_past_its_windows_keeps_no_merged_copy_and_a_late_partial_still_c
     late = Chunk(0, FIRST_RUN, base + 1)
     assert add(windows, base, Pane(samples=2), now_ms=base + 330_000, chunk=late) == "added"
     assert {w.total.samples for w in windows.close(now_ms=base + 330_000)} == {5}
+
+
+def node_records(rng: np.random.Generator, start: int, nodes: list[str]) -> list[dict[str, Any]]:
+    """ScopePane records of node scopes, as a chunk carries them, from random samples in pane `start`."""
+    n = len(nodes) * 2
+    samples = batch(
+        (start + rng.integers(0, PANE_MS, n)).tolist(), nodes * 2, rng.random(n).tolist(),
+        classes=[("CPU", "GPU", "NPU")[hash(node) % 3] for node in nodes * 2],
+    )  # fmt: skip
+    samples.acc, samples.accelerators = rng.random(n), np.full(n, 8.0)
+    return [
+        {"scope_kind": kind, "scope_key": key, "pane_start": s, "node_ids": ids, **pane.to_record()}
+        for kind, key, s, pane, ids in pane_sums(samples)
+        if kind == "node"
+    ]
+
+
+def test_node_panes_kept_as_columns_give_the_windows_kept_as_objects() -> None:
+    """The node scope's columns and the objects every other scope keeps publish the same windows, through
+    several chunks a pane, a chunk delivered twice, a newer run superseding chunks, a late partial, a
+    partition let go and one settled after a read-back."""
+    rng = np.random.default_rng(3)
+    nodes = [f"n{i}" for i in range(40)]
+    as_columns, as_objects = HoppingWindows(grace_ms=5_000), HoppingWindows(grace_ms=5_000)
+    outcomes: list[str] = []
+
+    def deliver(start: int, chunk: Chunk, records: list[dict[str, Any]], now_ms: int, partition: int) -> None:
+        outcome = as_columns.add_nodes(start, chunk, str(partition), records, now_ms, partition)  # a bucket each
+        outcomes.append(outcome)
+        for r in records:
+            part = Pane.from_record(r)
+            assert as_objects.add("node", r["scope_key"], start, chunk, part, "", now_ms, partition) == outcome
+
+    def published(now_ms: int) -> None:
+        def by_window(windows: HoppingWindows) -> dict[tuple[str, int, int], Window]:
+            return {(w.scope_key, w.length_ms, w.end_ms): w for w in windows.close(now_ms)}
+
+        columns, objects = by_window(as_columns), by_window(as_objects)
+        assert columns.keys() == objects.keys(), (
+            sorted(columns.keys() - objects.keys()),
+            sorted(objects.keys() - columns.keys()),
+        )
+        for key, window in columns.items():
+            mine, theirs = window.total, objects[key].total
+            assert (window.scope_kind, window.panes, mine.samples, mine.nodes) == (
+                "node", objects[key].panes, theirs.samples, theirs.nodes,
+            )  # fmt: skip
+            for name in ("cpu_sum", "cpu_max", "acc_max", "load_min", "green_sum", "power_sum"):
+                assert np.isclose(getattr(mine, name), getattr(theirs, name)), (key, name)
+            for mine_free, theirs_free in ((mine.free_cpu, theirs.free_cpu), (mine.free_acc, theirs.free_acc)):
+                assert mine_free.keys() == theirs_free.keys()
+                assert all(np.isclose(mine_free[c], theirs_free[c]) for c in mine_free)
+        published_windows.extend(columns)
+
+    published_windows: list[tuple[str, int, int]] = []
+    second = Run(offset=15, started_ms=2)  # a newer run reads telemetry partition 0 again from offset 15
+    for start in range(0, 120_000, PANE_MS):
+        offset, run = start // 1000, FIRST_RUN if start < 30_000 else second
+        for partition, half in ((0, nodes[:20]), (1, nodes[20:])):  # a node's scope has one chunk partition
+            deliver(start, Chunk(0, run, offset), node_records(rng, start, half[:12]), start, partition)
+            deliver(start, Chunk(0, run, offset + 1), node_records(rng, start, half[8:]), start, partition)
+        deliver(start, Chunk(0, run, offset), node_records(rng, start, nodes[:12]), start, 0)  # again
+        if start == 40_000:  # the older run's chunk arrives late: superseded
+            deliver(start, Chunk(0, FIRST_RUN, 30), node_records(rng, start, nodes[:5]), start, 0)
+        if start == 60_000:  # a late partial of the first pane, from another telemetry partition
+            deliver(0, Chunk(1, FIRST_RUN, 0), node_records(rng, 0, nodes[:3]), start, 0)
+        if start == 90_000:
+            as_columns.forget({1})
+            as_objects.forget({1})
+        published(start)
+    as_columns.settle({0}, published_by_ms=140_000)
+    as_objects.settle({0}, published_by_ms=140_000)
+    published(10_000_000)
+    assert len(published_windows) > 500 and {length for _k, length, _e in published_windows} == {60_000, 300_000}
+    assert set(outcomes) == {"added", "superseded"}
+    assert as_columns.node_panes.blocks == {} and as_columns.node_pending == {}
 
 
 def test_rollup_fields_scale_power_by_nodes_and_weight_pue_and_green_by_power() -> None:
