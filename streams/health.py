@@ -147,6 +147,8 @@ class Silence:
     def take_back(self) -> list[tuple[str, int]]:
         """The clusters whose quiet streams reported again since last taken, and how long each was quiet; a
         cluster with another stream still quiet stays called."""
+        if not self.back:  # asked after every telemetry batch
+            return []
         still = {cluster for _source, cluster in self.quiet}
         back, self.back = [(cluster, ms) for cluster, ms in self.back if cluster not in still], []
         return back

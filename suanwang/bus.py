@@ -273,7 +273,9 @@ async def _partition_batches(client: AIOKafkaClient, tp: TopicPartition) -> int:
         ((_topic, ((_p, error, end, *_, raw),)),) = (await client.send(leader, request)).topics
         if error:
             raise SuanwangError(f"reading {tp.topic}[{tp.partition}] at offset {offset}: Kafka error {error}")
-        records = MemoryRecords(raw)
+        records, was_at = MemoryRecords(raw), offset
         while (batch := records.next_batch()) is not None:
             count, offset = count + 1, batch.next_offset
+        if offset == was_at < end:  # nothing whole came back below the end: stop rather than ask forever
+            raise SuanwangError(f"reading {tp.topic}[{tp.partition}] at offset {offset}: no batch below end {end}")
     return count
