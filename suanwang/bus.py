@@ -19,7 +19,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from suanwang.clock import now_ms
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
+from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TASK_REQUEST, Topics, TopicSpec
 from suanwang.security import kafka_security, registry_conf
 from suanwang.settings import Settings
 
@@ -73,6 +73,11 @@ def make_codec(settings: Settings) -> Codec:
     return Codec(registry_conf(settings), {spec.schema: topics.name(spec) for spec in ALL_TOPICS})
 
 
+def partitions_of(spec: TopicSpec, settings: Settings) -> int:
+    """Partitions a contract topic is created with: the request topics have their own count."""
+    return settings.request_partitions if spec is TASK_REQUEST else settings.topic_partitions
+
+
 async def ensure_topics(settings: Settings, also: Sequence[str] = (), timeout_s: float = 15.0) -> None:
     """Creates every contract topic that is missing, and the topics named in `also` (the dispatch tiers'
     request topics); a clear error when Kafka cannot be reached."""
@@ -87,16 +92,16 @@ async def ensure_topics(settings: Settings, also: Sequence[str] = (), timeout_s:
         ) from None
     try:
         existing = set(await admin.list_topics())
-        contract = [(topics.name(spec), spec.compacted) for spec in ALL_TOPICS]
-        tiers = [(name, False) for name in also]
+        contract = [(topics.name(spec), spec.compacted, partitions_of(spec, settings)) for spec in ALL_TOPICS]
+        tiers = [(name, False, settings.request_partitions) for name in also]
         wanted = [
             NewTopic(
                 name,
-                settings.topic_partitions,
+                partitions,
                 settings.topic_replication,
                 topic_configs={"cleanup.policy": "compact"} if compacted else {},
             )
-            for name, compacted in contract + tiers
+            for name, compacted, partitions in contract + tiers
             if name not in existing
         ]
         if wanted:
