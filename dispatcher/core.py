@@ -367,6 +367,14 @@ class Dispatcher:
         rows = self.rows_by_class[held.priority]
         rows[held.row] = rows.get(held.row, 0) + 1
 
+    def register(self, reg: dict[str, Any]) -> int | None:
+        """Adds or updates a node (`NodeTable.register`); a registration sent again leaves an open offline or
+        collector alert in force, as an alert resolved leaves a paused node paused."""
+        row = self.nodes.register(reg)
+        if row is not None:
+            self._judge_health(row)
+        return row
+
     def set_health(self, node_id: str, healthy: bool, now: int) -> None:
         """A node declared offline takes no new work at once; its tasks move once it stays offline (`fail_over`)."""
         row = self.nodes.row.get(node_id)
@@ -390,7 +398,7 @@ class Dispatcher:
 
     def _judge_health(self, row: int) -> None:
         reporting = self.nodes.clusters[row] not in self.silent_clusters
-        self.nodes.set_healthy(row, row not in self.offline_since and reporting)
+        self.nodes.set_healthy(row, self.nodes.enabled[row] and row not in self.offline_since and reporting)
 
     # ---- recovery: work whose node failed, or which was preempted, is dispatched again
 

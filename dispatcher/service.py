@@ -200,7 +200,7 @@ class DispatcherService:
         except ValueError:
             return  # the worker's sink reports it, once; these topics are read again from the start at each restart
         if schema == "NodeRegistration" and self.tiers.owner(record) == self.scope:
-            self.core.nodes.register(record)  # only this tier's nodes: no other dispatcher may promise them
+            self.core.register(record)  # only this tier's nodes: no other dispatcher may promise them
         elif schema == "GridSignal":
             self.core.grid_signal(record)
         elif schema == "MarketPrice":

@@ -43,7 +43,7 @@ class Declared(IntEnum):
 class Int(Declared):
     """The node table's integer columns (`NodeTable.ints`, one row per node)."""
 
-    HEALTHY = "1 while the node is registered active, not paused and not offline"
+    HEALTHY = "1 while the node is registered active, not paused, not offline and its collector reporting"
     ARCH = "chip architecture (an id of NodeTable.archs)"
     MODEL = "chip model (an id of NodeTable.models)"
     HUB = "hub (an id of NodeTable.hubs)"

@@ -187,6 +187,7 @@ class NodeTable:
         self.node_ids: list[str] = []
         self.row: dict[str, int] = {}
         self.clusters: list[str] = []
+        self.enabled: list[bool] = []  # per row: registered active and not paused (alerts aside)
         self.size = 0
         self._ints = np.zeros((capacity, s.INT_FIELDS), dtype=np.int64)
         self._floats = np.zeros((capacity, s.FLOAT_FIELDS))
@@ -238,7 +239,7 @@ class NodeTable:
         return self.ints, self.floats, self.links, self.groups, self.slots, self.tally, self.live_ints, self.live_floats
 
     def set_healthy(self, row: int, healthy: bool) -> None:
-        """Whether node `row` may take work: registered active, not paused, not declared offline."""
+        """Whether node `row` may take work (`Dispatcher._judge_health` decides: registration, alerts)."""
         self._ints[row, Int.HEALTHY] = healthy
         self.regroup(row)
 
@@ -265,6 +266,7 @@ class NodeTable:
             self.row[reg["node_id"]] = i
             self.node_ids.append(reg["node_id"])
             self.clusters.append(reg["cluster"])
+            self.enabled.append(True)
             ints[i, Int.CPU_FREE] = reg["cpu_milli"]
             ints[i, Int.MEM_FREE] = reg["memory_mib"]
             ints[i, Int.N_ACC] = min(reg["accelerators"], MAX_ACCELERATORS)
@@ -272,7 +274,8 @@ class NodeTable:
         else:  # capacity changes keep what is reserved
             ints[i, Int.CPU_FREE] += reg["cpu_milli"] - ints[i, Int.CPU_TOTAL]
             ints[i, Int.MEM_FREE] += reg["memory_mib"] - ints[i, Int.MEM_TOTAL]
-        ints[i, Int.HEALTHY] = reg.get("active", True) and not reg.get("paused", False)
+        self.enabled[i] = reg.get("active", True) and not reg.get("paused", False)
+        ints[i, Int.HEALTHY] = self.enabled[i]
         ints[i, Int.ARCH] = self.archs.add(reg["chip_arch"])
         ints[i, Int.MODEL] = self.models.add(reg["chip_model"])
         ints[i, Int.HUB] = self.hubs.ids[reg["hub"]]

@@ -200,6 +200,29 @@ def test_a_cluster_whose_collector_is_silent_takes_no_new_work_and_keeps_its_tas
     assert d.decide(request("full", "shop", **here))[0] is REJECTION  # the offline node stays out
 
 
+def test_a_registration_sent_again_does_not_clear_an_alert_nor_an_alert_resolved_a_pause(network) -> None:
+    """Collectors send registrations again (a restart, a capacity change): a node declared offline, or in a
+    silent cluster, stays out until its alert resolves; a node paused by its registration stays paused."""
+    d = Dispatcher(network, priorities=Priorities(BOOK))
+    for n in (node("n1"), node("n2", hub="gansu", province="Gansu")):
+        d.register(n)
+    here = {"allowed_provinces": ["Guizhou"]}
+    d.set_health("n1", False, now_ms())
+    d.register(node("n1", gpus=2))  # sent again, with more capacity
+    assert d.decide(request("while-offline", "shop", **here))[0] is REJECTION
+    d.set_health("n1", True, now_ms())
+    d.set_collector("guizhou-c", reporting=False)
+    d.register(node("n1", gpus=2))
+    assert d.decide(request("while-silent", "shop", **here))[0] is REJECTION
+    d.set_collector("guizhou-c", reporting=True)
+    d.register({**node("n1", gpus=2), "paused": True})
+    d.set_health("n1", False, now_ms())
+    d.set_health("n1", True, now_ms())  # back, but still paused
+    assert d.decide(request("while-paused", "shop", **here))[0] is REJECTION
+    d.register(node("n1", gpus=2))
+    assert d.decide(request("at-last", "shop", **here))[1]["node_id"] == "n1"
+
+
 def test_a_retry_is_kept_off_every_node_that_failed_it_even_once_that_node_is_back(network) -> None:
     d = dispatcher(network, node("n1"), node("n2"), node("n3"))
     spec, first = d.decide(request("job", "shop"))
