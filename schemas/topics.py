@@ -15,6 +15,7 @@ class TopicSpec:
     key: str | None
     table: str | None
     compacted: bool = False
+    one_per_batch: bool = False  # the dispatch path: each record sent at once, so each its own batch
 
     def key_of(self, record: dict[str, Any]) -> bytes | None:
         """The Kafka message key of a record on this topic."""
@@ -25,10 +26,10 @@ REGISTRY = TopicSpec("registry.node", "NodeRegistration", "node_id", "nodes", co
 TELEMETRY = TopicSpec("telemetry.node", "NodeTelemetry", "node_id", "telemetry")
 TELEMETRY_FRAME = TopicSpec("telemetry.frame", "TelemetryFrame", "cluster", "telemetry")  # samples: telemetry rows
 TELEMETRY_TOPICS = (TELEMETRY, TELEMETRY_FRAME)  # node samples, one a record or a cluster's a frame
-TASK_REQUEST = TopicSpec("tasks.request", "TaskRequest", "task_id", "task_requests")
+TASK_REQUEST = TopicSpec("tasks.request", "TaskRequest", "task_id", "task_requests", one_per_batch=True)
 TASK_LIFECYCLE = TopicSpec("tasks.lifecycle", "TaskLifecycle", "task_id", "task_events")
-PLACEMENT = TopicSpec("dispatch.placement", "Placement", "task_id", "placements")
-REJECTION = TopicSpec("dispatch.rejection", "Rejection", "task_id", "rejections")
+PLACEMENT = TopicSpec("dispatch.placement", "Placement", "task_id", "placements", one_per_batch=True)
+REJECTION = TopicSpec("dispatch.rejection", "Rejection", "task_id", "rejections", one_per_batch=True)
 ROLLUP = TopicSpec("monitor.rollup", "Rollup", "scope_key", "rollups")
 ALERT = TopicSpec("monitor.alert", "Alert", "alert_key", "alerts")
 PANE_CHUNK = TopicSpec("monitor.pane-chunk", "PaneChunk", "bucket", None)

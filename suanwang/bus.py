@@ -19,7 +19,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from suanwang.clock import now_ms
 from suanwang.errors import SuanwangError
 from suanwang.schemas.codec import Codec
-from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, TASK_REQUEST, Topics, TopicSpec
+from suanwang.schemas.topics import ALL_TOPICS, DEADLETTER, Topics, TopicSpec
 from suanwang.security import kafka_security, registry_conf
 from suanwang.settings import Settings
 
@@ -74,8 +74,8 @@ def make_codec(settings: Settings) -> Codec:
 
 
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:
-    """Partitions a contract topic is created with: the request topics have their own count."""
-    return settings.request_partitions if spec is TASK_REQUEST else settings.topic_partitions
+    """Partitions a contract topic is created with: the dispatch path's topics have their own count."""
+    return settings.dispatch_partitions if spec.one_per_batch else settings.topic_partitions
 
 
 async def ensure_topics(settings: Settings, also: Sequence[str] = (), timeout_s: float = 15.0) -> None:
@@ -93,7 +93,7 @@ async def ensure_topics(settings: Settings, also: Sequence[str] = (), timeout_s:
     try:
         existing = set(await admin.list_topics())
         contract = [(topics.name(spec), spec.compacted, partitions_of(spec, settings)) for spec in ALL_TOPICS]
-        tiers = [(name, False, settings.request_partitions) for name in also]
+        tiers = [(name, False, settings.dispatch_partitions) for name in also]
         wanted = [
             NewTopic(
                 name,

@@ -30,12 +30,13 @@ class Settings(BaseSettings):
     broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
     topic_prefix: str = Field("suanwang.", description="Prefix of every topic name.")
     topic_partitions: int = Field(3, ge=1, description="Partitions of each topic created by suanwang.")
-    request_partitions: int = Field(
+    dispatch_partitions: int = Field(
         12,
         ge=1,
-        description="Partitions of each request topic (national and tiers'). Each request is its own batch, and "
-        "the embedded broker lists every batch of a partition on each fetch that returns data from it: more "
-        "partitions keep the dispatcher's fetches short as a long run fills the log.",
+        description="Partitions of the dispatch path's topics: requests (national and tiers'), placements and "
+        "rejections. Each of their records is sent at once, so each is its own batch, and the embedded broker "
+        "lists every batch of a partition on each fetch that returns data from it: more partitions keep the "
+        "fetches of the dispatcher and of those following its decisions short as a long run fills the log.",
     )
     topic_replication: int = Field(1, ge=1, description="Replication factor of each topic created by suanwang.")
     schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; unset: local ids.")

@@ -7,7 +7,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer
 
 from suanwang.bus import BULK_BATCH_BYTES, EventProducer, batches_held, client_kwargs, ensure_topics
-from suanwang.schemas.topics import PLACEMENT, ROLLUP, TASK_REQUEST, Topics
+from suanwang.schemas.topics import PLACEMENT, REJECTION, ROLLUP, TASK_REQUEST, Topics
 from suanwang.settings import Settings
 from suanwang.streams.app import faust_app
 from tests.samples import sample_record
@@ -38,10 +38,10 @@ def test_a_burst_through_a_lingering_producer_lands_in_a_batch_a_partition(setti
     assert lingering <= settings.topic_partitions * 2 and at_once >= 10 * lingering, (lingering, at_once)
 
 
-def test_request_topics_have_their_own_partition_count(settings: Settings) -> None:
-    """The national and a tier's request topic get `request_partitions` (a fetch lists only its partition's
-    batches on the embedded broker); every other topic keeps `topic_partitions`."""
-    settings = settings.model_copy(update={"request_partitions": 5, "topic_partitions": 2})
+def test_the_dispatch_paths_topics_have_their_own_partition_count(settings: Settings) -> None:
+    """The national and a tier's request topic, placements and rejections get `dispatch_partitions` (a fetch
+    lists only its partition's batches on the embedded broker); every other topic keeps `topic_partitions`."""
+    settings = settings.model_copy(update={"dispatch_partitions": 5, "topic_partitions": 2})
     topics = Topics(settings.topic_prefix)
     tier = topics.requests(".province.Gansu")
 
@@ -51,12 +51,16 @@ def test_request_topics_have_their_own_partition_count(settings: Settings) -> No
         await consumer.start()
         try:
             await consumer.topics()  # fetches the cluster's metadata
-            names = [topics.name(TASK_REQUEST), tier, topics.name(PLACEMENT)]
+            names = [topics.name(s) for s in (TASK_REQUEST, PLACEMENT, REJECTION, ROLLUP)] + [tier]
             return {n: len(consumer.partitions_for_topic(n) or ()) for n in names}
         finally:
             await consumer.stop()
 
-    assert asyncio.run(counts()) == {topics.name(TASK_REQUEST): 5, tier: 5, topics.name(PLACEMENT): 2}
+    assert asyncio.run(counts()) == {
+        **{topics.name(s): 5 for s in (TASK_REQUEST, PLACEMENT, REJECTION)},
+        tier: 5,
+        topics.name(ROLLUP): 2,
+    }
 
 
 def test_the_workers_producer_fills_the_same_large_batches(settings: Settings, tmp_path) -> None:
