@@ -48,6 +48,9 @@ from suanwang.topology import load_network
 
 READY_TIMEOUT_S = 180.0
 DECIDE_BOUND_S = 60.0  # the longest a stop waits for the dispatcher to decide the requests it was sent
+# the monitor's fetch wait for the topics it only counts: on the embedded broker a fetch that returns data
+# costs 0.47 µs for every batch its partition holds, and the requests, rejections and alerts hold most of them
+COUNT_FETCH_WAIT_MS = 1500
 COUNTED = {
     TELEMETRY: "telemetry_events",
     TASK_REQUEST: "task_requests",
@@ -194,18 +197,21 @@ class Monitor:
         self.decision_us: list[float] = []  # the dispatcher's own time per decision, from each placement
         self.hubs = HubView()
         self.placements: AIOKafkaConsumer  # on the dispatch path, for the latency
-        self.consumer: AIOKafkaConsumer  # the other counted topics, the frames and what the hub view shows
+        self.consumer: AIOKafkaConsumer  # the frames (their samples are counted) and what the hub view shows
+        self.counted: AIOKafkaConsumer  # the topics only counted, fetched seldom
 
     async def start(self) -> None:
-        others = [spec for spec in (*COUNTED, TELEMETRY_FRAME, GRID_SIGNAL) if spec is not PLACEMENT]
-        self.consumer = await self._following(others, dispatch_path=False)
-        self.placements = await self._following([PLACEMENT], dispatch_path=True)
+        shown = (TELEMETRY, TASK_REQUEST, GRID_SIGNAL) if self.watch_hubs else ()
+        counted = [s for s in COUNTED if s is not PLACEMENT and s not in shown]
+        self.counted = await self._following(counted, COUNT_FETCH_WAIT_MS)
+        self.consumer = await self._following([TELEMETRY_FRAME, *shown], self.settings.fetch_max_wait_ms)
+        self.placements = await self._following([PLACEMENT], self.settings.dispatch_fetch_max_wait_ms)
 
-    async def _following(self, specs: list[TopicSpec], dispatch_path: bool) -> AIOKafkaConsumer:
+    async def _following(self, specs: list[TopicSpec], fetch_max_wait_ms: int) -> AIOKafkaConsumer:
         """A consumer of the topics from their end (only this run's events). Only the placements are read on
         the dispatch path's short fetch wait: on the embedded broker, each fetch that returns data costs more
         the more batches the log holds."""
-        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings, None, dispatch_path=dispatch_path))
+        consumer = AIOKafkaConsumer(**{**consumer_kwargs(self.settings, None), "fetch_max_wait_ms": fetch_max_wait_ms})
         await consumer.start()
         await consumer.topics()
         names = [self.topics.name(spec) for spec in specs]
@@ -217,25 +223,34 @@ class Monitor:
         return consumer
 
     async def run(self, stop: asyncio.Event) -> None:
+        waits = {
+            self.placements: self.settings.dispatch_fetch_max_wait_ms,
+            self.consumer: self.settings.fetch_max_wait_ms,
+            self.counted: COUNT_FETCH_WAIT_MS,
+        }
         try:
-            await asyncio.gather(self._read(self.placements, stop), self._read(self.consumer, stop))
+            await asyncio.gather(*(self._read(consumer, wait_ms, stop) for consumer, wait_ms in waits.items()))
         finally:
-            await self.placements.stop()
-            await self.consumer.stop()
+            for consumer in waits:
+                await consumer.stop()
 
-    async def _read(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    async def _read(self, consumer: AIOKafkaConsumer, wait_ms: int, stop: asyncio.Event) -> None:
+        """Until the stop; then what the stopped services sent last, until two fetch waits bring nothing."""
         while not stop.is_set():
-            for tp, messages in (await consumer.getmany(timeout_ms=100)).items():
-                now = time.time() * 1000
-                spec = self.topics.spec(tp.topic)
-                if spec in COUNTED:
-                    self.counts[COUNTED[spec]] += len(messages)
-                if spec in (PLACEMENT, TELEMETRY_FRAME) or (
-                    self.watch_hubs and spec in (TELEMETRY, TASK_REQUEST, GRID_SIGNAL)
-                ):
-                    for msg in messages:
-                        with contextlib.suppress(ValueError):
-                            self._observe(spec, self.codec.decode_as(spec.schema, msg.value), now)
+            self._take(consumer, await consumer.getmany(timeout_ms=100))
+        while last := await consumer.getmany(timeout_ms=2 * wait_ms + 500):
+            self._take(consumer, last)
+
+    def _take(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, messages in batch.items():
+            now = time.time() * 1000
+            spec = self.topics.spec(tp.topic)
+            if spec in COUNTED:
+                self.counts[COUNTED[spec]] += len(messages)
+            if consumer is not self.counted:  # what the others read is observed
+                for msg in messages:
+                    with contextlib.suppress(ValueError):
+                        self._observe(spec, self.codec.decode_as(spec.schema, msg.value), now)
 
     def _observe(self, spec: TopicSpec, record: dict[str, Any], now: float) -> None:
         if spec is PLACEMENT:

@@ -9,15 +9,26 @@ from collections import defaultdict
 
 from suanwang.bus import EventProducer, ensure_topics
 from suanwang.clock import now_ms
-from suanwang.devstack.runtime import Monitor
+from suanwang.devstack.runtime import COUNT_FETCH_WAIT_MS, Monitor
 from suanwang.schemas.codec import Codec
 from suanwang.schemas.frames import frame_of, frame_problem, samples_of
-from suanwang.schemas.topics import PANE_CHUNK, PLACEMENT, ROLLUP, TASK_REQUEST, TELEMETRY_FRAME, Topics
+from suanwang.schemas.topics import (
+    ALERT,
+    PANE_CHUNK,
+    PLACEMENT,
+    REJECTION,
+    ROLLUP,
+    TASK_REQUEST,
+    TELEMETRY,
+    TELEMETRY_FRAME,
+    Topics,
+)
 from suanwang.settings import Settings
 from suanwang.store import Store
 from suanwang.streams.app import create_app
 from tests.evidence import caught_up, wait_for
 from tests.fleet import MINUTE_MS, closed_minute, fleet, register, telemetry
+from tests.samples import sample_record
 
 
 def test_a_frame_is_taken_apart_into_its_samples_and_a_bad_one_is_named() -> None:
@@ -41,28 +52,43 @@ def test_up_counts_a_frames_samples_and_passes_over_a_frame_it_cannot_take_apart
     assert monitor.counts["telemetry_events"] == 6 and monitor.hubs.load
 
 
-def test_up_follows_only_the_placements_on_the_short_fetch_wait(settings: Settings) -> None:
+def test_up_reads_the_placements_on_the_short_wait_and_what_it_only_counts_seldom(settings: Settings) -> None:
     """The embedded broker's cost of a fetch that returns data grows with its log: `up`'s monitor reads on the
-    dispatch path's wait only what the latency needs."""
+    dispatch path's wait only what the latency needs, the frames (their samples are counted) on the default
+    wait, and the requests, rejections, alerts and single samples it only counts on a long one; after the
+    stop it still counts what was sent last."""
+    topics = Topics(settings.topic_prefix)
 
-    async def followed() -> dict[int, set[str]]:
+    async def scenario() -> tuple[dict[int, set[str]], dict[str, int]]:
         await ensure_topics(settings)
         monitor = Monitor(settings, watch_hubs=False)
         await monitor.start()
+        followed = {
+            c._fetcher._fetch_max_wait_ms: {tp.topic for tp in c.assignment()}
+            for c in (monitor.placements, monitor.consumer, monitor.counted)
+        }
+        stop = asyncio.Event()
+        running = asyncio.create_task(monitor.run(stop))
+        producer = EventProducer(settings)
+        await producer.start()
         try:
-            return {
-                c._fetcher._fetch_max_wait_ms: {tp.topic for tp in c.assignment()}
-                for c in (monitor.placements, monitor.consumer)
-            }
+            for k in range(5):
+                await producer.send(TASK_REQUEST, sample_record("TaskRequest") | {"task_id": f"t{k}"})
+            await producer.send(ALERT, sample_record("Alert"))
+            await producer.flush()
         finally:
-            await monitor.placements.stop()
-            await monitor.consumer.stop()
+            await producer.stop()
+        stop.set()  # at once: the records are counted after the stop
+        await running
+        return followed, dict(monitor.counts)
 
-    topics = Topics(settings.topic_prefix)
-    by_wait = asyncio.run(followed())
-    assert by_wait[settings.dispatch_fetch_max_wait_ms] == {topics.name(PLACEMENT)}
-    assert topics.name(TASK_REQUEST) in by_wait[settings.fetch_max_wait_ms]
-    assert topics.name(PLACEMENT) not in by_wait[settings.fetch_max_wait_ms]
+    by_wait, counts = asyncio.run(scenario())
+    assert by_wait == {
+        settings.dispatch_fetch_max_wait_ms: {topics.name(PLACEMENT)},
+        settings.fetch_max_wait_ms: {topics.name(TELEMETRY_FRAME)},
+        COUNT_FETCH_WAIT_MS: {topics.name(s) for s in (TELEMETRY, TASK_REQUEST, REJECTION, ALERT)},
+    }
+    assert counts == {"task_requests": 5, "alerts": 1}
 
 
 def test_frames_are_stored_windowed_and_their_bad_samples_dead_lettered_alone(settings: Settings, store: Store) -> None:
