@@ -199,6 +199,7 @@ class Monitor:
         self.placements: AIOKafkaConsumer  # on the dispatch path, for the latency
         self.consumer: AIOKafkaConsumer  # the frames (their samples are counted) and what the hub view shows
         self.counted: AIOKafkaConsumer  # the topics only counted, fetched seldom
+        self._waits: dict[AIOKafkaConsumer, int] = {}  # each consumer's fetch wait, ms
 
     async def start(self) -> None:
         shown = (TELEMETRY, TASK_REQUEST, GRID_SIGNAL) if self.watch_hubs else ()
@@ -212,6 +213,7 @@ class Monitor:
         the dispatch path's short fetch wait: on the embedded broker, each fetch that returns data costs more
         the more batches the log holds."""
         consumer = AIOKafkaConsumer(**{**consumer_kwargs(self.settings, None), "fetch_max_wait_ms": fetch_max_wait_ms})
+        self._waits[consumer] = fetch_max_wait_ms
         await consumer.start()
         await consumer.topics()
         names = [self.topics.name(spec) for spec in specs]
@@ -223,15 +225,10 @@ class Monitor:
         return consumer
 
     async def run(self, stop: asyncio.Event) -> None:
-        waits = {
-            self.placements: self.settings.dispatch_fetch_max_wait_ms,
-            self.consumer: self.settings.fetch_max_wait_ms,
-            self.counted: COUNT_FETCH_WAIT_MS,
-        }
         try:
-            await asyncio.gather(*(self._read(consumer, wait_ms, stop) for consumer, wait_ms in waits.items()))
+            await asyncio.gather(*(self._read(consumer, wait_ms, stop) for consumer, wait_ms in self._waits.items()))
         finally:
-            for consumer in waits:
+            for consumer in self._waits:
                 await consumer.stop()
 
     async def _read(self, consumer: AIOKafkaConsumer, wait_ms: int, stop: asyncio.Event) -> None:

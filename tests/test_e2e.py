@@ -239,7 +239,8 @@ def test_the_tasks_of_failed_nodes_are_placed_elsewhere_exactly_once(platform_ru
     )
     # a task whose end was still in flight to the dispatcher (the simulator's lifecycle producer lingers, the
     # dispatcher fetches on its wait) when the sweep came is moved too: at least once, as Kubernetes does
-    in_flight_ms = Settings().bulk_linger_ms + Settings().fetch_max_wait_ms + 1_000  # and a timer tick
+    defaults = Settings()
+    in_flight_ms = defaults.bulk_linger_ms + defaults.fetch_max_wait_ms + 1_000  # and a timer tick
     raced = {r["task_id"] for r in moved if r["task_id"] in ended and r["at"] - in_flight_ms <= ended[r["task_id"]]}
     assert still_held == [r["task_id"] for r in moved if r["task_id"] not in raced]  # each task held, once each
     again = _rows(data_dir, "SELECT task_id, node_id FROM suanwang.placements WHERE retry_of IS NOT NULL")
