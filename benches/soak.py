@@ -98,7 +98,7 @@ def _rss_mb(pid: int) -> float:
 async def consumer_lag(settings: Settings) -> dict[str, dict[str, Any]]:
     """Messages not yet committed by the workers' group (telemetry, the pane chunks its windows merge, and
     what it stores of dispatch) and by the national dispatcher's group (`lag`), and how long ago the oldest
-    of them was written (`lag_s`)."""
+    of them was written (`lag_s`, and by topic: which one holds a group back)."""
     topics = Topics(settings.topic_prefix)
     groups = {
         "worker": (worker_group(settings), [TELEMETRY, TELEMETRY_FRAME, PANE_CHUNK, PLACEMENT, TASK_REQUEST]),
@@ -106,9 +106,11 @@ async def consumer_lag(settings: Settings) -> dict[str, dict[str, Any]]:
     }
     named = {name: (group, [topics.name(s) for s in specs]) for name, (group, specs) in groups.items()}
     async with Lag(settings) as lag:
+        ages = {name: await lag.behind_s_by_topic(*read) for name, read in named.items()}
         return {
             "lag": {name: await lag.behind(*read) for name, read in named.items()},
-            "lag_s": {name: round(await lag.behind_s(*read), 1) for name, read in named.items()},
+            "lag_s": {name: round(max(by_topic.values(), default=0.0), 1) for name, by_topic in ages.items()},
+            "lag_s_by_topic": {name: {t: round(s, 1) for t, s in by_topic.items()} for name, by_topic in ages.items()},
         }
 
 
@@ -134,6 +136,13 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
         "lag_final": samples[-1]["lag"] if samples else {},
         "lag_max": {k: max(s["lag"][k] for s in samples) for k in (samples[0]["lag"] if samples else {})},
         "lag_s_max": {k: max(s["lag_s"][k] for s in samples) for k in (samples[0]["lag_s"] if samples else {})},
+        "lag_s_max_by_topic": {
+            group: {
+                topic: max(s["lag_s_by_topic"][group].get(topic, 0.0) for s in samples)
+                for topic in {t for s in samples for t in s["lag_s_by_topic"][group]}
+            }
+            for group in (samples[0]["lag_s_by_topic"] if samples else {})
+        },
         "broker_cores_first_last": [
             next((s["broker_cores"] for s in samples if s.get("broker_cores") is not None), None),
             samples[-1].get("broker_cores") if samples else None,

@@ -214,10 +214,14 @@ class Lag:
     async def behind_s(self, group: str, topic_names: list[str]) -> float:
         """How long ago the oldest message `group` has not committed was written: its lag in time (0 when none),
         read from that message's own timestamp."""
+        return max((await self.behind_s_by_topic(group, topic_names)).values(), default=0.0)
+
+    async def behind_s_by_topic(self, group: str, topic_names: list[str]) -> dict[str, float]:
+        """`behind_s` per topic (topics with nothing waiting are left out): which of them holds a group back."""
         committed, latest = await self._offsets(group, topic_names)
         waiting = {tp: done for tp, done in committed.items() if latest[tp] > done}
         if not waiting:
-            return 0.0
+            return {}
         self.ends.assign(list(waiting))
         for tp, done in waiting.items():
             self.ends.seek(tp, done)
@@ -229,7 +233,11 @@ class Lag:
                     oldest_ms[tp] = messages[0].timestamp
                     self.ends.pause(tp)
         self.ends.assign([])
-        return max(0.0, time.time() - min(oldest_ms.values()) / 1000) if oldest_ms else 0.0
+        now = time.time()
+        ages: dict[str, float] = {}
+        for tp, written_ms in oldest_ms.items():
+            ages[tp.topic] = max(ages.get(tp.topic, 0.0), now - written_ms / 1000)
+        return ages
 
     async def _offsets(
         self, group: str, topic_names: list[str]

@@ -17,7 +17,7 @@ GROUP = "lag-test"
 def test_lag_in_seconds_is_the_age_of_the_oldest_message_not_committed(settings: Settings) -> None:
     topic = Topics(settings.topic_prefix).name(DEADLETTER)
 
-    async def scenario() -> tuple[int, float, float, int, float]:
+    async def scenario() -> tuple[int, float, dict[str, float], float, int, float]:
         await ensure_topics(settings)
         producer = AIOKafkaProducer(**client_kwargs(settings))
         await producer.start()
@@ -28,6 +28,7 @@ def test_lag_in_seconds_is_the_age_of_the_oldest_message_not_committed(settings:
         await producer.stop()
         async with Lag(settings) as lag:
             behind, age = await lag.behind(GROUP, [topic]), await lag.behind_s(GROUP, [topic])
+            by_topic = await lag.behind_s_by_topic(GROUP, [topic])
             reader = AIOKafkaConsumer(topic, **consumer_kwargs(settings, GROUP, auto_commit=False))
             await reader.start()
             read = 0
@@ -36,9 +37,10 @@ def test_lag_in_seconds_is_the_age_of_the_oldest_message_not_committed(settings:
             await reader.commit()
             await reader.stop()
             after, age_after = await lag.behind(GROUP, [topic]), await lag.behind_s(GROUP, [topic])
-        return behind, age, time.time() - sent, after, age_after
+        return behind, age, by_topic, time.time() - sent, after, age_after
 
-    behind, age, since_first, after, age_after = asyncio.run(scenario())
+    behind, age, by_topic, since_first, after, age_after = asyncio.run(scenario())
     assert behind == 2
     assert 1.5 <= age <= since_first + 1.0  # the first message's age, not the second's
+    assert list(by_topic) == [topic] and 1.5 <= by_topic[topic] <= since_first + 1.0
     assert (after, age_after) == (0, 0.0)

@@ -26,10 +26,13 @@ def test_a_short_soak_samples_memory_lag_and_dispatch_latency(tmp_path: Path) ->
         assert all(50 < mb < 4000 for mb in sample["rss_mb"].values())
         assert set(sample["lag"]) == set(sample["lag_s"]) == {"worker", "dispatcher"}
         assert all(0 <= seconds < 300 for seconds in sample["lag_s"].values())
+        for group, by_topic in sample["lag_s_by_topic"].items():  # the group's lag is its slowest topic's
+            assert sample["lag_s"][group] == round(max(by_topic.values(), default=0.0), 1)
     # the embedded broker's CPU since the sample before: none for the first
     assert series[0]["broker_cores"] is None and all(s["broker_mb"] > 0 for s in series)
     assert all(0 <= s["broker_cores"] < 8 for s in series[1:]) and sum(s["broker_cores"] for s in series[1:]) > 0
     assert sum(s["placements"] for s in series) > 0 and figures["dispatch_p99_ms_second_half"] > 0
+    assert set(figures["lag_s_max_by_topic"]) == {"worker", "dispatcher"}
     assert set(figures["memory"]) == {"worker", "dispatcher", "simulator"}
     assert figures["node_offline"]["false"] == 0 <= figures["node_offline"]["raised"]
     assert 0 <= figures["collector_silent"]["late"] <= figures["collector_silent"]["raised"]
