@@ -4,7 +4,7 @@ Two steps, so that N workers can split the telemetry and still agree on one numb
 killed mid-stream neither loses nor doubles a sample:
 
 - `aggregate` (run by the telemetry intake) holds each telemetry partition's samples in an open chunk until
-  the event clock enters a new pane, then sums them into 10-s panes with NumPy and sends them on
+  the event clock enters a new half pane, then sums them into 10-s panes with NumPy and sends them on
   `monitor.pane-chunk`, one message per bucket of scopes, tagged with the offsets they sum. Their events
   are acked only then, and Faust flushes the producer before it commits, so every committed offset's
   samples are in a delivered chunk.
@@ -48,6 +48,9 @@ from suanwang.streams.windows import (
 )
 
 CLOSE_EVERY_S = 1.0
+# how long an open chunk gathers: half a pane, so telemetry is acked (and committed) within about ten seconds of
+# being written, at the cost of two partials a node per pane in the windows
+CHUNK_MS = PANE_MS // 2
 SHARED_SHARDS = {"hub", "province"}  # every hub on one worker, so it can compare them
 BUCKETS = 64  # scopes travel in this many buckets: at most this many workers share the windows
 READ_BACK_MARGIN_MS = 120_000  # beyond the panes kept: clock skew between a chunk's send and its panes
@@ -92,15 +95,16 @@ class OpenChunk:
 
     chunk: Chunk
     end: int
-    due_ms: int  # the end of the pane the event clock was in when it opened
+    due_ms: int  # the end of the half pane the event clock was in when it opened
     events: list[Any] = field(default_factory=list)
     readings: list[Readings] = field(default_factory=list)
 
 
 class Intake:
     """Per telemetry partition, the run it is read in (a new one whenever its offsets do not follow on) and
-    the chunk still open. Chunks close at pane boundaries, so a node's samples of one pane mostly travel as
-    one partial, and the events are acked only when their chunk is sent: commits fall on chunk boundaries."""
+    the chunk still open. Chunks close at half-pane boundaries, so a node's samples of one half pane mostly
+    travel as one partial, and the events are acked only when their chunk is sent: commits fall on chunk
+    boundaries."""
 
     def __init__(self) -> None:
         self.runs: dict[int, Run] = {}
@@ -114,7 +118,7 @@ class Intake:
             self.open.pop(partition, None)  # its events come again
         self.next_offset[partition] = max(ev.message.offset for ev in events) + 1
         if partition not in self.open:
-            due_ms = clock_ms - clock_ms % PANE_MS + PANE_MS
+            due_ms = clock_ms - clock_ms % CHUNK_MS + CHUNK_MS
             self.open[partition] = OpenChunk(Chunk(partition, self.runs[partition], first), first, due_ms)
         held = self.open[partition]
         held.end = self.next_offset[partition]

@@ -242,8 +242,8 @@ class Runs:
 class PaneParts:
     """One scope's pane as its partials, kept apart by chunk: a chunk delivered twice counts once.
 
-    Chunks close at pane boundaries, so nearly every pane has one partial: it is kept without a dict and is
-    itself the pane's total, and only a pane with several keeps them by chunk and a merged copy."""
+    A pane with one partial keeps it without a dict, as itself the pane's total; one with several (a chunk spans
+    half a pane, and a scope may be fed by several telemetry partitions) keeps them by chunk and a merged copy."""
 
     __slots__ = ("_chunk", "_part", "_more", "_total", "nodes")  # ten minutes of every cluster, hub and province
 

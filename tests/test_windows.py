@@ -316,12 +316,12 @@ def one_sample(node_id: str) -> Readings:
 NONE = Readings.concat([])
 
 
-def test_an_open_chunk_spans_batches_until_its_pane_ends_and_a_read_again_starts_a_new_run() -> None:
+def test_an_open_chunk_spans_batches_until_its_half_pane_ends_and_a_read_again_starts_a_new_run() -> None:
     intake = Intake()
     intake.hold(0, events_at(0, 1), one_sample("n1"), clock_ms=12_000)
-    intake.hold(0, events_at(2), NONE, clock_ms=15_000)
-    assert intake.due(clock_ms=19_999) == []
-    (held,) = intake.due(clock_ms=20_000)  # the pane the clock was in when it opened has ended
+    intake.hold(0, events_at(2), NONE, clock_ms=14_000)
+    assert intake.due(clock_ms=14_999) == []
+    (held,) = intake.due(clock_ms=15_000)  # the half pane the clock was in when it opened has ended
     assert (held.chunk.start, held.end, len(held.events)) == (0, 3, 3)
     assert [r.node_ids for r in held.readings] == [["n1"]]
     first_run = held.chunk.run
