@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("suanwang.", description="Prefix of every topic name.")
     topic_partitions: int = Field(3, ge=1, description="Partitions of each topic created by suanwang.")
     dispatch_partitions: int = Field(
-        12,
+        48,
         ge=1,
         description="Partitions of the dispatch path's topics: requests (national and tiers'), placements and "
         "rejections. Each of their records is sent at once, so each is its own batch, and the embedded broker "
