@@ -139,7 +139,7 @@ def summarise(samples: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, A
         "lag_s_max_by_topic": {
             group: {
                 topic: max(s["lag_s_by_topic"][group].get(topic, 0.0) for s in samples)
-                for topic in {t for s in samples for t in s["lag_s_by_topic"][group]}
+                for topic in sorted({t for s in samples for t in s["lag_s_by_topic"][group]})
             }
             for group in (samples[0]["lag_s_by_topic"] if samples else {})
         },

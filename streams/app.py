@@ -140,7 +140,7 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         autodiscover=False,
-        # telemetry is acked only once its pane chunk goes out, up to a pane later: a stop or rebalance does not
+        # telemetry is acked only once its pane chunk goes out, up to half a pane later: a stop or rebalance does not
         # wait for that; what is unacked is read again, and the sink and the windows take it once
         stream_wait_empty=False,
         # each second, not every 2.8 s: a chunk's telemetry counts as behind until its offsets are committed
