@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from suanwang.settings import Settings
+from suanwang.streams.app import faust_app
 from suanwang.streams.readings import Readings
-from suanwang.streams.rollups import Intake
+from suanwang.streams.rollups import CHUNK_MS, Intake
 from suanwang.streams.windows import (
     NODE_ID_SEPARATOR,
     PANE_MS,
@@ -332,3 +334,11 @@ def test_an_open_chunk_spans_batches_until_its_half_pane_ends_and_a_read_again_s
     assert reread.start == 1 and reread.run.offset == 1 and reread.run > first_run
     intake.hold(1, events_at(9), NONE, clock_ms=22_000)
     assert [c.chunk.partition for c in intake.due(clock_ms=22_000, partitions={1})] == [1]  # revoked: sent now
+
+
+def test_the_worker_commits_telemetry_within_ten_seconds_of_its_chunk_opening(settings: Settings, tmp_path) -> None:
+    """A sample waits out its chunk's span, the worker's next fetch (Faust's own 1.5-s wait) and a commit, and
+    2 s are left for the frame that moves the clock past the chunk's end and for sending the chunk."""
+    app = faust_app(settings.model_copy(update={"data_dir": tmp_path}), "commit-test")
+    faust_fetch_wait_s, clock_and_send_s = 1.5, 2.0
+    assert CHUNK_MS / 1000 + faust_fetch_wait_s + app.conf.broker_commit_interval + clock_and_send_s < 10
